@@ -1,0 +1,66 @@
+"""Settings for the OMS processes (API, workers, dev runner), read from OMS_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+POLICIES_DIR = PROJECT_ROOT / "policies"
+
+ORDERS_TASK_QUEUE = "orders"
+BACK_OFFICE_TASK_QUEUE = "back-office"
+
+
+class Settings(BaseSettings):
+    """Every knob of the OMS; the defaults are the embedded development setup."""
+
+    model_config = SettingsConfigDict(env_prefix="OMS_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".oms"), description="Where the dev server and SQLite keep state.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+
+    temporal_address: str = ""
+    temporal_host: str = "127.0.0.1"
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    temporal_namespace: str = "default"
+    orders_task_queue: str = ORDERS_TASK_QUEUE
+    back_office_task_queue: str = BACK_OFFICE_TASK_QUEUE
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str = Field(default="", description="Where simulators post back; empty means api_host:api_port.")
+
+    jwt_secret: str = "dev-only-secret-change-me-in-production-please"
+    jwt_default_ttl_seconds: int = 8 * 3600
+
+    policies_dir: Path = POLICIES_DIR
+
+    default_venue: str = "simulator"
+    simulator_fill_delay_seconds: float = 0.2
+    simulator_identity: str = "sim-venue"
+    back_office_simulator: bool = True
+    back_office_identity: str = "betty"
+    back_office_confirm_delay_seconds: float = 0.2
+
+    approval_escalate_after_seconds: int = 4 * 3600
+    approval_expire_after_seconds: int = 24 * 3600
+
+    slack_signing_secret: str = ""
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'oms.db'}"
+
+    @property
+    def resolved_temporal_address(self) -> str:
+        return self.temporal_address or f"{self.temporal_host}:{self.temporal_port}"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
