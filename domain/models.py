@@ -1,0 +1,330 @@
+"""The order's vocabulary: enums and pydantic types shared by API, workflow and activities."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+CLIENT_ORDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must carry a timezone offset (UTC)")
+    return value
+
+
+def _positive(value: Decimal) -> Decimal:
+    if not value.is_finite() or value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def _non_negative(value: Decimal) -> Decimal:
+    if not value.is_finite() or value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
+PositiveDecimal = Annotated[Decimal, AfterValidator(_positive)]
+NonNegativeDecimal = Annotated[Decimal, AfterValidator(_non_negative)]
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+    SELL_SHORT = "sell_short"
+
+    @property
+    def sign(self) -> int:
+        """Return +1 for buys and -1 for sells: the direction of the position change."""
+        return 1 if self is Side.BUY else -1
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class TimeInForce(StrEnum):
+    DAY = "day"
+    GTC = "gtc"
+    GTD = "gtd"
+    IOC = "ioc"
+    FOK = "fok"
+
+
+class AssetClass(StrEnum):
+    EQUITY = "equity"
+    FX_SPOT = "fx_spot"
+    CRYPTO = "crypto"
+
+
+class OrderStatus(StrEnum):
+    PENDING_COMPLIANCE = "pending_compliance"
+    COMPLIANCE_REJECTED = "compliance_rejected"
+    PENDING_OVERRIDE = "pending_override"
+    PENDING_APPROVAL = "pending_approval"
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_EXPIRED = "approval_expired"
+    APPROVED = "approved"
+    RELEASED = "released"
+    WORKING = "working"
+    PARTIALLY_FILLED = "partially_filled"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    VENUE_REJECTED = "venue_rejected"
+    ALLOCATED = "allocated"
+    SETTLEMENT_PENDING = "settlement_pending"
+    SETTLED = "settled"
+    SETTLEMENT_FAILED = "settlement_failed"
+
+
+class ComplianceOutcome(StrEnum):
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+class ExecType(StrEnum):
+    """FIX ExecType (tag 150) values the OMS understands."""
+
+    NEW = "new"
+    TRADE = "trade"
+    CANCELED = "canceled"
+    REPLACED = "replaced"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
+    CANCEL_REJECTED = "cancel_rejected"
+    DONE_FOR_DAY = "done_for_day"
+
+
+class SettlementStatus(StrEnum):
+    INSTRUCTED = "instructed"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+
+
+class AllocationRequest(BaseModel):
+    """How much of the block one account asked for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    account: str = Field(min_length=1, max_length=64)
+    quantity: PositiveDecimal
+
+
+class OrderRequest(BaseModel):
+    """What a portfolio manager asks for: the body of `POST /orders`, normalised."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_order_id: str = Field(min_length=1, max_length=64, pattern=CLIENT_ORDER_ID_PATTERN.pattern)
+    fund: str = Field(min_length=1, max_length=64)
+    symbol: str = Field(min_length=1, max_length=32)
+    side: Side
+    quantity: PositiveDecimal
+    order_type: OrderType = OrderType.MARKET
+    limit_price: PositiveDecimal | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+    expire_at: AwareDatetime | None = None
+    allocations: list[AllocationRequest] = Field(default_factory=list)
+    notes: str = Field(default="", max_length=2000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OrderRequest:
+        if self.order_type is OrderType.LIMIT and self.limit_price is None:
+            raise ValueError("limit_price: a limit order needs a limit_price")
+        if self.order_type is OrderType.MARKET and self.limit_price is not None:
+            raise ValueError("limit_price: a market order takes no limit_price")
+        if self.time_in_force is TimeInForce.GTD and self.expire_at is None:
+            raise ValueError("expire_at: a gtd order needs expire_at")
+        if self.time_in_force is not TimeInForce.GTD and self.expire_at is not None:
+            raise ValueError("expire_at: only gtd orders take expire_at")
+        if self.allocations:
+            accounts = [a.account for a in self.allocations]
+            if len(set(accounts)) != len(accounts):
+                raise ValueError("allocations: an account appears more than once")
+            total = sum((a.quantity for a in self.allocations), Decimal(0))
+            if total != self.quantity:
+                raise ValueError(f"allocations: quantities sum to {total}, not the order quantity {self.quantity}")
+        return self
+
+    def same_order_as(self, other: OrderRequest) -> bool:
+        """Tell whether two requests describe the same order (for idempotent creation)."""
+        return self.model_dump(mode="json") == other.model_dump(mode="json")
+
+
+class Instrument(BaseModel):
+    """Reference data for one tradable instrument."""
+
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str
+    asset_class: AssetClass
+    currency: str
+    reference_price: Decimal
+    lot_size: Decimal = Decimal(1)
+
+
+class ComplianceResult(BaseModel):
+    """One rule's verdict on one order, with the numbers that produced it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    outcome: ComplianceOutcome
+    message: str
+    observed: str | None = None
+    limit: str | None = None
+
+
+class ComplianceSnapshot(BaseModel):
+    """The data the rules look at, captured once by an activity so evaluation is deterministic."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fund: str
+    instrument: Instrument
+    restricted_symbols: list[str] = Field(default_factory=list)
+    max_order_notional: Decimal | None = None
+    warn_order_notional: Decimal | None = None
+    taken_at: datetime
+
+
+class ApprovalGiven(BaseModel):
+    """One level's approval: who gave it, when, and the policy rule that allowed it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    level: str
+    user: str
+    at: datetime
+    comment: str = ""
+    policy: list[str] = Field(default_factory=list)
+
+
+class ApprovalState(BaseModel):
+    required: list[str] = Field(default_factory=list)
+    given: list[ApprovalGiven] = Field(default_factory=list)
+
+    @property
+    def current_level(self) -> str | None:
+        """Return the next level still to approve, or None when every level has approved."""
+        if len(self.given) < len(self.required):
+            return self.required[len(self.given)]
+        return None
+
+
+class Execution(BaseModel):
+    """One execution report as applied to the order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exec_id: str
+    exec_type: ExecType
+    last_quantity: Decimal = Decimal(0)
+    last_price: Decimal | None = None
+    cumulative_quantity: Decimal = Decimal(0)
+    leaves_quantity: Decimal = Decimal(0)
+    average_price: Decimal | None = None
+    text: str = ""
+    transact_time: datetime
+    received_at: datetime
+    reported_by: str = ""
+
+
+class Allocation(BaseModel):
+    """The share of the executed block booked to one account."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account: str
+    requested_quantity: Decimal
+    quantity: Decimal
+    price: Decimal
+
+
+class SettlementInstruction(BaseModel):
+    """What the back office is told to settle for one allocation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    settlement_id: str
+    order_id: str
+    fund: str
+    account: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    gross_amount: Decimal
+    currency: str
+    trade_date: date
+    settlement_date: date
+    status: SettlementStatus = SettlementStatus.INSTRUCTED
+    status_reason: str = ""
+    status_at: datetime | None = None
+
+
+class OrderState(BaseModel):
+    """The live order as the workflow holds it and `GET /orders/{id}` shows it."""
+
+    order_id: str
+    client_order_id: str
+    fund: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    time_in_force: TimeInForce
+    expire_at: datetime | None = None
+    notes: str = ""
+    requested_allocations: list[AllocationRequest] = Field(default_factory=list)
+    status: OrderStatus = OrderStatus.PENDING_COMPLIANCE
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    venue: str | None = None
+    notional: Decimal | None = None
+    currency: str | None = None
+    compliance: list[ComplianceResult] = Field(default_factory=list)
+    override: dict[str, Any] | None = None
+    approvals: ApprovalState = Field(default_factory=ApprovalState)
+    filled_quantity: Decimal = Decimal(0)
+    leaves_quantity: Decimal = Decimal(0)
+    average_price: Decimal | None = None
+    executions: list[Execution] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    allocations: list[Allocation] = Field(default_factory=list)
+    settlements: list[SettlementInstruction] = Field(default_factory=list)
+    close_reason: str = ""
+    version: int = 1
+
+    def request(self) -> OrderRequest:
+        """Return the order request this order was created from."""
+        return OrderRequest(
+            client_order_id=self.client_order_id,
+            fund=self.fund,
+            symbol=self.symbol,
+            side=self.side,
+            quantity=self.quantity,
+            order_type=self.order_type,
+            limit_price=self.limit_price,
+            time_in_force=self.time_in_force,
+            expire_at=self.expire_at,
+            allocations=self.requested_allocations,
+            notes=self.notes,
+        )

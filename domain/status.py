@@ -1,0 +1,114 @@
+"""The order status machine as a table: (status, event) -> next status. Illegal transitions raise."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from types import MappingProxyType
+
+from domain.models import OrderStatus as S
+
+
+class OrderEvent(StrEnum):
+    COMPLIANCE_PASSED = "compliance_passed"
+    COMPLIANCE_WARNED = "compliance_warned"
+    COMPLIANCE_FAILED = "compliance_failed"
+    OVERRIDDEN = "overridden"
+    APPROVALS_COMPLETE = "approvals_complete"
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_EXPIRED = "approval_expired"
+    CANCELED_BEFORE_RELEASE = "canceled_before_release"
+    RELEASED = "released"
+    VENUE_ACCEPTED = "venue_accepted"
+    VENUE_REJECTED = "venue_rejected"
+    PARTIAL_FILL = "partial_fill"
+    FILL = "fill"
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCEL_REJECTED = "cancel_rejected"
+    CANCEL_REJECTED_AFTER_FILLS = "cancel_rejected_after_fills"
+    VENUE_CANCELED = "venue_canceled"
+    VENUE_EXPIRED = "venue_expired"
+    ALLOCATED = "allocated"
+    SETTLEMENT_INSTRUCTED = "settlement_instructed"
+    SETTLED = "settled"
+    SETTLEMENT_FAILED = "settlement_failed"
+
+
+class IllegalTransitionError(ValueError):
+    """Raised when an event does not apply to an order in its current status."""
+
+    def __init__(self, status: S, event: OrderEvent) -> None:
+        super().__init__(f"event {event.value!r} is not allowed in status {status.value!r}")
+        self.status = status
+        self.event = event
+
+
+E = OrderEvent
+
+# Where the venue may still report on a released order: each of these accepts the same reports.
+_AT_VENUE: dict[OrderEvent, S] = {
+    E.PARTIAL_FILL: S.PARTIALLY_FILLED,
+    E.FILL: S.FILLED,
+    E.CANCEL_REQUESTED: S.PENDING_CANCEL,
+    E.VENUE_CANCELED: S.CANCELED,
+    E.VENUE_EXPIRED: S.EXPIRED,
+}
+
+TRANSITIONS: MappingProxyType[tuple[S, OrderEvent], S] = MappingProxyType(
+    {
+        (S.PENDING_COMPLIANCE, E.COMPLIANCE_PASSED): S.PENDING_APPROVAL,
+        (S.PENDING_COMPLIANCE, E.COMPLIANCE_WARNED): S.PENDING_OVERRIDE,
+        (S.PENDING_COMPLIANCE, E.COMPLIANCE_FAILED): S.COMPLIANCE_REJECTED,
+        (S.PENDING_COMPLIANCE, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+        (S.PENDING_OVERRIDE, E.OVERRIDDEN): S.PENDING_APPROVAL,
+        (S.PENDING_OVERRIDE, E.APPROVAL_EXPIRED): S.APPROVAL_EXPIRED,
+        (S.PENDING_OVERRIDE, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+        (S.PENDING_APPROVAL, E.APPROVALS_COMPLETE): S.APPROVED,
+        (S.PENDING_APPROVAL, E.APPROVAL_REJECTED): S.APPROVAL_REJECTED,
+        (S.PENDING_APPROVAL, E.APPROVAL_EXPIRED): S.APPROVAL_EXPIRED,
+        (S.PENDING_APPROVAL, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+        (S.APPROVED, E.RELEASED): S.RELEASED,
+        (S.APPROVED, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+        (S.RELEASED, E.VENUE_ACCEPTED): S.WORKING,
+        (S.RELEASED, E.VENUE_REJECTED): S.VENUE_REJECTED,
+        **{(S.RELEASED, event): status for event, status in _AT_VENUE.items()},
+        **{(S.WORKING, event): status for event, status in _AT_VENUE.items()},
+        **{(S.PARTIALLY_FILLED, event): status for event, status in _AT_VENUE.items()},
+        # A fill can cross a cancel request on the wire; the order stays pending cancel.
+        (S.PENDING_CANCEL, E.PARTIAL_FILL): S.PENDING_CANCEL,
+        (S.PENDING_CANCEL, E.FILL): S.FILLED,
+        (S.PENDING_CANCEL, E.VENUE_CANCELED): S.CANCELED,
+        (S.PENDING_CANCEL, E.VENUE_EXPIRED): S.EXPIRED,
+        (S.PENDING_CANCEL, E.CANCEL_REJECTED): S.WORKING,
+        (S.PENDING_CANCEL, E.CANCEL_REJECTED_AFTER_FILLS): S.PARTIALLY_FILLED,
+        # Done at the venue with something executed: book it.
+        (S.FILLED, E.ALLOCATED): S.ALLOCATED,
+        (S.CANCELED, E.ALLOCATED): S.ALLOCATED,
+        (S.EXPIRED, E.ALLOCATED): S.ALLOCATED,
+        (S.ALLOCATED, E.SETTLEMENT_INSTRUCTED): S.SETTLEMENT_PENDING,
+        (S.SETTLEMENT_PENDING, E.SETTLED): S.SETTLED,
+        (S.SETTLEMENT_PENDING, E.SETTLEMENT_FAILED): S.SETTLEMENT_FAILED,
+        # A late confirmation still settles a failed instruction.
+        (S.SETTLEMENT_FAILED, E.SETTLED): S.SETTLED,
+    }
+)
+
+PRE_RELEASE = frozenset({S.PENDING_COMPLIANCE, S.PENDING_OVERRIDE, S.PENDING_APPROVAL, S.APPROVED})
+AT_VENUE = frozenset({S.RELEASED, S.WORKING, S.PARTIALLY_FILLED, S.PENDING_CANCEL, S.PENDING_REPLACE})
+DONE_AT_VENUE = frozenset({S.FILLED, S.CANCELED, S.EXPIRED, S.VENUE_REJECTED})
+
+
+def next_status(status: S, event: OrderEvent) -> S:
+    """Return the status an order moves to when `event` happens in `status`.
+
+    Raises:
+        IllegalTransitionError: the event is not allowed in this status.
+    """
+    try:
+        return TRANSITIONS[(status, event)]
+    except KeyError:
+        raise IllegalTransitionError(status, event) from None
+
+
+def allows(status: S, event: OrderEvent) -> bool:
+    """Tell whether `event` is allowed in `status`."""
+    return (status, event) in TRANSITIONS
