@@ -1,0 +1,304 @@
+"""Read-model queries and idempotent writes. Every write is keyed so that repeating it changes nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import and_, or_
+from sqlmodel import Session, col, select
+
+from domain.models import (
+    Allocation,
+    AssetClass,
+    Execution,
+    Instrument,
+    OrderState,
+    SettlementInstruction,
+    SettlementStatus,
+    Side,
+)
+from db.tables import (
+    AccountRow,
+    AllocationRow,
+    ExecutionRow,
+    FundRow,
+    InstrumentRow,
+    OrderRow,
+    PositionRow,
+    SettlementRow,
+)
+
+# ---- reference data ---------------------------------------------------------------------------
+
+
+def get_fund(session: Session, fund: str) -> FundRow | None:
+    return session.get(FundRow, fund)
+
+
+def fund_accounts(session: Session, fund: str) -> list[str]:
+    rows = session.exec(select(AccountRow).where(AccountRow.fund == fund).order_by(col(AccountRow.account)))
+    return [row.account for row in rows]
+
+
+def get_instrument(session: Session, symbol: str) -> Instrument | None:
+    row = session.get(InstrumentRow, symbol)
+    if row is None:
+        return None
+    return Instrument(
+        symbol=row.symbol,
+        asset_class=AssetClass(row.asset_class),
+        currency=row.currency,
+        reference_price=row.reference_price,
+        lot_size=row.lot_size,
+    )
+
+
+def reference_prices(session: Session) -> dict[str, Decimal]:
+    return {row.symbol: row.reference_price for row in session.exec(select(InstrumentRow))}
+
+
+# ---- orders -----------------------------------------------------------------------------------
+
+
+def upsert_order(session: Session, state: OrderState) -> bool:
+    """Write the order's row unless the stored one is already at this version or newer.
+
+    Returns:
+        Whether the row changed. Projections retried or delivered late never move an order back.
+    """
+    row = session.get(OrderRow, state.order_id)
+    if row is not None and row.version >= state.version:
+        return False
+    values = {
+        "client_order_id": state.client_order_id,
+        "fund": state.fund,
+        "symbol": state.symbol,
+        "side": state.side.value,
+        "quantity": state.quantity,
+        "order_type": state.order_type.value,
+        "limit_price": state.limit_price,
+        "time_in_force": state.time_in_force.value,
+        "status": state.status.value,
+        "created_by": state.created_by,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "notional": state.notional,
+        "currency": state.currency,
+        "approval_level": state.approvals.current_level if state.status.value == "pending_approval" else None,
+        "approved_by": ",".join(g.user for g in state.approvals.given),
+        "filled_quantity": state.filled_quantity,
+        "average_price": state.average_price,
+        "venue": state.venue,
+        "version": state.version,
+    }
+    if row is None:
+        session.add(OrderRow(order_id=state.order_id, **values))
+    else:
+        for key, value in values.items():
+            setattr(row, key, value)
+        session.add(row)
+    for execution in state.executions:
+        _upsert_execution(session, state, execution)
+    session.commit()
+    return True
+
+
+def _upsert_execution(session: Session, state: OrderState, execution: Execution) -> None:
+    if session.get(ExecutionRow, (state.order_id, execution.exec_id)) is not None:
+        return
+    session.add(
+        ExecutionRow(
+            order_id=state.order_id,
+            exec_id=execution.exec_id,
+            fund=state.fund,
+            exec_type=execution.exec_type.value,
+            last_quantity=execution.last_quantity,
+            last_price=execution.last_price,
+            cumulative_quantity=execution.cumulative_quantity,
+            average_price=execution.average_price,
+            transact_time=execution.transact_time,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    funds: Sequence[str] | None  # None: every fund (firm-wide callers)
+    status: str | None = None
+    symbol: str | None = None
+    created_by: str | None = None
+    approval_levels: Sequence[str] | None = None
+
+
+def encode_cursor(row: OrderRow) -> str:
+    raw = json.dumps([row.created_at.isoformat(), row.order_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Decode a paging cursor; raises ValueError when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, order_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(order_id)
+    except Exception as exc:
+        raise ValueError("cursor is not valid") from exc
+
+
+def list_orders(session: Session, flt: OrderFilter, limit: int, cursor: str | None = None) -> list[OrderRow]:
+    """Return up to `limit` orders matching the filter, newest first, after `cursor`."""
+    query = select(OrderRow)
+    if flt.funds is not None:
+        query = query.where(col(OrderRow.fund).in_(list(flt.funds)))
+    if flt.status:
+        query = query.where(OrderRow.status == flt.status)
+    if flt.symbol:
+        query = query.where(OrderRow.symbol == flt.symbol)
+    if flt.created_by:
+        query = query.where(OrderRow.created_by == flt.created_by)
+    if flt.approval_levels is not None:
+        query = query.where(col(OrderRow.approval_level).in_(list(flt.approval_levels)))
+    if cursor:
+        created_at, order_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                col(OrderRow.created_at) < created_at,
+                and_(col(OrderRow.created_at) == created_at, col(OrderRow.order_id) < order_id),
+            )
+        )
+    query = query.order_by(col(OrderRow.created_at).desc(), col(OrderRow.order_id).desc()).limit(limit)
+    return list(session.exec(query))
+
+
+def get_order_row(session: Session, order_id: str) -> OrderRow | None:
+    return session.get(OrderRow, order_id)
+
+
+# ---- allocations and positions ----------------------------------------------------------------
+
+
+def book_allocations(
+    session: Session, state: OrderState, allocations: Iterable[Allocation], booked_at: datetime
+) -> None:
+    """Record the order's allocations (once) and rebuild the positions they touch."""
+    touched: set[str] = set()
+    for allocation in allocations:
+        touched.add(allocation.account)
+        if session.get(AllocationRow, (state.order_id, allocation.account)) is not None:
+            continue
+        session.add(
+            AllocationRow(
+                order_id=state.order_id,
+                account=allocation.account,
+                fund=state.fund,
+                symbol=state.symbol,
+                side=state.side.value,
+                quantity=allocation.quantity,
+                price=allocation.price,
+                booked_at=booked_at,
+            )
+        )
+    session.flush()
+    for account in sorted(touched):
+        _rebuild_position(session, state.fund, account, state.symbol, booked_at)
+    session.commit()
+
+
+def _rebuild_position(session: Session, fund: str, account: str, symbol: str, at: datetime) -> None:
+    """Recompute one position from all its allocations, so rebooking is harmless (idempotent).
+
+    Average cost is the weighted cost of the open position: trades that add to it move the
+    average, trades that reduce it leave it, a trade that flips the sign starts it anew.
+    """
+    rows = session.exec(
+        select(AllocationRow)
+        .where(AllocationRow.account == account, AllocationRow.symbol == symbol)
+        .order_by(col(AllocationRow.booked_at), col(AllocationRow.order_id))
+    )
+    quantity, average_cost, cash_flow = Decimal(0), Decimal(0), Decimal(0)
+    for row in rows:
+        signed = row.quantity * Side(row.side).sign
+        cash_flow -= signed * row.price
+        new_quantity = quantity + signed
+        if quantity == 0 or (quantity > 0) == (signed > 0):
+            average_cost = (quantity * average_cost + signed * row.price) / new_quantity if new_quantity else Decimal(0)
+        elif (new_quantity > 0) != (quantity > 0) and new_quantity != 0:
+            average_cost = row.price
+        elif new_quantity == 0:
+            average_cost = Decimal(0)
+        quantity = new_quantity
+    position = session.get(PositionRow, (account, symbol))
+    if position is None:
+        position = PositionRow(fund=fund, account=account, symbol=symbol, quantity=quantity,
+                               average_cost=average_cost, cash_flow=cash_flow, updated_at=at)
+    else:
+        position.quantity, position.average_cost, position.cash_flow, position.updated_at = (
+            quantity, average_cost, cash_flow, at
+        )
+    session.add(position)
+
+
+def positions(session: Session, funds: Sequence[str] | None) -> list[PositionRow]:
+    query = select(PositionRow)
+    if funds is not None:
+        query = query.where(col(PositionRow.fund).in_(list(funds)))
+    return list(session.exec(query.order_by(col(PositionRow.fund), col(PositionRow.account), col(PositionRow.symbol))))
+
+
+# ---- settlements ------------------------------------------------------------------------------
+
+
+def record_instruction(session: Session, instruction: SettlementInstruction, instructed_at: datetime) -> bool:
+    """Store a settlement instruction once; returns whether it was new."""
+    if session.get(SettlementRow, instruction.settlement_id) is not None:
+        return False
+    session.add(
+        SettlementRow(
+            settlement_id=instruction.settlement_id,
+            order_id=instruction.order_id,
+            fund=instruction.fund,
+            account=instruction.account,
+            symbol=instruction.symbol,
+            side=instruction.side.value,
+            quantity=instruction.quantity,
+            price=instruction.price,
+            gross_amount=instruction.gross_amount,
+            currency=instruction.currency,
+            trade_date=instruction.trade_date,
+            settlement_date=instruction.settlement_date,
+            status=SettlementStatus.INSTRUCTED.value,
+            instructed_at=instructed_at,
+        )
+    )
+    session.commit()
+    return True
+
+
+def set_settlement_status(
+    session: Session, settlement_id: str, status: SettlementStatus, reason: str, at: datetime
+) -> None:
+    """Record the back office's answer on an instruction; a confirmed one stays confirmed."""
+    row = session.get(SettlementRow, settlement_id)
+    if row is None or row.status == SettlementStatus.CONFIRMED.value:
+        return
+    row.status, row.status_reason, row.status_at = status.value, reason, at
+    session.add(row)
+    session.commit()
+
+
+def get_settlement(session: Session, settlement_id: str) -> SettlementRow | None:
+    return session.get(SettlementRow, settlement_id)
+
+
+def list_settlements(session: Session, funds: Sequence[str] | None, status: str | None) -> list[SettlementRow]:
+    query = select(SettlementRow)
+    if funds is not None:
+        query = query.where(col(SettlementRow.fund).in_(list(funds)))
+    if status:
+        query = query.where(SettlementRow.status == status)
+    return list(session.exec(query.order_by(col(SettlementRow.settlement_date), col(SettlementRow.settlement_id))))

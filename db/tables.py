@@ -1,0 +1,162 @@
+"""SQLModel tables of the read model and the reference data."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Dialect, Numeric
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+# Quantities and prices: 38 digits, 12 after the point, covers crypto fractions and large blocks.
+_NUMERIC = Numeric(38, 12)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite keeps no offset, so restore it)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _decimal(nullable: bool = False, default: Decimal | None = None) -> Decimal | None:
+    return Field(default=default, sa_column=Column(_NUMERIC, nullable=nullable))  # type: ignore[no-any-return]
+
+
+def _timestamp(nullable: bool = False) -> datetime | None:
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))  # type: ignore[no-any-return]
+
+
+class FundRow(SQLModel, table=True):
+    __tablename__ = "funds"
+
+    fund: str = Field(primary_key=True, max_length=64)
+    name: str
+    base_currency: str = "USD"
+    default_account: str = Field(max_length=64)
+
+
+class AccountRow(SQLModel, table=True):
+    __tablename__ = "accounts"
+
+    account: str = Field(primary_key=True, max_length=64)
+    fund: str = Field(foreign_key="funds.fund", index=True, max_length=64)
+    name: str
+
+
+class InstrumentRow(SQLModel, table=True):
+    __tablename__ = "instruments"
+
+    symbol: str = Field(primary_key=True, max_length=32)
+    name: str
+    asset_class: str = Field(max_length=16)
+    currency: str = Field(max_length=8)
+    reference_price: Decimal = _decimal()  # type: ignore[assignment]
+    lot_size: Decimal = _decimal(default=Decimal(1))  # type: ignore[assignment]
+
+
+class OrderRow(SQLModel, table=True):
+    """The order as lists and searches see it; the live truth is the workflow."""
+
+    __tablename__ = "orders"
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    client_order_id: str = Field(max_length=64)
+    fund: str = Field(index=True, max_length=64)
+    symbol: str = Field(index=True, max_length=32)
+    side: str = Field(max_length=16)
+    quantity: Decimal = _decimal()  # type: ignore[assignment]
+    order_type: str = Field(max_length=16)
+    limit_price: Decimal | None = _decimal(nullable=True)
+    time_in_force: str = Field(max_length=8)
+    status: str = Field(index=True, max_length=32)
+    created_by: str = Field(index=True, max_length=64)
+    created_at: datetime = _timestamp()  # type: ignore[assignment]
+    updated_at: datetime = _timestamp()  # type: ignore[assignment]
+    notional: Decimal | None = _decimal(nullable=True)
+    currency: str | None = Field(default=None, max_length=8)
+    approval_level: str | None = Field(default=None, index=True, max_length=32)
+    approved_by: str = Field(default="", description="Comma-separated users who approved a level.")
+    filled_quantity: Decimal = _decimal(default=Decimal(0))  # type: ignore[assignment]
+    average_price: Decimal | None = _decimal(nullable=True)
+    venue: str | None = Field(default=None, max_length=32)
+    version: int = 0
+
+
+class ExecutionRow(SQLModel, table=True):
+    __tablename__ = "executions"
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    exec_id: str = Field(primary_key=True, max_length=128)
+    fund: str = Field(index=True, max_length=64)
+    exec_type: str = Field(max_length=32)
+    last_quantity: Decimal = _decimal()  # type: ignore[assignment]
+    last_price: Decimal | None = _decimal(nullable=True)
+    cumulative_quantity: Decimal = _decimal()  # type: ignore[assignment]
+    average_price: Decimal | None = _decimal(nullable=True)
+    transact_time: datetime = _timestamp()  # type: ignore[assignment]
+
+
+class AllocationRow(SQLModel, table=True):
+    __tablename__ = "allocations"
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    account: str = Field(primary_key=True, max_length=64)
+    fund: str = Field(index=True, max_length=64)
+    symbol: str = Field(max_length=32)
+    side: str = Field(max_length=16)
+    quantity: Decimal = _decimal()  # type: ignore[assignment]
+    price: Decimal = _decimal()  # type: ignore[assignment]
+    booked_at: datetime = _timestamp()  # type: ignore[assignment]
+
+
+class PositionRow(SQLModel, table=True):
+    """Net position per account and instrument, rebuilt from the account's allocations."""
+
+    __tablename__ = "positions"
+
+    fund: str = Field(index=True, max_length=64)
+    account: str = Field(primary_key=True, max_length=64)
+    symbol: str = Field(primary_key=True, max_length=32)
+    quantity: Decimal = _decimal()  # type: ignore[assignment]
+    average_cost: Decimal = _decimal()  # type: ignore[assignment]
+    cash_flow: Decimal = _decimal(default=Decimal(0))  # type: ignore[assignment]
+    updated_at: datetime = _timestamp()  # type: ignore[assignment]
+
+
+class SettlementRow(SQLModel, table=True):
+    __tablename__ = "settlements"
+
+    settlement_id: str = Field(primary_key=True, max_length=160)
+    order_id: str = Field(index=True, max_length=64)
+    fund: str = Field(index=True, max_length=64)
+    account: str = Field(max_length=64)
+    symbol: str = Field(max_length=32)
+    side: str = Field(max_length=16)
+    quantity: Decimal = _decimal()  # type: ignore[assignment]
+    price: Decimal = _decimal()  # type: ignore[assignment]
+    gross_amount: Decimal = _decimal()  # type: ignore[assignment]
+    currency: str = Field(max_length=8)
+    trade_date: date
+    settlement_date: date = Field(index=True)
+    status: str = Field(index=True, max_length=16)
+    status_reason: str = ""
+    instructed_at: datetime = _timestamp()  # type: ignore[assignment]
+    status_at: datetime | None = _timestamp(nullable=True)
