@@ -21,6 +21,7 @@ from domain.models import (
     SettlementInstruction,
     SettlementStatus,
     Side,
+    tidy,
 )
 from db.tables import (
     AccountRow,
@@ -53,13 +54,13 @@ def get_instrument(session: Session, symbol: str) -> Instrument | None:
         symbol=row.symbol,
         asset_class=AssetClass(row.asset_class),
         currency=row.currency,
-        reference_price=row.reference_price,
-        lot_size=row.lot_size,
+        reference_price=tidy(row.reference_price),
+        lot_size=tidy(row.lot_size),
     )
 
 
 def reference_prices(session: Session) -> dict[str, Decimal]:
-    return {row.symbol: row.reference_price for row in session.exec(select(InstrumentRow))}
+    return {row.symbol: tidy(row.reference_price) for row in session.exec(select(InstrumentRow))}
 
 
 # ---- orders -----------------------------------------------------------------------------------

@@ -328,3 +328,10 @@ class OrderState(BaseModel):
             allocations=self.requested_allocations,
             notes=self.notes,
         )
+
+
+def tidy(value: Decimal) -> Decimal:
+    """Drop trailing zeros that storage adds (1.000000 -> 1) without switching to exponent form."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()

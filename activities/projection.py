@@ -1,0 +1,54 @@
+"""Activities that write the read model. Each is idempotent: keyed by order id, version and step."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+from temporalio import activity
+
+from db import queries
+from db.engine import SessionFactory
+from domain.models import Allocation, OrderState, SettlementStatus
+
+
+class ProjectOrderInput(BaseModel):
+    state: OrderState
+
+
+class BookAllocationsInput(BaseModel):
+    state: OrderState
+    allocations: list[Allocation]
+    booked_at: datetime
+
+
+class RecordSettlementStatusInput(BaseModel):
+    settlement_id: str
+    status: SettlementStatus
+    reason: str = ""
+    at: datetime
+
+
+class ProjectionActivities:
+    """Keep the read model (orders, executions, allocations, positions, settlements) in step."""
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    @activity.defn
+    def project_order(self, input: ProjectOrderInput) -> bool:
+        """Upsert the order's row and executions; an older version never overwrites a newer one."""
+        with self._sessions() as session:
+            return queries.upsert_order(session, input.state)
+
+    @activity.defn
+    def book_allocations(self, input: BookAllocationsInput) -> None:
+        """Record the order's allocations and rebuild the positions of the accounts they touch."""
+        with self._sessions() as session:
+            queries.book_allocations(session, input.state, input.allocations, input.booked_at)
+
+    @activity.defn
+    def record_settlement_status(self, input: RecordSettlementStatusInput) -> None:
+        """Record the back office's confirmation or failure of one settlement instruction."""
+        with self._sessions() as session:
+            queries.set_settlement_status(session, input.settlement_id, input.status, input.reason, input.at)

@@ -1,0 +1,1 @@
+"""FastAPI: maps HTTP to workflow start / update / signal / query and read-model queries."""

@@ -1,0 +1,12 @@
+"""Business refusal types: the `type` of non-retryable ApplicationErrors, mapped by the API to HTTP."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RefusalType(StrEnum):
+    INVALID_STATE = "OrderStateConflict"  # 409: the order's status does not allow the action
+    FORBIDDEN = "Forbidden"  # 403: segregation of duties or level not permitted
+    INVALID_INPUT = "InvalidInput"  # 422: the request names something that does not exist
+    VENUE_REFUSED = "VenueRefused"  # the venue would not take the order

@@ -1,0 +1,130 @@
+"""Wiring only: settings -> Temporal client -> workers (orders queue, back-office queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Sequence
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.back_office import BackOfficeActivities, SimulatedBackOffice
+from activities.compliance import ComplianceActivities
+from activities.projection import ProjectionActivities
+from activities.venue import VenueActivities
+from api.tokens import issue_token
+from config import Settings
+from db import queries
+from db.engine import SessionFactory, create_schema, make_engine, session_factory
+from venues.base import ExecutionSink
+from venues.simulator import PriceSource, SimulatedVenue
+from venues.sinks import HttpCallbacks
+from workflows.order import OrderWorkflow
+
+QUEUES = ("orders", "back-office")
+
+
+async def connect(settings: Settings) -> Client:
+    """Connect to Temporal with the pydantic data converter (the API and workers must agree)."""
+    return await Client.connect(
+        settings.resolved_temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def price_source(sessions: SessionFactory) -> PriceSource:
+    """Return the simulator's price lookup: reference price and lot size from the read model."""
+
+    def lookup(symbol: str) -> tuple[Decimal, Decimal] | None:
+        with sessions() as session:
+            instrument = queries.get_instrument(session, symbol)
+        return None if instrument is None else (instrument.reference_price, instrument.lot_size)
+
+    return lookup
+
+
+def build_orders_worker(
+    client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    sink: ExecutionSink,
+    executor: concurrent.futures.Executor,
+) -> tuple[Worker, SimulatedVenue]:
+    """Return the worker of the orders queue: the order workflow and its activities."""
+    simulator = SimulatedVenue(
+        sink,
+        price_source(sessions),
+        delay_seconds=settings.simulator_fill_delay_seconds,
+        identity=settings.simulator_identity,
+    )
+    projection = ProjectionActivities(sessions)
+    compliance = ComplianceActivities(sessions, settings.policies_dir)
+    venues = VenueActivities({simulator.name: simulator})
+    worker = Worker(
+        client,
+        task_queue=settings.orders_task_queue,
+        workflows=[OrderWorkflow],
+        activities=[
+            projection.project_order,
+            projection.book_allocations,
+            projection.record_settlement_status,
+            compliance.compliance_snapshot,
+            compliance.approval_matrix,
+            venues.submit_order,
+            venues.cancel_at_venue,
+        ],
+        activity_executor=executor,
+    )
+    return worker, simulator
+
+
+def build_back_office_worker(
+    client: Client, settings: Settings, sessions: SessionFactory, back_office: SimulatedBackOffice | None
+) -> Worker:
+    """Return the worker of the back office's queue: settlement instructions."""
+    activities = BackOfficeActivities(sessions, back_office)
+    return Worker(client, task_queue=settings.back_office_task_queue, activities=[activities.instruct_settlement])
+
+
+async def run_workers(settings: Settings, queues: Sequence[str] = QUEUES) -> None:
+    """Run the workers of `queues` until cancelled; simulators report back through the HTTP API."""
+    engine = make_engine(settings.resolved_database_url)
+    create_schema(engine)
+    sessions = session_factory(engine)
+    client = await connect(settings)
+    ttl = timedelta(seconds=settings.jwt_default_ttl_seconds)
+
+    def token_for(user: str) -> str:
+        return issue_token(user, settings.jwt_secret, ttl)
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        callbacks = HttpCallbacks(http, settings.resolved_api_url, token_for)
+        workers: list[Worker] = []
+        simulator: SimulatedVenue | None = None
+        back_office: SimulatedBackOffice | None = None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=32) as executor:
+            if "orders" in queues:
+                orders_worker, simulator = build_orders_worker(client, settings, sessions, callbacks, executor)
+                workers.append(orders_worker)
+            if "back-office" in queues:
+                if settings.back_office_simulator:
+                    back_office = SimulatedBackOffice(
+                        callbacks,
+                        user=settings.back_office_identity,
+                        delay_seconds=settings.back_office_confirm_delay_seconds,
+                    )
+                workers.append(build_back_office_worker(client, settings, sessions, back_office))
+            try:
+                await asyncio.gather(*(w.run() for w in workers))
+            finally:
+                if simulator is not None:
+                    await simulator.close()
+                if back_office is not None:
+                    await back_office.close()
+        engine.dispose()

@@ -1,0 +1,472 @@
+"""OrderWorkflow: one order's whole life, from creation to settlement, as a durable workflow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.back_office import BackOfficeActivities, InstructSettlementInput
+    from activities.compliance import ApprovalMatrixInput, ComplianceActivities, ComplianceSnapshotInput
+    from activities.projection import (
+        BookAllocationsInput,
+        ProjectionActivities,
+        ProjectOrderInput,
+        RecordSettlementStatusInput,
+    )
+    from activities.venue import CancelAtVenueInput, SubmitOrderInput, VenueActivities
+    from domain.allocation import allocate
+    from domain.approvals import required_levels
+    from domain.compliance import evaluate, order_notional, worst_outcome
+    from domain.errors import RefusalType
+    from domain.executions import ReportVerdict, apply_report
+    from domain.ids import settlement_id_for
+    from domain.models import (
+        ApprovalGiven,
+        ComplianceOutcome,
+        Instrument,
+        OrderState,
+        OrderStatus,
+        SettlementInstruction,
+        SettlementStatus,
+    )
+    from domain.settlement import settlement_date
+    from domain.status import AT_VENUE, DONE_AT_VENUE, PRE_RELEASE, OrderEvent, next_status
+    from venues.base import VenueOrder
+    from workflows.messages import (
+        ApproveInput,
+        CancelInput,
+        ExecutionReportInput,
+        OrderWorkflowInput,
+        OrderWorkflowResult,
+        OverrideInput,
+        RejectInput,
+        ReleaseInput,
+        SettlementUpdateInput,
+    )
+
+# Read-model writes and reference reads: retried until the database is back.
+_LOCAL_IO: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30)),
+}
+# Venue and back-office calls: a few attempts, then the failure surfaces on the order.
+_EXTERNAL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=5),
+}
+
+
+def _refuse(message: str, refusal: RefusalType) -> ApplicationError:
+    return ApplicationError(message, type=refusal, non_retryable=True)
+
+
+@workflow.defn
+class OrderWorkflow:
+    """One order: compliance, approvals, release, execution, allocation and settlement.
+
+    Human actions (approve, reject, override, release, cancel) are Updates whose validators refuse
+    what the order's state or segregation of duties forbids; venue and back-office events are
+    Signals; `state` is the live view. Status changes go through the table in `domain.status`.
+    """
+
+    @workflow.init
+    def __init__(self, input: OrderWorkflowInput) -> None:
+        request = input.request
+        now = workflow.now()
+        self._input = input
+        self._instrument: Instrument | None = None
+        self._state = OrderState(
+            order_id=input.order_id,
+            client_order_id=request.client_order_id,
+            fund=request.fund,
+            symbol=request.symbol,
+            side=request.side,
+            quantity=request.quantity,
+            order_type=request.order_type,
+            limit_price=request.limit_price,
+            time_in_force=request.time_in_force,
+            expire_at=request.expire_at,
+            notes=request.notes,
+            requested_allocations=list(request.allocations),
+            created_by=input.created_by,
+            created_at=now,
+            updated_at=now,
+            leaves_quantity=request.quantity,
+        )
+
+    # ---- the life of the order ----------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: OrderWorkflowInput) -> OrderWorkflowResult:
+        await self._project()
+        if await self._pre_trade_compliance():
+            await self._collect_approvals()
+        if self._state.status is OrderStatus.APPROVED:
+            await workflow.wait_condition(lambda: self._state.status is not OrderStatus.APPROVED)
+        if self._state.status in AT_VENUE:
+            await workflow.wait_condition(lambda: self._state.status in DONE_AT_VENUE)
+        if self._state.status in DONE_AT_VENUE and self._state.filled_quantity > 0:
+            await self._allocate()
+            await self._settle()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return OrderWorkflowResult(order_id=self._state.order_id, status=self._state.status)
+
+    async def _pre_trade_compliance(self) -> bool:
+        """Check the order; return whether it may go on to approval (possibly after an override)."""
+        snapshot = await workflow.execute_activity_method(
+            ComplianceActivities.compliance_snapshot, ComplianceSnapshotInput(order=self._input.request), **_LOCAL_IO
+        )
+        self._instrument = snapshot.instrument
+        results = evaluate(self._input.request, snapshot)
+        self._state.compliance = results
+        self._state.notional = order_notional(self._input.request, snapshot)
+        self._state.currency = snapshot.instrument.currency
+        outcome = worst_outcome(results)
+        if outcome is ComplianceOutcome.FAIL:
+            failed = "; ".join(r.message for r in results if r.outcome is ComplianceOutcome.FAIL)
+            self._transition(OrderEvent.COMPLIANCE_FAILED, reason=failed)
+            await self._project()
+            return False
+        matrix = await workflow.execute_activity_method(
+            ComplianceActivities.approval_matrix, ApprovalMatrixInput(fund=self._state.fund), **_LOCAL_IO
+        )
+        self._state.approvals.required = required_levels(matrix, self._state.notional, results)
+        if outcome is ComplianceOutcome.WARN:
+            self._transition(OrderEvent.COMPLIANCE_WARNED)
+            await self._project()
+            timeouts = self._input.timeouts
+            overridden = await self._wait(
+                lambda: self._state.status is not OrderStatus.PENDING_OVERRIDE, timeouts.approval_expire_after
+            )
+            if not overridden:
+                self._transition(OrderEvent.APPROVAL_EXPIRED, reason="no compliance override in time")
+                await self._project()
+            return self._state.status is OrderStatus.PENDING_APPROVAL
+        self._transition(OrderEvent.COMPLIANCE_PASSED)
+        await self._complete_if_no_levels()
+        await self._project()
+        return True
+
+    async def _collect_approvals(self) -> None:
+        """Wait for every level; escalate once when it waits too long, expire in the end."""
+        timeouts = self._input.timeouts
+        await self._complete_if_no_levels()
+
+        def decided() -> bool:
+            return self._state.status is not OrderStatus.PENDING_APPROVAL
+
+        if await self._wait(decided, timeouts.approval_escalate_after):
+            return
+        level = self._state.approvals.current_level
+        self._state.flags.append(f"approval_escalated:{level}")
+        await self._project()
+        remaining = timeouts.approval_expire_after - timeouts.approval_escalate_after
+        if remaining > timedelta(0) and await self._wait(decided, remaining):
+            return
+        self._transition(OrderEvent.APPROVAL_EXPIRED, reason=f"approval at level {level} expired")
+        await self._project()
+
+    async def _complete_if_no_levels(self) -> None:
+        if self._state.status is OrderStatus.PENDING_APPROVAL and self._state.approvals.current_level is None:
+            self._transition(OrderEvent.APPROVALS_COMPLETE)
+
+    async def _allocate(self) -> None:
+        assert self._instrument is not None
+        state = self._state
+        assert state.average_price is not None
+        state.allocations = allocate(
+            state.requested_allocations, state.filled_quantity, state.average_price, self._instrument.lot_size
+        )
+        self._transition(OrderEvent.ALLOCATED)
+        await workflow.execute_activity_method(
+            ProjectionActivities.book_allocations,
+            BookAllocationsInput(state=state, allocations=state.allocations, booked_at=workflow.now()),
+            **_LOCAL_IO,
+        )
+        await self._project()
+
+    async def _settle(self) -> None:
+        """Instruct the back office per allocation, then wait for every confirmation."""
+        assert self._instrument is not None
+        state = self._state
+        trade_day = max(e.transact_time for e in state.executions if e.last_quantity > 0).date()
+        settle_on = settlement_date(trade_day, self._instrument.asset_class)
+        state.settlements = [
+            SettlementInstruction(
+                settlement_id=settlement_id_for(state.order_id, a.account),
+                order_id=state.order_id,
+                fund=state.fund,
+                account=a.account,
+                symbol=state.symbol,
+                side=state.side,
+                quantity=a.quantity,
+                price=a.price,
+                gross_amount=(a.quantity * a.price).quantize(Decimal("0.01")),
+                currency=self._instrument.currency,
+                trade_date=trade_day,
+                settlement_date=settle_on,
+            )
+            for a in state.allocations
+        ]
+        for instruction in state.settlements:
+            await workflow.execute_activity_method(
+                BackOfficeActivities.instruct_settlement,
+                InstructSettlementInput(instruction=instruction),
+                task_queue=self._input.back_office_task_queue,
+                **_EXTERNAL,
+            )
+        self._transition(OrderEvent.SETTLEMENT_INSTRUCTED)
+        await self._project()
+
+        def all_confirmed() -> bool:
+            return all(s.status is SettlementStatus.CONFIRMED for s in self._state.settlements)
+
+        def settled_or_failed() -> bool:
+            return all_confirmed() or any(s.status is SettlementStatus.FAILED for s in self._state.settlements)
+
+        # The back office has until the end of the settlement date (UTC).
+        deadline = datetime.combine(settle_on + timedelta(days=1), time(0), tzinfo=UTC)
+        await self._wait(settled_or_failed, max(deadline - workflow.now(), timedelta(seconds=1)))
+        if not all_confirmed():
+            if not any(s.status is SettlementStatus.FAILED for s in state.settlements):
+                state.flags.append("settlement_not_confirmed_by_settlement_date")
+            self._transition(OrderEvent.SETTLEMENT_FAILED, reason="settlement not confirmed")
+            await self._project()
+            if not await self._wait(all_confirmed, self._input.timeouts.late_settlement_grace):
+                return
+        self._transition(OrderEvent.SETTLED)
+        await self._project()
+
+    # ---- updates: human actions ---------------------------------------------------------------
+
+    @workflow.update
+    async def approve(self, input: ApproveInput) -> OrderState:
+        """Approve the order's current level."""
+        level = self._state.approvals.current_level
+        assert level is not None
+        grant = next(g for g in input.grants if g.permission == level)
+        self._state.approvals.given.append(
+            ApprovalGiven(level=level, user=input.user, at=workflow.now(), comment=input.comment, policy=grant.policy)
+        )
+        if self._state.approvals.current_level is None:
+            self._transition(OrderEvent.APPROVALS_COMPLETE)
+        else:
+            self._touch()
+        await self._project()
+        return self._state
+
+    @approve.validator
+    def _validate_approve(self, input: ApproveInput) -> None:
+        self._require_status(OrderStatus.PENDING_APPROVAL, "approve")
+        level = self._state.approvals.current_level
+        if level is None:  # pragma: no cover - status says a level is pending
+            raise _refuse("no approval level is pending", RefusalType.INVALID_STATE)
+        if input.user == self._state.created_by:
+            raise _refuse("the order's creator cannot approve it", RefusalType.FORBIDDEN)
+        if any(g.user == input.user for g in self._state.approvals.given):
+            raise _refuse(f"{input.user} already approved a level of this order", RefusalType.FORBIDDEN)
+        if not any(g.permission == level for g in input.grants):
+            raise _refuse(f"{input.user} may not approve level {level} in {self._state.fund}", RefusalType.FORBIDDEN)
+
+    @workflow.update
+    async def reject(self, input: RejectInput) -> OrderState:
+        """Reject the order at its current level; it ends as approval_rejected."""
+        self._transition(OrderEvent.APPROVAL_REJECTED, reason=input.reason)
+        await self._project()
+        return self._state
+
+    @reject.validator
+    def _validate_reject(self, input: RejectInput) -> None:
+        self._require_status(OrderStatus.PENDING_APPROVAL, "reject")
+        level = self._state.approvals.current_level
+        if not input.reason.strip():
+            raise _refuse("a rejection needs a reason", RefusalType.INVALID_INPUT)
+        if input.user == self._state.created_by:
+            raise _refuse("the order's creator cannot reject it (cancel it instead)", RefusalType.FORBIDDEN)
+        if not any(g.permission == level for g in input.grants):
+            raise _refuse(f"{input.user} may not decide level {level} in {self._state.fund}", RefusalType.FORBIDDEN)
+
+    @workflow.update
+    async def override(self, input: OverrideInput) -> OrderState:
+        """Accept the order's soft compliance breaches, with a written justification."""
+        self._state.override = {
+            "user": input.user,
+            "justification": input.justification,
+            "at": workflow.now().isoformat(),
+            "policy": input.policy,
+        }
+        self._transition(OrderEvent.OVERRIDDEN)
+        await self._complete_if_no_levels()
+        await self._project()
+        return self._state
+
+    @override.validator
+    def _validate_override(self, input: OverrideInput) -> None:
+        self._require_status(OrderStatus.PENDING_OVERRIDE, "override")
+        if not input.justification.strip():
+            raise _refuse("an override needs a justification", RefusalType.INVALID_INPUT)
+        if input.user == self._state.created_by:
+            raise _refuse("the order's creator cannot override its breaches", RefusalType.FORBIDDEN)
+
+    @workflow.update
+    async def release(self, input: ReleaseInput) -> OrderState:
+        """Send the approved order to a venue."""
+        state = self._state
+        state.venue = input.venue
+        self._transition(OrderEvent.RELEASED)
+        await self._project()
+        order = VenueOrder(
+            order_id=state.order_id,
+            fund=state.fund,
+            symbol=state.symbol,
+            side=state.side,
+            quantity=state.quantity,
+            order_type=state.order_type,
+            limit_price=state.limit_price,
+            time_in_force=state.time_in_force,
+        )
+        try:
+            await workflow.execute_activity_method(
+                VenueActivities.submit_order, SubmitOrderInput(venue=input.venue, order=order), **_EXTERNAL
+            )
+        except ActivityError as err:
+            # The venue never took the order: record why, and end it as rejected by the venue.
+            reason = str(err.cause) if err.cause is not None else str(err)
+            if state.status is OrderStatus.RELEASED:
+                self._transition(OrderEvent.VENUE_REJECTED, reason=f"venue did not accept the order: {reason}")
+                await self._project()
+        return self._state
+
+    @release.validator
+    def _validate_release(self, input: ReleaseInput) -> None:
+        self._require_status(OrderStatus.APPROVED, "release")
+
+    @workflow.update
+    async def cancel(self, input: CancelInput) -> OrderState:
+        """Cancel the order: at once before release, through pending_cancel after."""
+        state = self._state
+        if state.status in PRE_RELEASE:
+            self._transition(OrderEvent.CANCELED_BEFORE_RELEASE, reason=input.reason)
+            await self._project()
+            return state
+        self._transition(OrderEvent.CANCEL_REQUESTED, reason=input.reason)
+        await self._project()
+        assert state.venue is not None
+        await workflow.execute_activity_method(
+            VenueActivities.cancel_at_venue, CancelAtVenueInput(venue=state.venue, order_id=state.order_id), **_EXTERNAL
+        )
+        return self._state
+
+    @cancel.validator
+    def _validate_cancel(self, input: CancelInput) -> None:
+        status = self._state.status
+        if status in PRE_RELEASE or status in (OrderStatus.WORKING, OrderStatus.PARTIALLY_FILLED):
+            return
+        raise _refuse(f"an order that is {status.value} cannot be canceled", RefusalType.INVALID_STATE)
+
+    # ---- signals: machine events --------------------------------------------------------------
+
+    @workflow.signal
+    async def execution_report(self, input: ExecutionReportInput) -> None:
+        """Apply a venue's execution report; duplicates are ignored, impossible ones flagged."""
+        state = self._state
+        outcome = apply_report(
+            status=state.status,
+            quantity=state.quantity,
+            filled_quantity=state.filled_quantity,
+            average_price=state.average_price,
+            seen_exec_ids={e.exec_id for e in state.executions},
+            report=input.report,
+            reported_by=input.reported_by,
+            received_at=workflow.now(),
+        )
+        if outcome.verdict is ReportVerdict.DUPLICATE:
+            return
+        if outcome.verdict is ReportVerdict.REFUSED:
+            state.flags.append(f"execution_refused:{input.report.exec_id}:{outcome.reason}")
+            self._touch()
+            await self._project()
+            return
+        execution = outcome.execution
+        assert execution is not None
+        state.executions.append(execution)
+        state.filled_quantity = execution.cumulative_quantity
+        state.leaves_quantity = execution.leaves_quantity
+        state.average_price = execution.average_price
+        if outcome.event is not None:
+            closing = outcome.event in (OrderEvent.VENUE_REJECTED, OrderEvent.VENUE_CANCELED, OrderEvent.VENUE_EXPIRED)
+            self._transition(outcome.event, reason=input.report.text if closing else "")
+        else:
+            self._touch()
+        await self._project()
+
+    @workflow.signal
+    async def settlement_update(self, input: SettlementUpdateInput) -> None:
+        """Record the back office's confirmation or failure of one instruction."""
+        for index, instruction in enumerate(self._state.settlements):
+            if instruction.settlement_id != input.settlement_id:
+                continue
+            if instruction.status is SettlementStatus.CONFIRMED:
+                return  # confirmed is final; repeats change nothing
+            self._state.settlements[index] = instruction.model_copy(
+                update={"status": input.status, "status_reason": input.reason, "status_at": input.at}
+            )
+            self._touch()
+            await workflow.execute_activity_method(
+                ProjectionActivities.record_settlement_status,
+                RecordSettlementStatusInput(
+                    settlement_id=input.settlement_id, status=input.status, reason=input.reason, at=input.at
+                ),
+                **_LOCAL_IO,
+            )
+            await self._project()
+            return
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    @workflow.query
+    def state(self) -> OrderState:
+        """Return the live order."""
+        return self._state
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _require_status(self, status: OrderStatus, action: str) -> None:
+        if self._state.status is not status:
+            raise _refuse(
+                f"cannot {action} an order that is {self._state.status.value} (needs {status.value})",
+                RefusalType.INVALID_STATE,
+            )
+
+    def _transition(self, event: OrderEvent, *, reason: str = "") -> None:
+        self._state.status = next_status(self._state.status, event)
+        if reason:
+            self._state.close_reason = reason
+        self._touch()
+
+    def _touch(self) -> None:
+        self._state.version += 1
+        self._state.updated_at = workflow.now()
+
+    async def _project(self) -> None:
+        await workflow.execute_activity_method(
+            ProjectionActivities.project_order,
+            ProjectOrderInput(state=self._state.model_copy(deep=True)),
+            **_LOCAL_IO,
+        )
+
+    @staticmethod
+    async def _wait(condition: Callable[[], bool], timeout: timedelta) -> bool:
+        """Wait for `condition` up to `timeout`; return whether it came true."""
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
