@@ -37,6 +37,10 @@ from db.tables import (
 # ---- reference data ---------------------------------------------------------------------------
 
 
+def all_funds(session: Session) -> list[FundRow]:
+    return list(session.exec(select(FundRow).order_by(col(FundRow.fund))))
+
+
 def get_fund(session: Session, fund: str) -> FundRow | None:
     return session.get(FundRow, fund)
 
@@ -174,6 +178,12 @@ def list_orders(session: Session, flt: OrderFilter, limit: int, cursor: str | No
         )
     query = query.order_by(col(OrderRow.created_at).desc(), col(OrderRow.order_id).desc()).limit(limit)
     return list(session.exec(query))
+
+
+def approval_levels_in_use(session: Session) -> list[str]:
+    """Return the approval levels orders are waiting at."""
+    query = select(OrderRow.approval_level).where(col(OrderRow.approval_level).is_not(None)).distinct()
+    return [level for level in session.exec(query) if level]
 
 
 def get_order_row(session: Session, order_id: str) -> OrderRow | None:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -126,7 +126,11 @@ class AllocationRequest(BaseModel):
 
 
 class OrderRequest(BaseModel):
-    """What a portfolio manager asks for: the body of `POST /orders`, normalised."""
+    """What a portfolio manager asks for: the body of `POST /orders`, normalised.
+
+    Cross-field rules are field validators (not one model validator) so that a refusal names
+    the field at fault, as the API promises.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -136,30 +140,47 @@ class OrderRequest(BaseModel):
     side: Side
     quantity: PositiveDecimal
     order_type: OrderType = OrderType.MARKET
-    limit_price: PositiveDecimal | None = None
+    limit_price: PositiveDecimal | None = Field(default=None, validate_default=True)
     time_in_force: TimeInForce = TimeInForce.DAY
-    expire_at: AwareDatetime | None = None
-    allocations: list[AllocationRequest] = Field(default_factory=list)
+    expire_at: AwareDatetime | None = Field(default=None, validate_default=True)
+    allocations: list[AllocationRequest] = Field(default_factory=list, validate_default=True)
     notes: str = Field(default="", max_length=2000)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> OrderRequest:
-        if self.order_type is OrderType.LIMIT and self.limit_price is None:
-            raise ValueError("limit_price: a limit order needs a limit_price")
-        if self.order_type is OrderType.MARKET and self.limit_price is not None:
-            raise ValueError("limit_price: a market order takes no limit_price")
-        if self.time_in_force is TimeInForce.GTD and self.expire_at is None:
-            raise ValueError("expire_at: a gtd order needs expire_at")
-        if self.time_in_force is not TimeInForce.GTD and self.expire_at is not None:
-            raise ValueError("expire_at: only gtd orders take expire_at")
-        if self.allocations:
-            accounts = [a.account for a in self.allocations]
-            if len(set(accounts)) != len(accounts):
-                raise ValueError("allocations: an account appears more than once")
-            total = sum((a.quantity for a in self.allocations), Decimal(0))
-            if total != self.quantity:
-                raise ValueError(f"allocations: quantities sum to {total}, not the order quantity {self.quantity}")
-        return self
+    @field_validator("limit_price")
+    @classmethod
+    def _price_matches_type(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        order_type = info.data.get("order_type")
+        if order_type is OrderType.LIMIT and value is None:
+            raise ValueError("a limit order needs a limit_price")
+        if order_type is OrderType.MARKET and value is not None:
+            raise ValueError("a market order takes no limit_price")
+        return value
+
+    @field_validator("expire_at")
+    @classmethod
+    def _expiry_matches_tif(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        time_in_force = info.data.get("time_in_force")
+        if time_in_force is TimeInForce.GTD and value is None:
+            raise ValueError("a gtd order needs expire_at")
+        if time_in_force is not None and time_in_force is not TimeInForce.GTD and value is not None:
+            raise ValueError("only gtd orders take expire_at")
+        return value
+
+    @field_validator("allocations")
+    @classmethod
+    def _allocations_cover_quantity(
+        cls, value: list[AllocationRequest], info: ValidationInfo
+    ) -> list[AllocationRequest]:
+        if not value:
+            return value
+        accounts = [a.account for a in value]
+        if len(set(accounts)) != len(accounts):
+            raise ValueError("an account appears more than once")
+        quantity = info.data.get("quantity")
+        total = sum((a.quantity for a in value), Decimal(0))
+        if quantity is not None and total != quantity:
+            raise ValueError(f"allocation quantities sum to {total}, not the order quantity {quantity}")
+        return value
 
     def same_order_as(self, other: OrderRequest) -> bool:
         """Tell whether two requests describe the same order (for idempotent creation)."""

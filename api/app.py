@@ -1,0 +1,53 @@
+"""The FastAPI application: routers, error handlers, and the services built at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from api.auth import Authorizer
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.metrics import Metrics, metrics_middleware
+from api.routers import executions, health, orders, settlements, views
+from config import Settings
+from db.engine import create_schema, make_engine, session_factory
+
+
+def create_app(settings: Settings | None = None, temporal: Client | None = None) -> FastAPI:
+    """Build the app. Without `temporal`, it connects at start-up using `settings`."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from worker import connect
+
+        engine = make_engine(settings.resolved_database_url)
+        create_schema(engine)
+        client = temporal or await connect(settings)
+        app.state.services = Services(
+            settings=settings,
+            temporal=client,
+            sessions=session_factory(engine),
+            authorizer=Authorizer(settings.policies_dir),
+        )
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="OMS",
+        version="1",
+        summary="Order management for institutional trading desks; every order is a Temporal workflow.",
+        lifespan=lifespan,
+    )
+    app.state.metrics = Metrics()
+    app.middleware("http")(metrics_middleware(app.state.metrics))
+    install_error_handlers(app)
+    for module in (orders, executions, settlements, views, health):
+        app.include_router(module.router)
+    return app

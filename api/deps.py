@@ -1,0 +1,62 @@
+"""FastAPI dependencies: the services the app was built with, and the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+from temporalio.client import Client
+
+from api.auth import Authorizer
+from api.errors import ApiError
+from api.tokens import InvalidTokenError, user_from_token
+from config import Settings
+from db.engine import SessionFactory
+
+
+@dataclass
+class Services:
+    """What every request may use; built once at start-up (see api.app.create_app)."""
+
+    settings: Settings
+    temporal: Client
+    sessions: SessionFactory
+    authorizer: Authorizer
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_session(services: Annotated[Services, Depends(get_services)]) -> Iterator[Session]:
+    with services.sessions() as session:
+        yield session
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def current_user(
+    services: Annotated[Services, Depends(get_services)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Return the caller's user id from a valid bearer token; 401 otherwise."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiError(401, "unauthenticated", "missing bearer token")
+    try:
+        user = user_from_token(credentials.credentials, services.settings.jwt_secret)
+    except InvalidTokenError as exc:
+        raise ApiError(401, "unauthenticated", f"invalid token: {exc}") from exc
+    if not services.authorizer.is_known_user(user):
+        raise ApiError(401, "unauthenticated", f"user {user} is not known to the policy")
+    return user
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SessionDep = Annotated[Session, Depends(get_session)]
+UserDep = Annotated[str, Depends(current_user)]

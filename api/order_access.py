@@ -1,0 +1,66 @@
+"""Finding an order the caller may see, and acting on it through its workflow."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.auth import Grant
+from api.deps import Services
+from api.errors import ApiError, forbidden, not_found
+from domain.ids import order_workflow_id
+from domain.models import OrderState
+from workflows.order import OrderWorkflow
+
+ORDER_ID_PATTERN = re.compile(r"^ord_[0-9a-f]{20}$")
+_RPC_TIMEOUT = timedelta(seconds=15)
+
+OrderHandle = WorkflowHandle[OrderWorkflow, Any]
+
+
+def order_handle(services: Services, order_id: str) -> OrderHandle:
+    return services.temporal.get_workflow_handle_for(OrderWorkflow.run, order_workflow_id(order_id))
+
+
+async def read_state(handle: OrderHandle) -> OrderState:
+    """Query the live order; 404 when there is no such workflow."""
+    try:
+        return await handle.query(OrderWorkflow.state, rpc_timeout=_RPC_TIMEOUT)
+    except RPCError as err:
+        if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            raise not_found() from err
+        raise
+
+
+async def visible_order(services: Services, user: str, order_id: str) -> tuple[OrderHandle, OrderState]:
+    """Return the order if the caller may read it; 404 otherwise, so ids cannot be probed across funds."""
+    if not ORDER_ID_PATTERN.match(order_id):
+        raise not_found()
+    handle = order_handle(services, order_id)
+    state = await read_state(handle)
+    if services.authorizer.check(user, state.fund, "orders", "read") is None:
+        raise not_found()
+    return handle, state
+
+
+def require(services: Services, user: str, fund: str, obj: str, action: str) -> Grant:
+    """Return the caller's grant for the action, or refuse with 403."""
+    grant = services.authorizer.check(user, fund, obj, action)
+    if grant is None:
+        raise forbidden(f"{user} may not {action} {obj} in {fund}")
+    return grant
+
+
+async def run_update(state: OrderState, call: Callable[[], Awaitable[OrderState]]) -> OrderState:
+    """Run an Update; an order whose workflow has closed takes no more actions (409)."""
+    try:
+        return await call()
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            raise ApiError(409, "conflict", f"the order is {state.status.value} and takes no more actions") from err
+        raise

@@ -1,0 +1,58 @@
+"""Settlement instructions for the back office, and its confirmations (Signals to the order)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+
+from api.deps import ServicesDep, SessionDep, UserDep
+from api.errors import invalid, not_found
+from api.order_access import order_handle, require
+from api.schemas import Accepted, SettlementFailBody, SettlementView
+from db import queries
+from domain.models import SettlementStatus
+from workflows.messages import SettlementUpdateInput
+from workflows.order import OrderWorkflow
+
+router = APIRouter(prefix="/settlements", tags=["settlements"])
+
+
+@router.get("", response_model=list[SettlementView])
+def list_settlements(
+    services: ServicesDep, session: SessionDep, user: UserDep, fund: str | None = None, status: SettlementStatus | None = None
+) -> list[SettlementView]:
+    """Settlement instructions in the funds the caller may read them in."""
+    funds = services.authorizer.funds_allowed(user, [f.fund for f in queries.all_funds(session)], "settlements", "read")
+    if fund is not None:
+        if fund not in funds:
+            raise invalid("fund", f"{fund} is not a fund whose settlements you may read")
+        funds = [fund]
+    rows = queries.list_settlements(session, funds, status.value if status else None)
+    return [SettlementView.model_validate(row, from_attributes=True) for row in rows]
+
+
+async def _answer(
+    settlement_id: str, status: SettlementStatus, reason: str, services: ServicesDep, session: SessionDep, user: str
+) -> Accepted:
+    row = queries.get_settlement(session, settlement_id)
+    if row is None or services.authorizer.check(user, row.fund, "settlements", "read") is None:
+        raise not_found("settlement instruction")
+    require(services, user, row.fund, "settlements", "confirm")
+    update = SettlementUpdateInput(settlement_id=settlement_id, status=status, reason=reason, user=user, at=datetime.now(UTC))
+    await order_handle(services, row.order_id).signal(OrderWorkflow.settlement_update, update)
+    return Accepted(status="accepted")
+
+
+@router.post("/{settlement_id}/confirm", status_code=202, response_model=Accepted)
+async def confirm_settlement(settlement_id: str, services: ServicesDep, session: SessionDep, user: UserDep) -> Accepted:
+    """The back office confirms that an instruction settled."""
+    return await _answer(settlement_id, SettlementStatus.CONFIRMED, "", services, session, user)
+
+
+@router.post("/{settlement_id}/fail", status_code=202, response_model=Accepted)
+async def fail_settlement(
+    settlement_id: str, body: SettlementFailBody, services: ServicesDep, session: SessionDep, user: UserDep
+) -> Accepted:
+    """The back office reports that an instruction failed to settle."""
+    return await _answer(settlement_id, SettlementStatus.FAILED, body.reason, services, session, user)

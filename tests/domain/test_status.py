@@ -1,0 +1,123 @@
+"""The order status table: every legal transition, every illegal one, and the terminal statuses."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from domain.models import OrderStatus
+from domain.status import TRANSITIONS, IllegalTransitionError, OrderEvent, allows, next_status
+
+S = OrderStatus
+E = OrderEvent
+
+LEGAL = sorted(TRANSITIONS.items())
+ILLEGAL = [pair for pair in itertools.product(S, E) if pair not in TRANSITIONS]
+
+TERMINAL = [
+    S.COMPLIANCE_REJECTED,
+    S.APPROVAL_REJECTED,
+    S.APPROVAL_EXPIRED,
+    S.VENUE_REJECTED,
+    S.SETTLED,
+]
+
+# The table as the product describes it, written out by hand so a change to TRANSITIONS shows.
+EXPECTED: dict[tuple[OrderStatus, OrderEvent], OrderStatus] = {
+    (S.PENDING_COMPLIANCE, E.COMPLIANCE_PASSED): S.PENDING_APPROVAL,
+    (S.PENDING_COMPLIANCE, E.COMPLIANCE_WARNED): S.PENDING_OVERRIDE,
+    (S.PENDING_COMPLIANCE, E.COMPLIANCE_FAILED): S.COMPLIANCE_REJECTED,
+    (S.PENDING_COMPLIANCE, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+    (S.PENDING_OVERRIDE, E.OVERRIDDEN): S.PENDING_APPROVAL,
+    (S.PENDING_OVERRIDE, E.APPROVAL_EXPIRED): S.APPROVAL_EXPIRED,
+    (S.PENDING_OVERRIDE, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+    (S.PENDING_APPROVAL, E.APPROVALS_COMPLETE): S.APPROVED,
+    (S.PENDING_APPROVAL, E.APPROVAL_REJECTED): S.APPROVAL_REJECTED,
+    (S.PENDING_APPROVAL, E.APPROVAL_EXPIRED): S.APPROVAL_EXPIRED,
+    (S.PENDING_APPROVAL, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+    (S.APPROVED, E.RELEASED): S.RELEASED,
+    (S.APPROVED, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+    (S.RELEASED, E.VENUE_ACCEPTED): S.WORKING,
+    (S.RELEASED, E.VENUE_REJECTED): S.VENUE_REJECTED,
+    **{
+        (status, event): target
+        for status in (S.RELEASED, S.WORKING, S.PARTIALLY_FILLED)
+        for event, target in (
+            (E.PARTIAL_FILL, S.PARTIALLY_FILLED),
+            (E.FILL, S.FILLED),
+            (E.CANCEL_REQUESTED, S.PENDING_CANCEL),
+            (E.VENUE_CANCELED, S.CANCELED),
+            (E.VENUE_EXPIRED, S.EXPIRED),
+        )
+    },
+    (S.PENDING_CANCEL, E.PARTIAL_FILL): S.PENDING_CANCEL,
+    (S.PENDING_CANCEL, E.FILL): S.FILLED,
+    (S.PENDING_CANCEL, E.VENUE_CANCELED): S.CANCELED,
+    (S.PENDING_CANCEL, E.VENUE_EXPIRED): S.EXPIRED,
+    (S.PENDING_CANCEL, E.CANCEL_REJECTED): S.WORKING,
+    (S.PENDING_CANCEL, E.CANCEL_REJECTED_AFTER_FILLS): S.PARTIALLY_FILLED,
+    (S.FILLED, E.ALLOCATED): S.ALLOCATED,
+    (S.CANCELED, E.ALLOCATED): S.ALLOCATED,
+    (S.EXPIRED, E.ALLOCATED): S.ALLOCATED,
+    (S.ALLOCATED, E.SETTLEMENT_INSTRUCTED): S.SETTLEMENT_PENDING,
+    (S.SETTLEMENT_PENDING, E.SETTLED): S.SETTLED,
+    (S.SETTLEMENT_PENDING, E.SETTLEMENT_FAILED): S.SETTLEMENT_FAILED,
+    (S.SETTLEMENT_FAILED, E.SETTLED): S.SETTLED,
+}
+
+
+def _pair_id(pair: tuple[OrderStatus, OrderEvent]) -> str:
+    return f"{pair[0].value}+{pair[1].value}"
+
+
+def test_table_is_the_expected_table() -> None:
+    assert dict(TRANSITIONS) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("status", "event", "target"),
+    [(s, e, t) for (s, e), t in LEGAL],
+    ids=[_pair_id(pair) for pair, _ in LEGAL],
+)
+def test_legal_transition(status: OrderStatus, event: OrderEvent, target: OrderStatus) -> None:
+    assert allows(status, event)
+    assert next_status(status, event) is target
+    assert EXPECTED[(status, event)] is target
+
+
+@pytest.mark.parametrize(("status", "event"), ILLEGAL, ids=[_pair_id(p) for p in ILLEGAL])
+def test_illegal_transition(status: OrderStatus, event: OrderEvent) -> None:
+    assert not allows(status, event)
+    with pytest.raises(IllegalTransitionError) as caught:
+        next_status(status, event)
+    assert caught.value.status is status
+    assert caught.value.event is event
+    assert status.value in str(caught.value)
+    assert event.value in str(caught.value)
+
+
+def test_illegal_transition_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="not allowed in status 'settled'"):
+        next_status(S.SETTLED, E.FILL)
+
+
+def test_every_pair_is_legal_or_illegal() -> None:
+    assert len(LEGAL) + len(ILLEGAL) == len(S) * len(E)
+    assert ILLEGAL  # the generated table is not empty
+
+
+@pytest.mark.parametrize("status", TERMINAL, ids=lambda s: s.value)
+def test_terminal_status_accepts_no_event(status: OrderStatus) -> None:
+    for event in E:
+        assert not allows(status, event)
+        with pytest.raises(IllegalTransitionError):
+            next_status(status, event)
+
+
+def test_terminal_statuses_are_only_targets() -> None:
+    sources = {status for status, _ in TRANSITIONS}
+    targets = set(TRANSITIONS.values())
+    for status in TERMINAL:
+        assert status not in sources
+        assert status in targets
