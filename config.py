@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     policies_dir: Path = POLICIES_DIR
 
     default_venue: str = "simulator"
-    known_venues: list[str] = Field(default_factory=lambda: ["simulator"])
+    known_venues: list[str] = Field(default_factory=lambda: ["simulator", "manual"])
     simulator_fill_delay_seconds: float = 0.2
     simulator_identity: str = "sim-venue"
     back_office_simulator: bool = True

@@ -22,6 +22,7 @@ from config import Settings
 from db import queries
 from db.engine import SessionFactory, create_schema, make_engine, session_factory
 from venues.base import ExecutionSink
+from venues.manual import ManualVenue
 from venues.simulator import PriceSource, SimulatedVenue
 from venues.sinks import HttpCallbacks
 from workflows.order import OrderWorkflow
@@ -65,7 +66,8 @@ def build_orders_worker(
     )
     projection = ProjectionActivities(sessions)
     compliance = ComplianceActivities(sessions, settings.policies_dir)
-    venues = VenueActivities({simulator.name: simulator})
+    manual = ManualVenue()
+    venues = VenueActivities({simulator.name: simulator, manual.name: manual})
     worker = Worker(
         client,
         task_queue=settings.orders_task_queue,

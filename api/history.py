@@ -80,7 +80,7 @@ async def render_history(history: WorkflowHistory, converter: DataConverter) -> 
                     })
                 if state.status.value != last_status:
                     last_status = state.status.value
-                    add("status_changed", None, {"status": last_status, "version": state.version,
+                    add("status_changed", state.status_actor or "system", {"status": last_status, "version": state.version,
                                                  "reason": state.close_reason})
             elif name == "submit_order":
                 sent = await _decode(converter, attrs.input, SubmitOrderInput)

@@ -7,7 +7,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request, Response
-from starlette.routing import Match
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -54,11 +53,9 @@ class Metrics:
 
 def route_template(request: Request) -> str:
     """Return the matched route's path template, so ids do not explode the label set."""
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", request.url.path))
-    return "unmatched"
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
 
 
 def metrics_middleware(metrics: Metrics) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:

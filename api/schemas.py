@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+from domain.models import tidy
+
+# Stored decimals carry the column's scale (1000.000000000000); show them as entered (1000).
+Amount = Annotated[Decimal, AfterValidator(tidy)]
 
 
 class ApproveBody(BaseModel):
@@ -39,19 +44,19 @@ class OrderSummary(BaseModel):
     fund: str
     symbol: str
     side: str
-    quantity: Decimal
+    quantity: Amount
     order_type: str
-    limit_price: Decimal | None
+    limit_price: Amount | None
     time_in_force: str
     status: str
     created_by: str
     created_at: datetime
     updated_at: datetime
-    notional: Decimal | None
+    notional: Amount | None
     currency: str | None
     approval_level: str | None
-    filled_quantity: Decimal
-    average_price: Decimal | None
+    filled_quantity: Amount
+    average_price: Amount | None
 
 
 class OrderPage(BaseModel):
@@ -70,11 +75,11 @@ class PositionView(BaseModel):
     fund: str
     account: str
     symbol: str
-    quantity: Decimal
-    average_cost: Decimal
-    reference_price: Decimal | None
-    market_value: Decimal | None
-    cash_flow: Decimal
+    quantity: Amount
+    average_cost: Amount
+    reference_price: Amount | None
+    market_value: Amount | None
+    cash_flow: Amount
 
 
 class SettlementView(BaseModel):
@@ -84,9 +89,9 @@ class SettlementView(BaseModel):
     account: str
     symbol: str
     side: str
-    quantity: Decimal
-    price: Decimal
-    gross_amount: Decimal
+    quantity: Amount
+    price: Amount
+    gross_amount: Amount
     currency: str
     trade_date: date
     settlement_date: date

@@ -315,6 +315,7 @@ class OrderState(BaseModel):
     notes: str = ""
     requested_allocations: list[AllocationRequest] = Field(default_factory=list)
     status: OrderStatus = OrderStatus.PENDING_COMPLIANCE
+    status_actor: str = Field(default="", description="Who caused the latest status change.")
     created_by: str
     created_at: datetime
     updated_at: datetime

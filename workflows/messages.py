@@ -43,6 +43,10 @@ class PolicyGrant(BaseModel):
     policy: list[str] = Field(default_factory=list)
 
 
+class AwaitComplianceInput(BaseModel):
+    """No fields yet; a model so fields can be added without breaking running orders."""
+
+
 class ApproveInput(BaseModel):
     user: str
     comment: str = ""

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from venues.base import VenueOrder
     from workflows.messages import (
         ApproveInput,
+        AwaitComplianceInput,
         CancelInput,
         ExecutionReportInput,
         OrderWorkflowInput,
@@ -175,7 +176,7 @@ class OrderWorkflow:
 
     async def _complete_if_no_levels(self) -> None:
         if self._state.status is OrderStatus.PENDING_APPROVAL and self._state.approvals.current_level is None:
-            self._transition(OrderEvent.APPROVALS_COMPLETE)
+            self._transition(OrderEvent.APPROVALS_COMPLETE, actor=self._state.status_actor)
 
     async def _allocate(self) -> None:
         assert self._instrument is not None
@@ -256,7 +257,7 @@ class OrderWorkflow:
             ApprovalGiven(level=level, user=input.user, at=workflow.now(), comment=input.comment, policy=grant.policy)
         )
         if self._state.approvals.current_level is None:
-            self._transition(OrderEvent.APPROVALS_COMPLETE)
+            self._transition(OrderEvent.APPROVALS_COMPLETE, actor=input.user)
         else:
             self._touch()
         await self._project()
@@ -278,7 +279,7 @@ class OrderWorkflow:
     @workflow.update
     async def reject(self, input: RejectInput) -> OrderState:
         """Reject the order at its current level; it ends as approval_rejected."""
-        self._transition(OrderEvent.APPROVAL_REJECTED, reason=input.reason)
+        self._transition(OrderEvent.APPROVAL_REJECTED, reason=input.reason, actor=input.user)
         await self._project()
         return self._state
 
@@ -302,7 +303,7 @@ class OrderWorkflow:
             "at": workflow.now().isoformat(),
             "policy": input.policy,
         }
-        self._transition(OrderEvent.OVERRIDDEN)
+        self._transition(OrderEvent.OVERRIDDEN, actor=input.user)
         await self._complete_if_no_levels()
         await self._project()
         return self._state
@@ -320,7 +321,7 @@ class OrderWorkflow:
         """Send the approved order to a venue."""
         state = self._state
         state.venue = input.venue
-        self._transition(OrderEvent.RELEASED)
+        self._transition(OrderEvent.RELEASED, actor=input.user)
         await self._project()
         order = VenueOrder(
             order_id=state.order_id,
@@ -353,10 +354,10 @@ class OrderWorkflow:
         """Cancel the order: at once before release, through pending_cancel after."""
         state = self._state
         if state.status in PRE_RELEASE:
-            self._transition(OrderEvent.CANCELED_BEFORE_RELEASE, reason=input.reason)
+            self._transition(OrderEvent.CANCELED_BEFORE_RELEASE, reason=input.reason, actor=input.user)
             await self._project()
             return state
-        self._transition(OrderEvent.CANCEL_REQUESTED, reason=input.reason)
+        self._transition(OrderEvent.CANCEL_REQUESTED, reason=input.reason, actor=input.user)
         await self._project()
         assert state.venue is not None
         await workflow.execute_activity_method(
@@ -370,6 +371,12 @@ class OrderWorkflow:
         if status in PRE_RELEASE or status in (OrderStatus.WORKING, OrderStatus.PARTIALLY_FILLED):
             return
         raise _refuse(f"an order that is {status.value} cannot be canceled", RefusalType.INVALID_STATE)
+
+    @workflow.update
+    async def await_compliance(self, input: AwaitComplianceInput) -> OrderState:
+        """Return the order once pre-trade compliance has decided (used with update-with-start)."""
+        await workflow.wait_condition(lambda: self._state.status is not OrderStatus.PENDING_COMPLIANCE)
+        return self._state
 
     # ---- signals: machine events --------------------------------------------------------------
 
@@ -402,7 +409,7 @@ class OrderWorkflow:
         state.average_price = execution.average_price
         if outcome.event is not None:
             closing = outcome.event in (OrderEvent.VENUE_REJECTED, OrderEvent.VENUE_CANCELED, OrderEvent.VENUE_EXPIRED)
-            self._transition(outcome.event, reason=input.report.text if closing else "")
+            self._transition(outcome.event, reason=input.report.text if closing else "", actor=input.reported_by)
         else:
             self._touch()
         await self._project()
@@ -445,8 +452,9 @@ class OrderWorkflow:
                 RefusalType.INVALID_STATE,
             )
 
-    def _transition(self, event: OrderEvent, *, reason: str = "") -> None:
+    def _transition(self, event: OrderEvent, *, reason: str = "", actor: str = "system") -> None:
         self._state.status = next_status(self._state.status, event)
+        self._state.status_actor = actor
         if reason:
             self._state.close_reason = reason
         self._touch()

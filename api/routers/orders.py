@@ -6,7 +6,8 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.client import WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.deps import ServicesDep, SessionDep, UserDep
@@ -28,6 +29,7 @@ from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
 from workflows.messages import (
     ApproveInput,
+    AwaitComplianceInput,
     CancelInput,
     OrderTimeouts,
     OrderWorkflowInput,
@@ -80,14 +82,20 @@ async def create_order(
             approval_expire_after=timedelta(seconds=settings.approval_expire_after_seconds),
         ),
     )
+    # Update-with-start: one round trip starts the order and answers once compliance has decided,
+    # so the caller sees the rule results (and a hard breach) in the response.
+    start = WithStartWorkflowOperation(
+        OrderWorkflow.run,
+        workflow_input,
+        id=order_workflow_id(order_id),
+        task_queue=settings.orders_task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        static_summary=f"{request.side.value} {request.quantity} {request.symbol} for {request.fund} by {user}",
+    )
     try:
-        handle = await services.temporal.start_workflow(
-            OrderWorkflow.run,
-            workflow_input,
-            id=order_workflow_id(order_id),
-            task_queue=settings.orders_task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=f"{request.side.value} {request.quantity} {request.symbol} for {request.fund} by {user}",
+        return await services.temporal.execute_update_with_start_workflow(
+            OrderWorkflow.await_compliance, AwaitComplianceInput(), start_workflow_operation=start
         )
     except WorkflowAlreadyStartedError:
         existing = await read_state(order_handle(services, order_id))
@@ -100,7 +108,6 @@ async def create_order(
             f"client_order_id {request.client_order_id} is already used in {request.fund} by a different order",
             "client_order_id",
         ) from None
-    return await read_state(handle)
 
 
 @router.get("", response_model=OrderPage)

