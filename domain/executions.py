@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.models import AwareDatetime, ExecType, Execution, NonNegativeDecimal, OrderStatus, PositiveDecimal
+from domain.models import AwareDatetime, ExecType, Execution, NonNegativeDecimal, OrderStatus, PositiveDecimal, tidy
 from domain.status import OrderEvent, allows
 
 # Average prices keep more places than any venue quotes, so the block's notional reproduces.
@@ -99,7 +99,7 @@ def apply_report(
                 reason=f"overfill: cumulative {cumulative} would exceed order quantity {quantity}",
             )
         previous_value = filled_quantity * (average_price or Decimal(0))
-        avg = ((previous_value + report.last_quantity * report.last_price) / cumulative).quantize(AVERAGE_PRICE_PLACES)
+        avg = tidy(((previous_value + report.last_quantity * report.last_price) / cumulative).quantize(AVERAGE_PRICE_PLACES))
     elif report.last_quantity != 0:
         return ReportOutcome(ReportVerdict.REFUSED, reason=f"a {report.exec_type.value} report carries no last_quantity")
     event = _event_for(report, status, cumulative, quantity)

@@ -1,0 +1,221 @@
+"""The HTTP contract of API.md, over HTTP, against the real dev server with real workers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from temporalio.service import RPCError
+
+from domain.ids import order_id_for, order_workflow_id
+from tests.api.conftest import Stack
+
+
+def order_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "client_order_id": f"api-{uuid.uuid4().hex[:10]}",
+        "fund": "fund-alpha",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": 1000,
+        "order_type": "limit",
+        "limit_price": "230.25",
+        "time_in_force": "day",
+        "allocations": [{"account": "alpha-main", "quantity": 600}, {"account": "alpha-growth", "quantity": 400}],
+    }
+    body.update(overrides)
+    return body
+
+
+async def create(stack: Stack, user: str = "alice", **overrides: Any) -> dict[str, Any]:
+    response = await stack.call(user, "POST", "/orders", order_body(**overrides))
+    assert response.status_code == 201, response.text
+    order: dict[str, Any] = response.json()
+    return order
+
+
+async def assert_no_workflow(stack: Stack, fund: str, client_order_id: str) -> None:
+    handle = stack.env.client.get_workflow_handle(order_workflow_id(order_id_for(fund, client_order_id)))
+    with pytest.raises(RPCError):
+        await handle.describe()
+
+
+async def test_the_story_from_post_to_settled(stack: Stack) -> None:
+    order = await create(stack)
+    order_id = order["order_id"]
+    assert order["status"] == "pending_approval"  # compliance already decided in the response
+    assert [(c["rule"], c["outcome"]) for c in order["compliance"]] == [
+        ("restricted_list", "pass"),
+        ("max_order_notional", "pass"),
+    ]
+    assert order["approvals"]["required"] == ["desk_head"]
+
+    own = await stack.call("alice", "POST", f"/orders/{order_id}/approve", {"comment": "mine"})
+    assert own.status_code == 403
+    assert (await stack.call("bob", "GET", f"/orders/{order_id}")).status_code == 404
+    inbox = (await stack.call("dana", "GET", "/approvals")).json()
+    assert order_id in [o["order_id"] for o in inbox]
+
+    approved = await stack.call("dana", "POST", f"/orders/{order_id}/approve", {"comment": "fine"})
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "approved"
+    released = await stack.call("tom", "POST", f"/orders/{order_id}/release", {})
+    assert released.status_code == 200, released.text
+
+    settled = await stack.wait_for_status("alice", order_id, "settled")
+    assert settled["filled_quantity"] == "1000"
+    assert settled["average_price"] == "230.25"
+    assert [(a["account"], a["quantity"]) for a in settled["allocations"]] == [
+        ("alpha-main", "600"),
+        ("alpha-growth", "400"),
+    ]
+    assert {s["status"] for s in settled["settlements"]} == {"confirmed"}
+
+    listed = (await stack.call("alice", "GET", "/orders?status=settled&limit=100")).json()
+    assert order_id in [o["order_id"] for o in listed["items"]]
+    assert order_id not in [o["order_id"] for o in (await stack.call("bob", "GET", "/orders")).json()["items"]]
+
+    history = (await stack.call("cora", "GET", f"/orders/{order_id}/history")).json()
+    events = [(h["event"], h["actor"]) for h in history]
+    assert ("order_created", "alice") in events
+    assert ("approved", "dana") in events
+    assert ("released", "tom") in events
+    assert ("execution_report", "sim-venue") in events
+    assert ("settlement_update", "betty") in events
+    assert events[-1] == ("order_closed", "system")
+    approved_entry = next(h for h in history if h["event"] == "approved")
+    assert approved_entry["details"]["grants"][0]["policy"] == ["desk_head", "*", "approvals", "desk_head"]
+    raw = await stack.call("cora", "GET", f"/orders/{order_id}/history?format=temporal")
+    assert raw.status_code == 200 and "events" in raw.json()
+
+    positions = (await stack.call("mike", "GET", "/positions?fund=fund-alpha")).json()
+    assert any(p["account"] == "alpha-main" and p["symbol"] == "AAPL" for p in positions)
+    settlements = (await stack.call("betty", "GET", "/settlements?fund=fund-alpha&status=confirmed")).json()
+    assert {s["account"] for s in settlements if s["order_id"] == order_id} == {"alpha-main", "alpha-growth"}
+
+
+async def test_restricted_symbol_is_compliance_rejected(stack: Stack) -> None:
+    order = await create(stack, symbol="GME", quantity=100, order_type="market", limit_price=None,
+                         allocations=[{"account": "alpha-main", "quantity": 100}])
+    assert order["status"] == "compliance_rejected"
+    failed = next(c for c in order["compliance"] if c["rule"] == "restricted_list")
+    assert failed["outcome"] == "fail"
+    assert failed["message"] == "GME is on the firm's restricted list"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"quantity": -5, "allocations": []}, "quantity"),
+        ({"quantity": 0, "allocations": []}, "quantity"),
+        ({"symbol": "NOPE"}, "symbol"),
+        ({"order_type": "limit", "limit_price": None}, "limit_price"),
+        ({"order_type": "market", "limit_price": "10"}, "limit_price"),
+        ({"fund": "fund-nowhere"}, "fund"),
+        ({"side": "sideways"}, "side"),
+        ({"time_in_force": "gtd"}, "expire_at"),
+        ({"allocations": [{"account": "beta-main", "quantity": 1000}]}, "allocations"),
+        ({"allocations": [{"account": "alpha-main", "quantity": 999}]}, "allocations"),
+        ({"symbol": "EURUSD", "quantity": 1500, "limit_price": "1.08",
+          "allocations": [{"account": "alpha-main", "quantity": 1500}]}, "quantity"),
+        ({"client_order_id": "has spaces"}, "client_order_id"),
+        ({"unexpected": 1}, "unexpected"),
+    ],
+)
+async def test_bad_orders_are_refused_naming_the_field(stack: Stack, overrides: dict[str, Any], field: str) -> None:
+    body = order_body(**overrides)
+    response = await stack.call("alice", "POST", "/orders", body)
+    assert response.status_code == 422, response.text
+    payload = response.json()
+    if "error" in payload:
+        assert payload["error"]["field"] == field
+    else:
+        assert any(field in [str(part) for part in item["loc"]] for item in payload["detail"]), payload
+    await assert_no_workflow(stack, body["fund"], body["client_order_id"])
+
+
+async def test_identity_and_rights(stack: Stack) -> None:
+    body = order_body()
+    assert (await stack.http.post("/orders", json=body)).status_code == 401
+    bad = await stack.http.post("/orders", json=body, headers={"Authorization": "Bearer not-a-jwt"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthenticated"
+    assert (await stack.call("mallory", "GET", "/orders")).status_code == 401
+    assert (await stack.call("bob", "POST", "/orders", body)).status_code == 403
+    assert (await stack.call("tom", "POST", "/orders", body)).status_code == 403
+    await assert_no_workflow(stack, body["fund"], body["client_order_id"])
+    assert (await stack.call("alice", "GET", "/orders/ord_00000000000000000000")).status_code == 404
+    assert (await stack.call("alice", "GET", "/orders/../../etc")).status_code == 404
+    assert (await stack.call("alice", "GET", "/orders?fund=fund-beta")).status_code == 422
+
+
+async def test_creation_is_idempotent_by_client_order_id(stack: Stack) -> None:
+    body = order_body()
+    first = await stack.call("alice", "POST", "/orders", body)
+    again = await stack.call("alice", "POST", "/orders", body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["order_id"] == again.json()["order_id"]
+    changed = await stack.call("alice", "POST", "/orders", {**body, "limit_price": "231"})
+    assert changed.status_code == 409
+    assert changed.json()["error"]["field"] == "client_order_id"
+
+
+async def test_actions_the_state_does_not_allow(stack: Stack) -> None:
+    order = await create(stack)
+    order_id = order["order_id"]
+    early = await stack.call("tom", "POST", f"/orders/{order_id}/release", {})
+    assert early.status_code == 409 and "approved" in early.json()["error"]["message"]
+    assert (await stack.call("alice", "POST", f"/orders/{order_id}/release", {})).status_code == 403
+    assert (await stack.call("cora", "POST", f"/orders/{order_id}/override", {"justification": "x"})).status_code == 409
+    assert (await stack.call("dana", "POST", f"/orders/{order_id}/reject", {})).status_code == 422
+    unknown_venue = await stack.call("tom", "POST", f"/orders/{order_id}/release", {"venue": "darkpool"})
+    assert unknown_venue.status_code == 422 and unknown_venue.json()["error"]["field"] == "venue"
+    assert (await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})).status_code == 200
+    again = await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})
+    assert again.status_code == 409
+    canceled = await stack.call("alice", "POST", f"/orders/{order_id}/cancel", {"reason": "no longer needed"})
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    await stack.wait_for_status("alice", order_id, "canceled")
+    late = await stack.call("alice", "POST", f"/orders/{order_id}/cancel", {"reason": "again"})
+    assert late.status_code == 409
+
+
+async def test_execution_reports_from_a_venue(stack: Stack) -> None:
+    order = await create(stack, quantity=100, allocations=[{"account": "alpha-main", "quantity": 100}])
+    order_id = order["order_id"]
+    await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})
+    released = await stack.call("tom", "POST", f"/orders/{order_id}/release", {"venue": "manual"})
+    assert released.json()["status"] == "released"
+
+    def report(exec_id: str, exec_type: str, qty: str = "0", price: str | None = None) -> dict[str, Any]:
+        return {"order_id": order_id, "exec_id": exec_id, "exec_type": exec_type, "last_quantity": qty,
+                "last_price": price, "transact_time": "2026-11-26T15:00:00+00:00"}
+
+    assert (await stack.call("alice", "POST", "/executions", report("x-1", "new"))).status_code == 403
+    assert (await stack.call("sim-venue", "POST", "/executions", report("x-1", "new"))).status_code == 202
+    fill = report("x-2", "trade", "40", "230")
+    assert (await stack.call("sim-venue", "POST", "/executions", fill)).status_code == 202
+    await stack.wait_for_status("alice", order_id, "partially_filled")
+    duplicate = await stack.call("sim-venue", "POST", "/executions", fill)
+    assert (duplicate.status_code, duplicate.json()["status"]) == (200, "duplicate")
+    overfill = await stack.call("sim-venue", "POST", "/executions", report("x-3", "trade", "70", "230"))
+    assert overfill.status_code == 409 and "overfill" in overfill.json()["error"]["message"]
+    naive = await stack.call("sim-venue", "POST", "/executions", {**report("x-4", "new"), "transact_time": "2026-11-26T15:00:00"})
+    assert naive.status_code == 422
+    missing = await stack.call("sim-venue", "POST", "/executions", {**report("x-5", "new"), "order_id": "ord_ffffffffffffffffffff"})
+    assert missing.status_code == 404
+    assert (await stack.call("sim-venue", "POST", "/executions", report("x-6", "trade", "60", "231"))).status_code == 202
+    filled = await stack.wait_for_status("alice", order_id, "settled")
+    assert filled["average_price"] == "230.6"
+    assert any(flag.startswith("execution_refused:x-3") for flag in filled["flags"])
+
+
+async def test_read_endpoints_respect_funds(stack: Stack) -> None:
+    assert (await stack.call("alice", "GET", "/settlements")).json() == []
+    assert (await stack.call("alice", "GET", "/positions?fund=fund-beta")).status_code == 422
+    assert (await stack.call("alice", "GET", "/approvals")).json() == []
+    health = await stack.http.get("/healthz")
+    assert health.json() == {"status": "ok", "temporal": "ok", "database": "ok"}
+    metrics = (await stack.http.get("/metrics")).text
+    assert 'route="/orders/{order_id}"' in metrics
+    assert (await stack.call("alice", "GET", "/orders?cursor=garbage")).status_code == 422
