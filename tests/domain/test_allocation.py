@@ -33,7 +33,11 @@ CASES = [
     ),
     pytest.param(
         # ideal 420 / 280: floors 400 / 200 (remainders 20 / 80), one lot left goes to B
-        [("A", "600"), ("B", "400")], "700", "100", {"A": 400, "B": 300}, id="lot-100-remainder"
+        [("A", "600"), ("B", "400")],
+        "700",
+        "100",
+        {"A": 400, "B": 300},
+        id="lot-100-remainder",
     ),
     pytest.param(
         # ideal 450 / 300 / 150: floors 400 / 300 / 100, remainders 50 / 0 / 50: tie -> A
@@ -50,22 +54,35 @@ CASES = [
     ),
     pytest.param(
         # ideal 0.3333.. / 0.6666..: floors 0.3333 / 0.6666, the last 0.0001 goes to B
-        [("A", "1"), ("B", "2")], "1", "0.0001", {"A": "0.3333", "B": "0.6667"}, id="lot-0.0001"
+        [("A", "1"), ("B", "2")],
+        "1",
+        "0.0001",
+        {"A": "0.3333", "B": "0.6667"},
+        id="lot-0.0001",
     ),
     pytest.param(
-        [("A", "0.5"), ("B", "0.5")], "0.0003", "0.0001", {"A": "0.0002", "B": "0.0001"},
+        [("A", "0.5"), ("B", "0.5")],
+        "0.0003",
+        "0.0001",
+        {"A": "0.0002", "B": "0.0001"},
         id="lot-0.0001-tiny",
     ),
-    pytest.param(
-        [("A", "600"), ("B", "400")], "50", "100", {"A": 50}, id="less-than-one-lot"
-    ),
+    pytest.param([("A", "600"), ("B", "400")], "50", "100", {"A": 50}, id="less-than-one-lot"),
     pytest.param(
         # more executed than the accounts asked for: an error, not an allocation
-        [("A", "600"), ("B", "400")], "1050", "100", None, id="over-requested"
+        [("A", "600"), ("B", "400")],
+        "1050",
+        "100",
+        None,
+        id="over-requested",
     ),
     pytest.param(
         # ideal 150 / 100: floors 100 / 100, remainders 50 / 0: odd lot goes to A
-        [("A", "300"), ("B", "200")], "250", "100", {"A": 150, "B": 100}, id="odd-lot"
+        [("A", "300"), ("B", "200")],
+        "250",
+        "100",
+        {"A": 150, "B": 100},
+        id="odd-lot",
     ),
     pytest.param([("A", "600"), ("B", "400")], "0", "100", {}, id="zero-executed"),
     pytest.param([], "0", "1", {}, id="no-requests"),
@@ -147,7 +164,9 @@ def _any_scenario(draw: st.DrawFn) -> tuple[list[AllocationRequest], Decimal, De
     return requests, executed, lot
 
 
-def _ideal(request: AllocationRequest, requests: list[AllocationRequest], executed: Decimal) -> Decimal:
+def _ideal(
+    request: AllocationRequest, requests: list[AllocationRequest], executed: Decimal
+) -> Decimal:
     total = sum((r.quantity for r in requests), Decimal(0))
     return executed * request.quantity / total
 

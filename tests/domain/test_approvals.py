@@ -33,12 +33,13 @@ WARNED = [_result(ComplianceOutcome.PASS, "restricted_list"), _result(Compliance
 
 
 def test_matrix_file_loads_as_expected() -> None:
-    assert MATRIX == ApprovalMatrix(
+    expected = ApprovalMatrix(
         levels=[
             ApprovalLevel(level="desk_head", min_notional=Decimal(0)),
             ApprovalLevel(level="cio", min_notional=Decimal(10_000_000), on_warning=True),
         ]
     )
+    assert expected == MATRIX
     assert ApprovalMatrix.model_validate(tomllib.loads((POLICIES / "approvals.toml").read_text()))
 
 

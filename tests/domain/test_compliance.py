@@ -138,7 +138,9 @@ def test_message_formats_money_with_thousands_separators(
 
 
 def test_market_order_valued_at_reference_price(
-    make_order: OrderFactory, make_snapshot: SnapshotFactory, make_instrument: Callable[..., Instrument]
+    make_order: OrderFactory,
+    make_snapshot: SnapshotFactory,
+    make_instrument: Callable[..., Instrument],
 ) -> None:
     snapshot = make_snapshot(instrument=make_instrument(reference_price=Decimal("12.34")))
     order = make_order(quantity=Decimal(10))
@@ -185,7 +187,7 @@ def test_worst_outcome(outcomes: list[ComplianceOutcome], worst: ComplianceOutco
 
 
 def test_rules_are_in_order() -> None:
-    assert RULES == (restricted_list, max_order_notional)
+    assert (restricted_list, max_order_notional) == RULES
 
 
 def test_evaluate_returns_every_result_in_rule_order(
@@ -213,7 +215,9 @@ def test_evaluate_clean_order(make_order: OrderFactory, make_snapshot: SnapshotF
     assert worst_outcome(results) is PASS
 
 
-def test_evaluate_is_deterministic(make_order: OrderFactory, make_snapshot: SnapshotFactory) -> None:
+def test_evaluate_is_deterministic(
+    make_order: OrderFactory, make_snapshot: SnapshotFactory
+) -> None:
     order = make_order(quantity=Decimal(120_000))
     snapshot = make_snapshot(hard=HARD, soft=SOFT)
     assert evaluate(order, snapshot) == evaluate(order, snapshot)

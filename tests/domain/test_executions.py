@@ -37,9 +37,7 @@ def _report(exec_type: ExecType, exec_id: str = "x-1", **fields: Any) -> Executi
 
 
 def _trade(qty: str, price: str, exec_id: str = "x-1") -> ExecutionReport:
-    return _report(
-        ExecType.TRADE, exec_id, last_quantity=Decimal(qty), last_price=Decimal(price)
-    )
+    return _report(ExecType.TRADE, exec_id, last_quantity=Decimal(qty), last_price=Decimal(price))
 
 
 def _apply(

@@ -66,15 +66,22 @@ def test_minimal_request_defaults() -> None:
         pytest.param({"time_in_force": "gtd", "expire_at": EXPIRY}, id="gtd"),
         pytest.param({"time_in_force": "gtd", "expire_at": "2025-03-15T16:00:00Z"}, id="gtd-str"),
         pytest.param(
-            {"expire_at": datetime(2025, 3, 15, 17, tzinfo=timezone(timedelta(hours=1))),
-             "time_in_force": "gtd"},
+            {
+                "expire_at": datetime(2025, 3, 15, 17, tzinfo=timezone(timedelta(hours=1))),
+                "time_in_force": "gtd",
+            },
             id="gtd-offset",
         ),
         pytest.param({"time_in_force": "ioc"}, id="ioc"),
         pytest.param({"side": "sell_short"}, id="short"),
         pytest.param({"quantity": "0.0001"}, id="fractional"),
         pytest.param(
-            {"allocations": [{"account": "a", "quantity": "60"}, {"account": "b", "quantity": "40"}]},
+            {
+                "allocations": [
+                    {"account": "a", "quantity": "60"},
+                    {"account": "b", "quantity": "40"},
+                ]
+            },
             id="allocations",
         ),
         pytest.param({"client_order_id": "A" + "x" * 63}, id="coid-64-chars"),
@@ -100,49 +107,85 @@ def test_valid_requests(make_order: OrderFactory, fields: dict[str, Any]) -> Non
             {"order_type": "limit"}, "limit_price", "needs a limit_price", id="limit-no-price"
         ),
         pytest.param(
-            {"order_type": "limit", "limit_price": "0"}, "limit_price", "greater than zero",
+            {"order_type": "limit", "limit_price": "0"},
+            "limit_price",
+            "greater than zero",
             id="limit-zero-price",
         ),
         pytest.param(
-            {"order_type": "market", "limit_price": "10"}, "limit_price", "takes no limit_price",
+            {"order_type": "market", "limit_price": "10"},
+            "limit_price",
+            "takes no limit_price",
             id="market-with-price",
         ),
         pytest.param(
-            {"limit_price": "10"}, "limit_price", "takes no limit_price",
+            {"limit_price": "10"},
+            "limit_price",
+            "takes no limit_price",
             id="default-market-with-price",
         ),
-        pytest.param(
-            {"time_in_force": "gtd"}, "expire_at", "needs expire_at", id="gtd-no-expiry"
-        ),
-        pytest.param(
-            {"expire_at": EXPIRY}, "expire_at", "only gtd orders", id="day-with-expiry"
-        ),
+        pytest.param({"time_in_force": "gtd"}, "expire_at", "needs expire_at", id="gtd-no-expiry"),
+        pytest.param({"expire_at": EXPIRY}, "expire_at", "only gtd orders", id="day-with-expiry"),
         pytest.param(
             {"time_in_force": "gtd", "expire_at": datetime(2025, 3, 15, 16)},  # noqa: DTZ001
-            "expire_at", "timezone", id="naive-expiry",
+            "expire_at",
+            "timezone",
+            id="naive-expiry",
         ),
         pytest.param(
             {"time_in_force": "gtd", "expire_at": "2025-03-15T16:00:00"},
-            "expire_at", "timezone", id="naive-expiry-str",
+            "expire_at",
+            "timezone",
+            id="naive-expiry-str",
         ),
         pytest.param(
-            {"allocations": [{"account": "a", "quantity": "60"}, {"account": "b", "quantity": "30"}]},
-            "allocations", "sum to 90", id="allocations-short",
+            {
+                "allocations": [
+                    {"account": "a", "quantity": "60"},
+                    {"account": "b", "quantity": "30"},
+                ]
+            },
+            "allocations",
+            "sum to 90",
+            id="allocations-short",
         ),
         pytest.param(
-            {"allocations": [{"account": "a", "quantity": "60"}, {"account": "b", "quantity": "50"}]},
-            "allocations", "sum to 110", id="allocations-over",
+            {
+                "allocations": [
+                    {"account": "a", "quantity": "60"},
+                    {"account": "b", "quantity": "50"},
+                ]
+            },
+            "allocations",
+            "sum to 110",
+            id="allocations-over",
         ),
         pytest.param(
-            {"allocations": [{"account": "a", "quantity": "50"}, {"account": "a", "quantity": "50"}]},
-            "allocations", "more than once", id="duplicate-accounts",
+            {
+                "allocations": [
+                    {"account": "a", "quantity": "50"},
+                    {"account": "a", "quantity": "50"},
+                ]
+            },
+            "allocations",
+            "more than once",
+            id="duplicate-accounts",
         ),
         pytest.param(
-            {"allocations": [{"account": "a", "quantity": "100"}, {"account": "b", "quantity": "0"}]},
-            "allocations", "greater than zero", id="zero-allocation",
+            {
+                "allocations": [
+                    {"account": "a", "quantity": "100"},
+                    {"account": "b", "quantity": "0"},
+                ]
+            },
+            "allocations",
+            "greater than zero",
+            id="zero-allocation",
         ),
         pytest.param(
-            {"allocations": [{"account": "", "quantity": "100"}]}, "allocations", "",
+            {"allocations": [{"account": "", "quantity": "100"}]},
+            "allocations",
+            "",
             id="empty-account",
         ),
         pytest.param({"client_order_id": ""}, "client_order_id", "", id="coid-empty"),
@@ -159,9 +202,7 @@ def test_valid_requests(make_order: OrderFactory, fields: dict[str, Any]) -> Non
         pytest.param({"venue": "XNYS"}, "venue", "extra", id="extra-field"),
     ],
 )
-def test_invalid_requests_name_the_field(
-    fields: dict[str, Any], loc: str, message: str
-) -> None:
+def test_invalid_requests_name_the_field(fields: dict[str, Any], loc: str, message: str) -> None:
     errors = _errors(fields)
     assert any(e["loc"][0] == loc for e in errors), errors
     assert any(message.lower() in e["msg"].lower() for e in errors if e["loc"][0] == loc), errors
@@ -223,9 +264,7 @@ def test_same_order_as_after_a_json_round_trip(make_order: OrderFactory) -> None
         pytest.param({"order_type": "limit", "limit_price": "10"}, id="order-type"),
         pytest.param({"time_in_force": "gtc"}, id="tif"),
         pytest.param({"notes": "other"}, id="notes"),
-        pytest.param(
-            {"allocations": [{"account": "a", "quantity": "100"}]}, id="allocations"
-        ),
+        pytest.param({"allocations": [{"account": "a", "quantity": "100"}]}, id="allocations"),
     ],
 )
 def test_different_orders(make_order: OrderFactory, change: dict[str, Any]) -> None:

@@ -1,0 +1,123 @@
+"""`oms dev` (what `make run` runs) as a user runs it: one process tree, HTTP, Ctrl-C, restart.
+
+This starts the product's own embedded Temporal dev server (persisted to a file), which is the
+point: it proves orders survive a restart of `make run`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.tokens import issue_token
+from tests.api.conftest import free_port
+
+OMS = str(Path(sys.executable).parent / "oms")
+SECRET = "e2e-secret-that-is-long-enough-for-hs256"
+
+
+class DevProcess:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.base = f"http://127.0.0.1:{env['OMS_API_PORT']}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen([OMS, "dev"], env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"oms dev did not become healthy:\n{self.log.read_text()}")
+
+    def interrupt(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=30)
+
+    def call(self, user: str, method: str, path: str, body: Any = None) -> httpx.Response:
+        token = issue_token(user, SECRET, timedelta(minutes=5))
+        return httpx.request(method, self.base + path, json=body, headers={"Authorization": f"Bearer {token}"},
+                             timeout=30)
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[DevProcess]:
+    env = {
+        **os.environ,
+        "OMS_DATA_DIR": str(tmp_path / "state"),
+        "OMS_API_PORT": str(free_port()),
+        "OMS_TEMPORAL_PORT": str(free_port()),
+        "OMS_TEMPORAL_UI_PORT": str(free_port()),
+        "OMS_JWT_SECRET": SECRET,
+        "OMS_SIMULATOR_FILL_DELAY_SECONDS": "0.05",
+        "OMS_BACK_OFFICE_CONFIRM_DELAY_SECONDS": "0.05",
+    }
+    env.pop("OMS_DATABASE_URL", None)
+    process = DevProcess(env, tmp_path / "dev.log")
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.process.kill()
+
+
+def wait_for(dev: DevProcess, order_id: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        order: dict[str, Any] = dev.call("alice", "GET", f"/orders/{order_id}").json()
+        if order["status"] == status:
+            return order
+        time.sleep(0.1)
+    raise AssertionError(f"order stayed {order['status']}")
+
+
+def test_make_run_serves_the_story_and_keeps_orders_across_restarts(dev: DevProcess) -> None:
+    dev.start()
+    body = {"client_order_id": "e2e-1", "fund": "fund-alpha", "symbol": "MSFT", "side": "buy", "quantity": 300}
+    created = dev.call("alice", "POST", "/orders", body)
+    assert created.status_code == 201, created.text
+    order_id = created.json()["order_id"]
+    assert dev.call("dana", "POST", f"/orders/{order_id}/approve", {"comment": "ok"}).status_code == 200
+    assert dev.call("tom", "POST", f"/orders/{order_id}/release", {}).status_code == 200
+    settled = wait_for(dev, order_id, "settled")
+    assert settled["allocations"][0]["account"] == "alpha-main"  # the fund's default account
+    assert dev.interrupt() == 0
+    assert "OMS stopped." in dev.log.read_text()
+
+    # The ports are free again and the order is still there after a restart.
+    for port in (dev.env["OMS_API_PORT"], dev.env["OMS_TEMPORAL_PORT"]):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", int(port)))
+    dev.start()
+    again = dev.call("alice", "GET", f"/orders/{order_id}")
+    assert again.status_code == 200 and again.json()["status"] == "settled"
+    assert dev.call("alice", "POST", "/orders", body).status_code == 200  # same order, not a new one
+    assert dev.interrupt() == 0
+
+
+def test_a_taken_port_is_a_one_line_error(dev: DevProcess) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(dev.env["OMS_API_PORT"])))
+        squatter.listen()
+        result = subprocess.run([OMS, "dev"], env=dev.env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: port {dev.env['OMS_API_PORT']} on 127.0.0.1 is already in use; set OMS_API_PORT to another port"
+    )
