@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -58,6 +58,27 @@ class _Server(uvicorn.Server):
         yield
 
 
+@contextlib.asynccontextmanager
+async def running_oms(settings: Settings, client: Client) -> AsyncIterator[tuple[asyncio.Task[None], ...]]:
+    """Run the API and both workers in this event loop until the block exits; yield their tasks."""
+    server = _Server(
+        uvicorn.Config(create_app(settings, client), host=settings.api_host, port=settings.api_port, log_level="warning")
+    )
+    api = asyncio.create_task(server.serve(), name="api")
+    workers = asyncio.create_task(run_workers(settings), name="workers")
+    try:
+        while not server.started:
+            if api.done():
+                api.result()
+                raise RuntimeError("the API stopped during start-up")
+            await asyncio.sleep(0.02)
+        yield api, workers
+    finally:
+        server.should_exit = True
+        workers.cancel()
+        await asyncio.gather(api, workers, return_exceptions=True)
+
+
 async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes]) -> Client:
     for _ in range(120):
         if process.poll() is not None:
@@ -99,26 +120,19 @@ async def run_dev(settings: Settings) -> None:
             load_demo_data(session)
         engine.dispose()
 
-        server = _Server(uvicorn.Config(create_app(settings, client), host=settings.api_host,
-                                        port=settings.api_port, log_level="warning"))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        workers = asyncio.create_task(run_workers(settings), name="workers")
-        api = asyncio.create_task(server.serve(), name="api")
-        _banner(settings)
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({workers, api, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        print("\nstopping OMS ...", flush=True)
-        server.should_exit = True
-        workers.cancel()
-        for task in (api, workers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        async with running_oms(settings, client) as tasks:
+            _banner(settings)
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            print("\nstopping OMS ...", flush=True)
+            stopper.cancel()
         for task in done:
-            if task is not stopper and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if task is not stopper and not task.cancelled() and task.exception() is not None:
+                raise RuntimeError(f"{task.get_name()} stopped unexpectedly") from task.exception()
     finally:
         temporal.terminate()
         try:

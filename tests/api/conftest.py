@@ -12,16 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from api.tokens import issue_token
 from config import Settings
 from db.demo import load_demo_data
 from db.engine import create_schema, make_engine, session_factory
-from devserver import _Server
-from worker import run_workers
+from devserver import running_oms
 
 
 def free_port() -> int:
@@ -76,13 +73,8 @@ async def stack(dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathF
     with session_factory(engine)() as session:
         load_demo_data(session)
     engine.dispose()
-    server = _Server(uvicorn.Config(create_app(settings, dev_env.client), host="127.0.0.1", port=port, log_level="warning"))
-    api = asyncio.create_task(server.serve())
-    workers = asyncio.create_task(run_workers(settings))
-    while not server.started:
-        await asyncio.sleep(0.02)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    async with (
+        running_oms(settings, dev_env.client),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
         yield Stack(settings, http, dev_env)
-    server.should_exit = True
-    workers.cancel()
-    await asyncio.gather(api, workers, return_exceptions=True)
