@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -32,8 +33,10 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     from api.tokens import issue_token
 
     if not Authorizer(settings.policies_dir).is_known_user(args.user):
-        print(f"error: {args.user} is not a user known to the policy ({settings.policies_dir / 'policy.csv'})",
-              file=sys.stderr)
+        print(
+            f"error: {args.user} is not a user known to the policy ({settings.policies_dir / 'policy.csv'})",
+            file=sys.stderr,
+        )
         return 2
     ttl = args.ttl or timedelta(seconds=settings.jwt_default_ttl_seconds)
     print(issue_token(args.user, settings.jwt_secret, ttl))
@@ -55,10 +58,8 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker import QUEUES, run_workers
 
     queues = [args.queue] if args.queue else list(QUEUES)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_workers(settings, queues))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -71,12 +72,19 @@ def _cmd_api(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _call(settings: Settings, user: str, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+def _call(
+    settings: Settings, user: str, method: str, path: str, body: dict[str, Any] | None = None
+) -> int:
     from api.tokens import issue_token
 
     token = issue_token(user, settings.jwt_secret, timedelta(minutes=5))
-    response = httpx.request(method, settings.resolved_api_url + path, json=body,
-                             headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    response = httpx.request(
+        method,
+        settings.resolved_api_url + path,
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
     try:
         print(json.dumps(response.json(), indent=2))
     except ValueError:
@@ -89,8 +97,13 @@ def _cmd_order(args: argparse.Namespace, settings: Settings) -> int:
     if action == "new":
         body: dict[str, Any] = {
             "client_order_id": args.client_order_id or f"cli-{uuid.uuid4().hex[:12]}",
-            "fund": args.fund, "symbol": args.symbol, "side": args.side, "quantity": args.quantity,
-            "order_type": "limit" if args.limit else "market", "time_in_force": args.tif, "notes": args.notes,
+            "fund": args.fund,
+            "symbol": args.symbol,
+            "side": args.side,
+            "quantity": args.quantity,
+            "order_type": "limit" if args.limit else "market",
+            "time_in_force": args.tif,
+            "notes": args.notes,
         }
         if args.limit:
             body["limit_price"] = args.limit
@@ -108,15 +121,21 @@ def _cmd_order(args: argparse.Namespace, settings: Settings) -> int:
         "release": {"venue": args.venue} if getattr(args, "venue", None) else {},
         "cancel": {"reason": args.text or ""},
     }
-    return _call(settings, args.as_user, "POST", f"/orders/{args.order_id}/{action}", bodies[action])
+    return _call(
+        settings, args.as_user, "POST", f"/orders/{args.order_id}/{action}", bodies[action]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oms", description="Order management system on Temporal.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="run everything: Temporal dev server, workers, API, demo data").set_defaults(run=_cmd_dev)
+    sub.add_parser(
+        "dev", help="run everything: Temporal dev server, workers, API, demo data"
+    ).set_defaults(run=_cmd_dev)
     worker = sub.add_parser("worker", help="run workers")
-    worker.add_argument("--queue", choices=["orders", "back-office"], help="one queue (default: both)")
+    worker.add_argument(
+        "--queue", choices=["orders", "back-office"], help="one queue (default: both)"
+    )
     worker.set_defaults(run=_cmd_worker)
     sub.add_parser("api", help="run the HTTP API").set_defaults(run=_cmd_api)
     token = sub.add_parser("token", help="print a bearer token for a user")

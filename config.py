@@ -19,8 +19,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OMS_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(default=Path(".oms"), description="Where the dev server and SQLite keep state.")
-    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+    data_dir: Path = Field(
+        default=Path(".oms"), description="Where the dev server and SQLite keep state."
+    )
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty means SQLite in data_dir."
+    )
 
     temporal_address: str = ""
     temporal_host: str = "127.0.0.1"
@@ -32,7 +36,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_url: str = Field(default="", description="Where simulators post back; empty means api_host:api_port.")
+    api_url: str = Field(
+        default="", description="Where simulators post back; empty means api_host:api_port."
+    )
 
     jwt_secret: str = "dev-only-secret-change-me-in-production-please"
     jwt_default_ttl_seconds: int = 8 * 3600

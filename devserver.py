@@ -33,7 +33,9 @@ def temporal_cli_path() -> str:
         return str(beside)
     found = shutil.which("temporal")
     if found is None:
-        raise FileNotFoundError("the Temporal CLI is missing: install the project (pip install -e .)")
+        raise FileNotFoundError(
+            "the Temporal CLI is missing: install the project (pip install -e .)"
+        )
     return found
 
 
@@ -59,10 +61,17 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def running_oms(settings: Settings, client: Client) -> AsyncIterator[tuple[asyncio.Task[None], ...]]:
+async def running_oms(
+    settings: Settings, client: Client
+) -> AsyncIterator[tuple[asyncio.Task[None], ...]]:
     """Run the API and both workers in this event loop until the block exits; yield their tasks."""
     server = _Server(
-        uvicorn.Config(create_app(settings, client), host=settings.api_host, port=settings.api_port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings, client),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+        )
     )
     api = asyncio.create_task(server.serve(), name="api")
     workers = asyncio.create_task(run_workers(settings), name="workers")
@@ -94,19 +103,29 @@ async def run_dev(settings: Settings) -> None:
     """Start everything, print where it is, and run until SIGINT/SIGTERM."""
     check_ports_free(
         settings.temporal_host,
-        {"OMS_TEMPORAL_PORT": settings.temporal_port, "OMS_TEMPORAL_UI_PORT": settings.temporal_ui_port},
+        {
+            "OMS_TEMPORAL_PORT": settings.temporal_port,
+            "OMS_TEMPORAL_UI_PORT": settings.temporal_ui_port,
+        },
     )
     check_ports_free(settings.api_host, {"OMS_API_PORT": settings.api_port})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_file = (settings.data_dir / "temporal.log").open("ab")
     temporal = subprocess.Popen(
         [
-            temporal_cli_path(), "server", "start-dev",
-            "--db-filename", str(settings.data_dir / "temporal.db"),
-            "--ip", settings.temporal_host,
-            "--port", str(settings.temporal_port),
-            "--ui-port", str(settings.temporal_ui_port),
-            "--log-level", "warn",
+            temporal_cli_path(),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(settings.data_dir / "temporal.db"),
+            "--ip",
+            settings.temporal_host,
+            "--port",
+            str(settings.temporal_port),
+            "--ui-port",
+            str(settings.temporal_ui_port),
+            "--log-level",
+            "warn",
         ],
         stdout=log_file,
         stderr=subprocess.STDOUT,

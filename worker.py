@@ -87,11 +87,18 @@ def build_orders_worker(
 
 
 def build_back_office_worker(
-    client: Client, settings: Settings, sessions: SessionFactory, back_office: SimulatedBackOffice | None
+    client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    back_office: SimulatedBackOffice | None,
 ) -> Worker:
     """Return the worker of the back office's queue: settlement instructions."""
     activities = BackOfficeActivities(sessions, back_office)
-    return Worker(client, task_queue=settings.back_office_task_queue, activities=[activities.instruct_settlement])
+    return Worker(
+        client,
+        task_queue=settings.back_office_task_queue,
+        activities=[activities.instruct_settlement],
+    )
 
 
 async def run_workers(settings: Settings, queues: Sequence[str] = QUEUES) -> None:
@@ -112,7 +119,9 @@ async def run_workers(settings: Settings, queues: Sequence[str] = QUEUES) -> Non
         back_office: SimulatedBackOffice | None = None
         with concurrent.futures.ThreadPoolExecutor(max_workers=32) as executor:
             if "orders" in queues:
-                orders_worker, simulator = build_orders_worker(client, settings, sessions, callbacks, executor)
+                orders_worker, simulator = build_orders_worker(
+                    client, settings, sessions, callbacks, executor
+                )
                 workers.append(orders_worker)
             if "back-office" in queues:
                 if settings.back_office_simulator:

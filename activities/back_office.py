@@ -28,7 +28,9 @@ class SettlementConfirmations(Protocol):
 class SimulatedBackOffice:
     """Confirms every instruction shortly after it arrives, as the back office's user would."""
 
-    def __init__(self, confirmations: SettlementConfirmations, *, user: str, delay_seconds: float) -> None:
+    def __init__(
+        self, confirmations: SettlementConfirmations, *, user: str, delay_seconds: float
+    ) -> None:
         self._confirmations = confirmations
         self._user = user
         self._delay = delay_seconds
@@ -54,7 +56,9 @@ class SimulatedBackOffice:
 class BackOfficeActivities:
     """Hand settlement instructions to the back office: its books, and its desk when simulated."""
 
-    def __init__(self, sessions: SessionFactory, simulator: SimulatedBackOffice | None = None) -> None:
+    def __init__(
+        self, sessions: SessionFactory, simulator: SimulatedBackOffice | None = None
+    ) -> None:
         self._sessions = sessions
         self._simulator = simulator
 

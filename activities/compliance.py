@@ -50,7 +50,9 @@ class ComplianceActivities:
             instrument = queries.get_instrument(session, input.order.symbol)
         if instrument is None:
             raise ApplicationError(
-                f"unknown symbol {input.order.symbol}", type=RefusalType.INVALID_INPUT, non_retryable=True
+                f"unknown symbol {input.order.symbol}",
+                type=RefusalType.INVALID_INPUT,
+                non_retryable=True,
             )
         rules = _read_toml(self._policies_dir / "compliance.toml")
         fund_rules = rules.get("funds", {}).get(input.order.fund, {})
@@ -67,4 +69,6 @@ class ComplianceActivities:
     def approval_matrix(self, input: ApprovalMatrixInput) -> ApprovalMatrix:
         """Return the approval levels in force (the matrix in `policies/approvals.toml`)."""
         data = _read_toml(self._policies_dir / "approvals.toml")
-        return ApprovalMatrix(levels=[ApprovalLevel.model_validate(level) for level in data.get("levels", [])])
+        return ApprovalMatrix(
+            levels=[ApprovalLevel.model_validate(level) for level in data.get("levels", [])]
+        )

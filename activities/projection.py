@@ -51,4 +51,6 @@ class ProjectionActivities:
     def record_settlement_status(self, input: RecordSettlementStatusInput) -> None:
         """Record the back office's confirmation or failure of one settlement instruction."""
         with self._sessions() as session:
-            queries.set_settlement_status(session, input.settlement_id, input.status, input.reason, input.at)
+            queries.set_settlement_status(
+                session, input.settlement_id, input.status, input.reason, input.at
+            )

@@ -31,7 +31,9 @@ class VenueActivities:
     def _venue(self, name: str) -> Venue:
         venue = self._venues.get(name)
         if venue is None:
-            raise ApplicationError(f"unknown venue {name!r}", type=RefusalType.VENUE_REFUSED, non_retryable=True)
+            raise ApplicationError(
+                f"unknown venue {name!r}", type=RefusalType.VENUE_REFUSED, non_retryable=True
+            )
         return venue
 
     @activity.defn
@@ -40,7 +42,9 @@ class VenueActivities:
         try:
             await self._venue(input.venue).submit(input.order)
         except VenueRefusedError as exc:
-            raise ApplicationError(str(exc), type=RefusalType.VENUE_REFUSED, non_retryable=True) from exc
+            raise ApplicationError(
+                str(exc), type=RefusalType.VENUE_REFUSED, non_retryable=True
+            ) from exc
 
     @activity.defn
     async def cancel_at_venue(self, input: CancelAtVenueInput) -> None:
@@ -48,4 +52,6 @@ class VenueActivities:
         try:
             await self._venue(input.venue).cancel(input.order_id)
         except VenueRefusedError as exc:
-            raise ApplicationError(str(exc), type=RefusalType.VENUE_REFUSED, non_retryable=True) from exc
+            raise ApplicationError(
+                str(exc), type=RefusalType.VENUE_REFUSED, non_retryable=True
+            ) from exc

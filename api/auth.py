@@ -22,7 +22,9 @@ class Authorizer:
     """Casbin RBAC with domains: (user, fund, object, action), from `policies/`."""
 
     def __init__(self, policies_dir: Path) -> None:
-        self._enforcer = casbin.Enforcer(str(policies_dir / "model.conf"), str(policies_dir / "policy.csv"))
+        self._enforcer = casbin.Enforcer(
+            str(policies_dir / "model.conf"), str(policies_dir / "policy.csv")
+        )
 
     def check(self, user: str, fund: str, obj: str, action: str) -> Grant | None:
         """Return the grant when `user` may do `action` on `obj` in `fund`, else None."""

@@ -58,7 +58,9 @@ def from_rpc_error(err: RPCError) -> ApiError:
 
 
 def _body(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}})
+    return JSONResponse(
+        status_code=status, content={"error": {"code": code, "message": message, "field": field}}
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

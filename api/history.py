@@ -50,7 +50,7 @@ def _json(model: BaseModel, **exclude: Any) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude=set(exclude) or None)
 
 
-async def render_history(history: WorkflowHistory, converter: DataConverter) -> list[HistoryEntry]:  # noqa: C901 - one branch per event kind reads best as a flat dispatch
+async def render_history(history: WorkflowHistory, converter: DataConverter) -> list[HistoryEntry]:
     """Turn raw history events into the audit timeline: state changes, decisions, reports, actors."""
     entries: list[HistoryEntry] = []
     scheduled: dict[int, str] = {}
@@ -64,8 +64,16 @@ async def render_history(history: WorkflowHistory, converter: DataConverter) -> 
 
         kind = event.event_type
         if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            started = await _decode(converter, event.workflow_execution_started_event_attributes.input, OrderWorkflowInput)
-            add("order_created", started.created_by, {"order_id": started.order_id, "request": _json(started.request)})
+            started = await _decode(
+                converter,
+                event.workflow_execution_started_event_attributes.input,
+                OrderWorkflowInput,
+            )
+            add(
+                "order_created",
+                started.created_by,
+                {"order_id": started.order_id, "request": _json(started.request)},
+            )
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             name = attrs.activity_type.name
@@ -74,14 +82,26 @@ async def render_history(history: WorkflowHistory, converter: DataConverter) -> 
                 state = (await _decode(converter, attrs.input, ProjectOrderInput)).state
                 if state.compliance and not compliance_shown:
                     compliance_shown = True
-                    add("compliance_evaluated", "system", {
-                        "results": [r.model_dump(mode="json") for r in state.compliance],
-                        "notional": str(state.notional), "approvals_required": state.approvals.required,
-                    })
+                    add(
+                        "compliance_evaluated",
+                        "system",
+                        {
+                            "results": [r.model_dump(mode="json") for r in state.compliance],
+                            "notional": str(state.notional),
+                            "approvals_required": state.approvals.required,
+                        },
+                    )
                 if state.status.value != last_status:
                     last_status = state.status.value
-                    add("status_changed", state.status_actor or "system", {"status": last_status, "version": state.version,
-                                                 "reason": state.close_reason})
+                    add(
+                        "status_changed",
+                        state.status_actor or "system",
+                        {
+                            "status": last_status,
+                            "version": state.version,
+                            "reason": state.close_reason,
+                        },
+                    )
             elif name == "submit_order":
                 sent = await _decode(converter, attrs.input, SubmitOrderInput)
                 add("sent_to_venue", "system", {"venue": sent.venue, "order": _json(sent.order)})
@@ -90,7 +110,11 @@ async def render_history(history: WorkflowHistory, converter: DataConverter) -> 
                 add("cancel_sent_to_venue", "system", {"venue": cancel.venue})
             elif name == "book_allocations":
                 booked = await _decode(converter, attrs.input, BookAllocationsInput)
-                add("allocated", "system", {"allocations": [a.model_dump(mode="json") for a in booked.allocations]})
+                add(
+                    "allocated",
+                    "system",
+                    {"allocations": [a.model_dump(mode="json") for a in booked.allocations]},
+                )
             elif name == "instruct_settlement":
                 instructed = await _decode(converter, attrs.input, InstructSettlementInput)
                 add("settlement_instructed", "system", _json(instructed.instruction))
@@ -101,9 +125,14 @@ async def render_history(history: WorkflowHistory, converter: DataConverter) -> 
                 add("compliance_data_captured", "system", _json(snapshot))
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
             failed = event.activity_task_failed_event_attributes
-            add("activity_failed", "system", {
-                "activity": scheduled.get(failed.scheduled_event_id, "?"), "message": failed.failure.message,
-            })
+            add(
+                "activity_failed",
+                "system",
+                {
+                    "activity": scheduled.get(failed.scheduled_event_id, "?"),
+                    "message": failed.failure.message,
+                },
+            )
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
             request = event.workflow_execution_update_accepted_event_attributes.accepted_request
             known = _UPDATES.get(request.input.name)
@@ -118,11 +147,19 @@ async def render_history(history: WorkflowHistory, converter: DataConverter) -> 
                 model, label = known
                 message = await _decode(converter, signal.input, model)
                 actor = getattr(message, "reported_by", None) or getattr(message, "user", None)
-                details = _json(message.report) if isinstance(message, ExecutionReportInput) else _json(message, user=True)
+                details = (
+                    _json(message.report)
+                    if isinstance(message, ExecutionReportInput)
+                    else _json(message, user=True)
+                )
                 add(label, actor, details)
         elif kind == EventType.EVENT_TYPE_TIMER_FIRED:
             add("timer_fired", "system", {"timer_id": event.timer_fired_event_attributes.timer_id})
         elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            result = await _decode(converter, event.workflow_execution_completed_event_attributes.result, OrderWorkflowResult)
+            result = await _decode(
+                converter,
+                event.workflow_execution_completed_event_attributes.result,
+                OrderWorkflowResult,
+            )
             add("order_closed", "system", {"status": result.status.value if result else None})
     return entries

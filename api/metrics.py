@@ -16,7 +16,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.latency_buckets: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(_BUCKETS))
+        self.latency_buckets: dict[tuple[str, str], list[int]] = defaultdict(
+            lambda: [0] * len(_BUCKETS)
+        )
         self.latency_sum: dict[tuple[str, str], float] = defaultdict(float)
         self.latency_count: dict[tuple[str, str], int] = defaultdict(int)
 
@@ -35,7 +37,9 @@ class Metrics:
             "# TYPE oms_http_requests_total counter",
         ]
         for (method, route, status), count in sorted(self.requests.items()):
-            lines.append(f'oms_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}')
+            lines.append(
+                f'oms_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}'
+            )
         lines += [
             "# HELP oms_http_request_seconds HTTP request latency.",
             "# TYPE oms_http_request_seconds histogram",
@@ -46,7 +50,9 @@ class Metrics:
                 lines.append(f'oms_http_request_seconds_bucket{{{labels},le="{bound}"}} {count}')
             total = self.latency_count[(method, route)]
             lines.append(f'oms_http_request_seconds_bucket{{{labels},le="+Inf"}} {total}')
-            lines.append(f"oms_http_request_seconds_sum{{{labels}}} {self.latency_sum[(method, route)]:.6f}")
+            lines.append(
+                f"oms_http_request_seconds_sum{{{labels}}} {self.latency_sum[(method, route)]:.6f}"
+            )
             lines.append(f"oms_http_request_seconds_count{{{labels}}} {total}")
         return "\n".join(lines) + "\n"
 
@@ -58,11 +64,20 @@ def route_template(request: Request) -> str:
     return str(path) if path else "unmatched"
 
 
-def metrics_middleware(metrics: Metrics) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+def metrics_middleware(
+    metrics: Metrics,
+) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    async def middleware(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
-        metrics.observe(request.method, route_template(request), response.status_code, time.perf_counter() - started)
+        metrics.observe(
+            request.method,
+            route_template(request),
+            response.status_code,
+            time.perf_counter() - started,
+        )
         return response
 
     return middleware

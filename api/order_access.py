@@ -37,7 +37,9 @@ async def read_state(handle: OrderHandle) -> OrderState:
         raise
 
 
-async def visible_order(services: Services, user: str, order_id: str) -> tuple[OrderHandle, OrderState]:
+async def visible_order(
+    services: Services, user: str, order_id: str
+) -> tuple[OrderHandle, OrderState]:
     """Return the order if the caller may read it; 404 otherwise, so ids cannot be probed across funds."""
     if not ORDER_ID_PATTERN.match(order_id):
         raise not_found()
@@ -62,5 +64,7 @@ async def run_update(state: OrderState, call: Callable[[], Awaitable[OrderState]
         return await call()
     except RPCError as err:
         if err.status is RPCStatusCode.NOT_FOUND:
-            raise ApiError(409, "conflict", f"the order is {state.status.value} and takes no more actions") from err
+            raise ApiError(
+                409, "conflict", f"the order is {state.status.value} and takes no more actions"
+            ) from err
         raise

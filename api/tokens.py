@@ -22,7 +22,9 @@ def issue_token(user: str, secret: str, ttl: timedelta) -> str:
 def user_from_token(token: str, secret: str) -> str:
     """Return the user a valid token names."""
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+        )
     except jwt.PyJWTError as exc:
         raise InvalidTokenError(str(exc)) from exc
     subject = claims.get("sub")

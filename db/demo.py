@@ -21,16 +21,42 @@ ACCOUNTS = [
 ]
 
 INSTRUMENTS = [
-    InstrumentRow(symbol="AAPL", name="Apple Inc.", asset_class="equity", currency="USD", reference_price=Decimal("230.50")),
-    InstrumentRow(symbol="MSFT", name="Microsoft Corp.", asset_class="equity", currency="USD", reference_price=Decimal("415.20")),
-    InstrumentRow(symbol="GME", name="GameStop Corp.", asset_class="equity", currency="USD", reference_price=Decimal("24.10")),
     InstrumentRow(
-        symbol="EURUSD", name="Euro / US dollar spot", asset_class="fx_spot", currency="USD",
-        reference_price=Decimal("1.0850"), lot_size=Decimal(1000),
+        symbol="AAPL",
+        name="Apple Inc.",
+        asset_class="equity",
+        currency="USD",
+        reference_price=Decimal("230.50"),
     ),
     InstrumentRow(
-        symbol="BTC-USD", name="Bitcoin / US dollar", asset_class="crypto", currency="USD",
-        reference_price=Decimal("64000"), lot_size=Decimal("0.0001"),
+        symbol="MSFT",
+        name="Microsoft Corp.",
+        asset_class="equity",
+        currency="USD",
+        reference_price=Decimal("415.20"),
+    ),
+    InstrumentRow(
+        symbol="GME",
+        name="GameStop Corp.",
+        asset_class="equity",
+        currency="USD",
+        reference_price=Decimal("24.10"),
+    ),
+    InstrumentRow(
+        symbol="EURUSD",
+        name="Euro / US dollar spot",
+        asset_class="fx_spot",
+        currency="USD",
+        reference_price=Decimal("1.0850"),
+        lot_size=Decimal(1000),
+    ),
+    InstrumentRow(
+        symbol="BTC-USD",
+        name="Bitcoin / US dollar",
+        asset_class="crypto",
+        currency="USD",
+        reference_price=Decimal("64000"),
+        lot_size=Decimal("0.0001"),
     ),
 ]
 

@@ -8,10 +8,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
+from db.tables import (
+    AccountRow,
+    AllocationRow,
+    ExecutionRow,
+    FundRow,
+    InstrumentRow,
+    OrderRow,
+    PositionRow,
+    SettlementRow,
+)
 from domain.models import (
     Allocation,
     AssetClass,
@@ -22,16 +33,6 @@ from domain.models import (
     SettlementStatus,
     Side,
     tidy,
-)
-from db.tables import (
-    AccountRow,
-    AllocationRow,
-    ExecutionRow,
-    FundRow,
-    InstrumentRow,
-    OrderRow,
-    PositionRow,
-    SettlementRow,
 )
 
 # ---- reference data ---------------------------------------------------------------------------
@@ -46,7 +47,9 @@ def get_fund(session: Session, fund: str) -> FundRow | None:
 
 
 def fund_accounts(session: Session, fund: str) -> list[str]:
-    rows = session.exec(select(AccountRow).where(AccountRow.fund == fund).order_by(col(AccountRow.account)))
+    rows = session.exec(
+        select(AccountRow).where(AccountRow.fund == fund).order_by(col(AccountRow.account))
+    )
     return [row.account for row in rows]
 
 
@@ -79,7 +82,7 @@ def upsert_order(session: Session, state: OrderState) -> bool:
     row = session.get(OrderRow, state.order_id)
     if row is not None and row.version >= state.version:
         return False
-    values = {
+    values: dict[str, Any] = {
         "client_order_id": state.client_order_id,
         "fund": state.fund,
         "symbol": state.symbol,
@@ -94,7 +97,9 @@ def upsert_order(session: Session, state: OrderState) -> bool:
         "updated_at": state.updated_at,
         "notional": state.notional,
         "currency": state.currency,
-        "approval_level": state.approvals.current_level if state.status.value == "pending_approval" else None,
+        "approval_level": state.approvals.current_level
+        if state.status.value == "pending_approval"
+        else None,
         "approved_by": ",".join(g.user for g in state.approvals.given),
         "filled_quantity": state.filled_quantity,
         "average_price": state.average_price,
@@ -155,7 +160,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError("cursor is not valid") from exc
 
 
-def list_orders(session: Session, flt: OrderFilter, limit: int, cursor: str | None = None) -> list[OrderRow]:
+def list_orders(
+    session: Session, flt: OrderFilter, limit: int, cursor: str | None = None
+) -> list[OrderRow]:
     """Return up to `limit` orders matching the filter, newest first, after `cursor`."""
     query = select(OrderRow)
     if flt.funds is not None:
@@ -176,13 +183,17 @@ def list_orders(session: Session, flt: OrderFilter, limit: int, cursor: str | No
                 and_(col(OrderRow.created_at) == created_at, col(OrderRow.order_id) < order_id),
             )
         )
-    query = query.order_by(col(OrderRow.created_at).desc(), col(OrderRow.order_id).desc()).limit(limit)
+    query = query.order_by(col(OrderRow.created_at).desc(), col(OrderRow.order_id).desc()).limit(
+        limit
+    )
     return list(session.exec(query))
 
 
 def approval_levels_in_use(session: Session) -> list[str]:
     """Return the approval levels orders are waiting at."""
-    query = select(OrderRow.approval_level).where(col(OrderRow.approval_level).is_not(None)).distinct()
+    query = (
+        select(OrderRow.approval_level).where(col(OrderRow.approval_level).is_not(None)).distinct()
+    )
     return [level for level in session.exec(query) if level]
 
 
@@ -237,7 +248,11 @@ def _rebuild_position(session: Session, fund: str, account: str, symbol: str, at
         cash_flow -= signed * row.price
         new_quantity = quantity + signed
         if quantity == 0 or (quantity > 0) == (signed > 0):
-            average_cost = (quantity * average_cost + signed * row.price) / new_quantity if new_quantity else Decimal(0)
+            average_cost = (
+                (quantity * average_cost + signed * row.price) / new_quantity
+                if new_quantity
+                else Decimal(0)
+            )
         elif (new_quantity > 0) != (quantity > 0) and new_quantity != 0:
             average_cost = row.price
         elif new_quantity == 0:
@@ -245,11 +260,21 @@ def _rebuild_position(session: Session, fund: str, account: str, symbol: str, at
         quantity = new_quantity
     position = session.get(PositionRow, (account, symbol))
     if position is None:
-        position = PositionRow(fund=fund, account=account, symbol=symbol, quantity=quantity,
-                               average_cost=average_cost, cash_flow=cash_flow, updated_at=at)
+        position = PositionRow(
+            fund=fund,
+            account=account,
+            symbol=symbol,
+            quantity=quantity,
+            average_cost=average_cost,
+            cash_flow=cash_flow,
+            updated_at=at,
+        )
     else:
         position.quantity, position.average_cost, position.cash_flow, position.updated_at = (
-            quantity, average_cost, cash_flow, at
+            quantity,
+            average_cost,
+            cash_flow,
+            at,
         )
     session.add(position)
 
@@ -258,13 +283,19 @@ def positions(session: Session, funds: Sequence[str] | None) -> list[PositionRow
     query = select(PositionRow)
     if funds is not None:
         query = query.where(col(PositionRow.fund).in_(list(funds)))
-    return list(session.exec(query.order_by(col(PositionRow.fund), col(PositionRow.account), col(PositionRow.symbol))))
+    return list(
+        session.exec(
+            query.order_by(col(PositionRow.fund), col(PositionRow.account), col(PositionRow.symbol))
+        )
+    )
 
 
 # ---- settlements ------------------------------------------------------------------------------
 
 
-def record_instruction(session: Session, instruction: SettlementInstruction, instructed_at: datetime) -> bool:
+def record_instruction(
+    session: Session, instruction: SettlementInstruction, instructed_at: datetime
+) -> bool:
     """Store a settlement instruction once; returns whether it was new."""
     if session.get(SettlementRow, instruction.settlement_id) is not None:
         return False
@@ -306,10 +337,16 @@ def get_settlement(session: Session, settlement_id: str) -> SettlementRow | None
     return session.get(SettlementRow, settlement_id)
 
 
-def list_settlements(session: Session, funds: Sequence[str] | None, status: str | None) -> list[SettlementRow]:
+def list_settlements(
+    session: Session, funds: Sequence[str] | None, status: str | None
+) -> list[SettlementRow]:
     query = select(SettlementRow)
     if funds is not None:
         query = query.where(col(SettlementRow.fund).in_(list(funds)))
     if status:
         query = query.where(SettlementRow.status == status)
-    return list(session.exec(query.order_by(col(SettlementRow.settlement_date), col(SettlementRow.settlement_id))))
+    return list(
+        session.exec(
+            query.order_by(col(SettlementRow.settlement_date), col(SettlementRow.settlement_id))
+        )
+    )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
-
-from datetime import UTC
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Dialect, Numeric

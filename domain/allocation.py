@@ -8,7 +8,10 @@ from domain.models import Allocation, AllocationRequest
 
 
 def allocate(
-    requests: list[AllocationRequest], executed: Decimal, price: Decimal, lot_size: Decimal = Decimal(1)
+    requests: list[AllocationRequest],
+    executed: Decimal,
+    price: Decimal,
+    lot_size: Decimal = Decimal(1),
 ) -> list[Allocation]:
     """Split `executed` across the requesting accounts, pro-rata to what each asked for.
 

@@ -10,7 +10,7 @@ from domain.models import ComplianceOutcome, ComplianceResult
 
 
 class ApprovalLevel(BaseModel):
-    """One level of the matrix: orders at or above `min_notional` need it."""
+    """One level of the matrix: orders whose notional is above `min_notional` need it."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -12,7 +12,9 @@ Rule = Callable[[OrderRequest, ComplianceSnapshot], ComplianceResult]
 
 def order_price(order: OrderRequest, snapshot: ComplianceSnapshot) -> Decimal:
     """Return the price the order is valued at: its limit, else the instrument's reference price."""
-    return order.limit_price if order.limit_price is not None else snapshot.instrument.reference_price
+    return (
+        order.limit_price if order.limit_price is not None else snapshot.instrument.reference_price
+    )
 
 
 def order_notional(order: OrderRequest, snapshot: ComplianceSnapshot) -> Decimal:

@@ -9,7 +9,15 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.models import AwareDatetime, ExecType, Execution, NonNegativeDecimal, OrderStatus, PositiveDecimal, tidy
+from domain.models import (
+    AwareDatetime,
+    ExecType,
+    Execution,
+    NonNegativeDecimal,
+    OrderStatus,
+    PositiveDecimal,
+    tidy,
+)
 from domain.status import OrderEvent, allows
 
 # Average prices keep more places than any venue quotes, so the block's notional reproduces.
@@ -46,7 +54,9 @@ class ReportOutcome:
     reason: str = ""
 
 
-def _event_for(report: ExecutionReport, status: OrderStatus, cumulative: Decimal, quantity: Decimal) -> OrderEvent | None:
+def _event_for(
+    report: ExecutionReport, status: OrderStatus, cumulative: Decimal, quantity: Decimal
+) -> OrderEvent | None:
     match report.exec_type:
         case ExecType.NEW:
             return OrderEvent.VENUE_ACCEPTED
@@ -61,7 +71,11 @@ def _event_for(report: ExecutionReport, status: OrderStatus, cumulative: Decimal
         case ExecType.PENDING_CANCEL:
             return None if status is OrderStatus.PENDING_CANCEL else OrderEvent.CANCEL_REQUESTED
         case ExecType.CANCEL_REJECTED:
-            return OrderEvent.CANCEL_REJECTED_AFTER_FILLS if cumulative > 0 else OrderEvent.CANCEL_REJECTED
+            return (
+                OrderEvent.CANCEL_REJECTED_AFTER_FILLS
+                if cumulative > 0
+                else OrderEvent.CANCEL_REJECTED
+            )
         case ExecType.DONE_FOR_DAY:
             return None
         case ExecType.REPLACED | ExecType.PENDING_REPLACE:
@@ -87,11 +101,16 @@ def apply_report(
     does not accept is refused (and the caller flags it).
     """
     if report.exec_id in seen_exec_ids:
-        return ReportOutcome(ReportVerdict.DUPLICATE, reason=f"exec_id {report.exec_id} already applied")
+        return ReportOutcome(
+            ReportVerdict.DUPLICATE, reason=f"exec_id {report.exec_id} already applied"
+        )
     cumulative, avg = filled_quantity, average_price
     if report.exec_type is ExecType.TRADE:
         if report.last_quantity <= 0 or report.last_price is None:
-            return ReportOutcome(ReportVerdict.REFUSED, reason="a trade needs a positive last_quantity and a last_price")
+            return ReportOutcome(
+                ReportVerdict.REFUSED,
+                reason="a trade needs a positive last_quantity and a last_price",
+            )
         cumulative = filled_quantity + report.last_quantity
         if cumulative > quantity:
             return ReportOutcome(
@@ -99,16 +118,27 @@ def apply_report(
                 reason=f"overfill: cumulative {cumulative} would exceed order quantity {quantity}",
             )
         previous_value = filled_quantity * (average_price or Decimal(0))
-        avg = tidy(((previous_value + report.last_quantity * report.last_price) / cumulative).quantize(AVERAGE_PRICE_PLACES))
+        avg = tidy(
+            ((previous_value + report.last_quantity * report.last_price) / cumulative).quantize(
+                AVERAGE_PRICE_PLACES
+            )
+        )
     elif report.last_quantity != 0:
-        return ReportOutcome(ReportVerdict.REFUSED, reason=f"a {report.exec_type.value} report carries no last_quantity")
+        return ReportOutcome(
+            ReportVerdict.REFUSED,
+            reason=f"a {report.exec_type.value} report carries no last_quantity",
+        )
     event = _event_for(report, status, cumulative, quantity)
     if event is not None and not allows(status, event):
         return ReportOutcome(
             ReportVerdict.REFUSED,
             reason=f"a {report.exec_type.value} report is not allowed while the order is {status.value}",
         )
-    terminal = event in (OrderEvent.VENUE_CANCELED, OrderEvent.VENUE_EXPIRED, OrderEvent.VENUE_REJECTED)
+    terminal = event in (
+        OrderEvent.VENUE_CANCELED,
+        OrderEvent.VENUE_EXPIRED,
+        OrderEvent.VENUE_REJECTED,
+    )
     execution = Execution(
         exec_id=report.exec_id,
         exec_type=report.exec_type,

@@ -134,7 +134,9 @@ class OrderRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    client_order_id: str = Field(min_length=1, max_length=64, pattern=CLIENT_ORDER_ID_PATTERN.pattern)
+    client_order_id: str = Field(
+        min_length=1, max_length=64, pattern=CLIENT_ORDER_ID_PATTERN.pattern
+    )
     fund: str = Field(min_length=1, max_length=64)
     symbol: str = Field(min_length=1, max_length=32)
     side: Side
@@ -179,12 +181,17 @@ class OrderRequest(BaseModel):
         quantity = info.data.get("quantity")
         total = sum((a.quantity for a in value), Decimal(0))
         if quantity is not None and total != quantity:
-            raise ValueError(f"allocation quantities sum to {total}, not the order quantity {quantity}")
+            raise ValueError(
+                f"allocation quantities sum to {total}, not the order quantity {quantity}"
+            )
         return value
 
     def same_order_as(self, other: OrderRequest) -> bool:
-        """Tell whether two requests describe the same order (for idempotent creation)."""
-        return self.model_dump(mode="json") == other.model_dump(mode="json")
+        """Tell whether two requests describe the same order (for idempotent creation).
+
+        Values compare by value, so "100" and "100.0", or one instant in two offsets, are the same.
+        """
+        return self == other
 
 
 class Instrument(BaseModel):
@@ -195,8 +202,8 @@ class Instrument(BaseModel):
     symbol: str
     asset_class: AssetClass
     currency: str
-    reference_price: Decimal
-    lot_size: Decimal = Decimal(1)
+    reference_price: PositiveDecimal
+    lot_size: PositiveDecimal = Decimal(1)
 
 
 class ComplianceResult(BaseModel):
@@ -354,6 +361,4 @@ class OrderState(BaseModel):
 
 def tidy(value: Decimal) -> Decimal:
     """Drop trailing zeros that storage adds (1.000000 -> 1) without switching to exponent form."""
-    if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
-    return value.normalize()
+    return Decimal(format(value.normalize(), "f"))

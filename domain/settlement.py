@@ -23,7 +23,9 @@ def is_business_day(day: date, holidays: Iterable[date] = ()) -> bool:
     return day.weekday() < 5 and day not in set(holidays)
 
 
-def settlement_date(trade_date: date, asset_class: AssetClass, holidays: Iterable[date] = ()) -> date:
+def settlement_date(
+    trade_date: date, asset_class: AssetClass, holidays: Iterable[date] = ()
+) -> date:
     """Return the settlement date for a trade: T+n business days, weekends and holidays skipped.
 
     A trade booked on a non-business day counts from the next business day, as a venue would book it.

@@ -39,8 +39,14 @@ class SimulatedVenue:
 
     name = "simulator"
 
-    def __init__(self, sink: ExecutionSink, prices: PriceSource, *, delay_seconds: float = 0.2,
-                 identity: str = "sim-venue") -> None:
+    def __init__(
+        self,
+        sink: ExecutionSink,
+        prices: PriceSource,
+        *,
+        delay_seconds: float = 0.2,
+        identity: str = "sim-venue",
+    ) -> None:
         self._sink = sink
         self._prices = prices
         self._delay = delay_seconds
@@ -63,7 +69,9 @@ class SimulatedVenue:
             raise VenueRefusedError(f"order {order_id} is unknown to the simulator")
         sim.cancel_requested = True
         if sim.done:
-            await self._send(sim, ExecType.CANCEL_REJECTED, text="too late to cancel: order is done")
+            await self._send(
+                sim, ExecType.CANCEL_REJECTED, text="too late to cancel: order is done"
+            )
             return
         sim.done = True
         if sim.task is not None:
@@ -78,11 +86,17 @@ class SimulatedVenue:
 
     async def _work(self, sim: _SimOrder, reference_price: Decimal, lot_size: Decimal) -> None:
         order = sim.order
-        price = order.limit_price if order.order_type is OrderType.LIMIT and order.limit_price else reference_price
+        price = (
+            order.limit_price
+            if order.order_type is OrderType.LIMIT and order.limit_price
+            else reference_price
+        )
         try:
             await asyncio.sleep(self._delay)
             await self._send(sim, ExecType.NEW, text="accepted")
-            first = (order.quantity / 2 / lot_size).to_integral_value(rounding=ROUND_FLOOR) * lot_size
+            first = (order.quantity / 2 / lot_size).to_integral_value(
+                rounding=ROUND_FLOOR
+            ) * lot_size
             for quantity in (first, order.quantity - first):
                 if quantity <= 0:
                     continue
@@ -97,8 +111,15 @@ class SimulatedVenue:
         except Exception:  # the OMS may be briefly unreachable; a real venue would resend later
             log.exception("simulator could not report on %s", order.order_id)
 
-    async def _send(self, sim: _SimOrder, exec_type: ExecType, *, last_quantity: Decimal = Decimal(0),
-                    last_price: Decimal | None = None, text: str = "") -> None:
+    async def _send(
+        self,
+        sim: _SimOrder,
+        exec_type: ExecType,
+        *,
+        last_quantity: Decimal = Decimal(0),
+        last_price: Decimal | None = None,
+        text: str = "",
+    ) -> None:
         report = ExecutionReport(
             order_id=sim.order.order_id,
             exec_id=f"SIM-{sim.order.order_id}-{sim.next_exec}",

@@ -22,7 +22,9 @@ TokenFactory = Callable[[str], str]
 _ATTEMPTS = 5
 
 
-async def _post_with_retry(http: httpx.AsyncClient, url: str, token: str, body: dict[str, object]) -> None:
+async def _post_with_retry(
+    http: httpx.AsyncClient, url: str, token: str, body: dict[str, object]
+) -> None:
     delay = 0.2
     for attempt in range(1, _ATTEMPTS + 1):
         try:
@@ -51,7 +53,10 @@ class HttpCallbacks:
 
     async def report(self, report: ExecutionReport, reported_by: str) -> None:
         await _post_with_retry(
-            self._http, f"{self._base_url}/executions", self._token_for(reported_by), report.model_dump(mode="json")
+            self._http,
+            f"{self._base_url}/executions",
+            self._token_for(reported_by),
+            report.model_dump(mode="json"),
         )
 
     async def settlement_confirmed(self, instruction: SettlementInstruction, user: str) -> None:
@@ -71,7 +76,9 @@ class TemporalCallbacks:
 
     async def report(self, report: ExecutionReport, reported_by: str) -> None:
         handle = self._client.get_workflow_handle(order_workflow_id(report.order_id))
-        await handle.signal("execution_report", ExecutionReportInput(report=report, reported_by=reported_by))
+        await handle.signal(
+            "execution_report", ExecutionReportInput(report=report, reported_by=reported_by)
+        )
 
     async def settlement_confirmed(self, instruction: SettlementInstruction, user: str) -> None:
         handle = self._client.get_workflow_handle(order_workflow_id(instruction.order_id))

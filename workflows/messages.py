@@ -50,7 +50,9 @@ class AwaitComplianceInput(BaseModel):
 class ApproveInput(BaseModel):
     user: str
     comment: str = ""
-    grants: list[PolicyGrant] = Field(default_factory=list, description="Approval levels the caller holds in the fund.")
+    grants: list[PolicyGrant] = Field(
+        default_factory=list, description="Approval levels the caller holds in the fund."
+    )
 
 
 class RejectInput(BaseModel):

@@ -13,7 +13,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.back_office import BackOfficeActivities, InstructSettlementInput
-    from activities.compliance import ApprovalMatrixInput, ComplianceActivities, ComplianceSnapshotInput
+    from activities.compliance import (
+        ApprovalMatrixInput,
+        ComplianceActivities,
+        ComplianceSnapshotInput,
+    )
     from activities.projection import (
         BookAllocationsInput,
         ProjectionActivities,
@@ -122,7 +126,9 @@ class OrderWorkflow:
     async def _pre_trade_compliance(self) -> bool:
         """Check the order; return whether it may go on to approval (possibly after an override)."""
         snapshot = await workflow.execute_activity_method(
-            ComplianceActivities.compliance_snapshot, ComplianceSnapshotInput(order=self._input.request), **_LOCAL_IO
+            ComplianceActivities.compliance_snapshot,
+            ComplianceSnapshotInput(order=self._input.request),
+            **_LOCAL_IO,
         )
         self._instrument = snapshot.instrument
         results = evaluate(self._input.request, snapshot)
@@ -136,7 +142,9 @@ class OrderWorkflow:
             await self._project()
             return False
         matrix = await workflow.execute_activity_method(
-            ComplianceActivities.approval_matrix, ApprovalMatrixInput(fund=self._state.fund), **_LOCAL_IO
+            ComplianceActivities.approval_matrix,
+            ApprovalMatrixInput(fund=self._state.fund),
+            **_LOCAL_IO,
         )
         self._state.approvals.required = required_levels(matrix, self._state.notional, results)
         if outcome is ComplianceOutcome.WARN:
@@ -144,10 +152,13 @@ class OrderWorkflow:
             await self._project()
             timeouts = self._input.timeouts
             overridden = await self._wait(
-                lambda: self._state.status is not OrderStatus.PENDING_OVERRIDE, timeouts.approval_expire_after
+                lambda: self._state.status is not OrderStatus.PENDING_OVERRIDE,
+                timeouts.approval_expire_after,
             )
             if not overridden:
-                self._transition(OrderEvent.APPROVAL_EXPIRED, reason="no compliance override in time")
+                self._transition(
+                    OrderEvent.APPROVAL_EXPIRED, reason="no compliance override in time"
+                )
                 await self._project()
             return self._state.status is OrderStatus.PENDING_APPROVAL
         self._transition(OrderEvent.COMPLIANCE_PASSED)
@@ -175,7 +186,10 @@ class OrderWorkflow:
         await self._project()
 
     async def _complete_if_no_levels(self) -> None:
-        if self._state.status is OrderStatus.PENDING_APPROVAL and self._state.approvals.current_level is None:
+        if (
+            self._state.status is OrderStatus.PENDING_APPROVAL
+            and self._state.approvals.current_level is None
+        ):
             self._transition(OrderEvent.APPROVALS_COMPLETE, actor=self._state.status_actor)
 
     async def _allocate(self) -> None:
@@ -183,12 +197,17 @@ class OrderWorkflow:
         state = self._state
         assert state.average_price is not None
         state.allocations = allocate(
-            state.requested_allocations, state.filled_quantity, state.average_price, self._instrument.lot_size
+            state.requested_allocations,
+            state.filled_quantity,
+            state.average_price,
+            self._instrument.lot_size,
         )
         self._transition(OrderEvent.ALLOCATED)
         await workflow.execute_activity_method(
             ProjectionActivities.book_allocations,
-            BookAllocationsInput(state=state, allocations=state.allocations, booked_at=workflow.now()),
+            BookAllocationsInput(
+                state=state, allocations=state.allocations, booked_at=workflow.now()
+            ),
             **_LOCAL_IO,
         )
         await self._project()
@@ -230,7 +249,9 @@ class OrderWorkflow:
             return all(s.status is SettlementStatus.CONFIRMED for s in self._state.settlements)
 
         def settled_or_failed() -> bool:
-            return all_confirmed() or any(s.status is SettlementStatus.FAILED for s in self._state.settlements)
+            return all_confirmed() or any(
+                s.status is SettlementStatus.FAILED for s in self._state.settlements
+            )
 
         # The back office has until the end of the settlement date (UTC).
         deadline = datetime.combine(settle_on + timedelta(days=1), time(0), tzinfo=UTC)
@@ -254,7 +275,13 @@ class OrderWorkflow:
         assert level is not None
         grant = next(g for g in input.grants if g.permission == level)
         self._state.approvals.given.append(
-            ApprovalGiven(level=level, user=input.user, at=workflow.now(), comment=input.comment, policy=grant.policy)
+            ApprovalGiven(
+                level=level,
+                user=input.user,
+                at=workflow.now(),
+                comment=input.comment,
+                policy=grant.policy,
+            )
         )
         if self._state.approvals.current_level is None:
             self._transition(OrderEvent.APPROVALS_COMPLETE, actor=input.user)
@@ -272,9 +299,14 @@ class OrderWorkflow:
         if input.user == self._state.created_by:
             raise _refuse("the order's creator cannot approve it", RefusalType.FORBIDDEN)
         if any(g.user == input.user for g in self._state.approvals.given):
-            raise _refuse(f"{input.user} already approved a level of this order", RefusalType.FORBIDDEN)
+            raise _refuse(
+                f"{input.user} already approved a level of this order", RefusalType.FORBIDDEN
+            )
         if not any(g.permission == level for g in input.grants):
-            raise _refuse(f"{input.user} may not approve level {level} in {self._state.fund}", RefusalType.FORBIDDEN)
+            raise _refuse(
+                f"{input.user} may not approve level {level} in {self._state.fund}",
+                RefusalType.FORBIDDEN,
+            )
 
     @workflow.update
     async def reject(self, input: RejectInput) -> OrderState:
@@ -290,9 +322,14 @@ class OrderWorkflow:
         if not input.reason.strip():
             raise _refuse("a rejection needs a reason", RefusalType.INVALID_INPUT)
         if input.user == self._state.created_by:
-            raise _refuse("the order's creator cannot reject it (cancel it instead)", RefusalType.FORBIDDEN)
+            raise _refuse(
+                "the order's creator cannot reject it (cancel it instead)", RefusalType.FORBIDDEN
+            )
         if not any(g.permission == level for g in input.grants):
-            raise _refuse(f"{input.user} may not decide level {level} in {self._state.fund}", RefusalType.FORBIDDEN)
+            raise _refuse(
+                f"{input.user} may not decide level {level} in {self._state.fund}",
+                RefusalType.FORBIDDEN,
+            )
 
     @workflow.update
     async def override(self, input: OverrideInput) -> OrderState:
@@ -335,13 +372,17 @@ class OrderWorkflow:
         )
         try:
             await workflow.execute_activity_method(
-                VenueActivities.submit_order, SubmitOrderInput(venue=input.venue, order=order), **_EXTERNAL
+                VenueActivities.submit_order,
+                SubmitOrderInput(venue=input.venue, order=order),
+                **_EXTERNAL,
             )
         except ActivityError as err:
             # The venue never took the order: record why, and end it as rejected by the venue.
             reason = str(err.cause) if err.cause is not None else str(err)
             if state.status is OrderStatus.RELEASED:
-                self._transition(OrderEvent.VENUE_REJECTED, reason=f"venue did not accept the order: {reason}")
+                self._transition(
+                    OrderEvent.VENUE_REJECTED, reason=f"venue did not accept the order: {reason}"
+                )
                 await self._project()
         return self._state
 
@@ -354,14 +395,18 @@ class OrderWorkflow:
         """Cancel the order: at once before release, through pending_cancel after."""
         state = self._state
         if state.status in PRE_RELEASE:
-            self._transition(OrderEvent.CANCELED_BEFORE_RELEASE, reason=input.reason, actor=input.user)
+            self._transition(
+                OrderEvent.CANCELED_BEFORE_RELEASE, reason=input.reason, actor=input.user
+            )
             await self._project()
             return state
         self._transition(OrderEvent.CANCEL_REQUESTED, reason=input.reason, actor=input.user)
         await self._project()
         assert state.venue is not None
         await workflow.execute_activity_method(
-            VenueActivities.cancel_at_venue, CancelAtVenueInput(venue=state.venue, order_id=state.order_id), **_EXTERNAL
+            VenueActivities.cancel_at_venue,
+            CancelAtVenueInput(venue=state.venue, order_id=state.order_id),
+            **_EXTERNAL,
         )
         return self._state
 
@@ -370,12 +415,16 @@ class OrderWorkflow:
         status = self._state.status
         if status in PRE_RELEASE or status in (OrderStatus.WORKING, OrderStatus.PARTIALLY_FILLED):
             return
-        raise _refuse(f"an order that is {status.value} cannot be canceled", RefusalType.INVALID_STATE)
+        raise _refuse(
+            f"an order that is {status.value} cannot be canceled", RefusalType.INVALID_STATE
+        )
 
     @workflow.update
     async def await_compliance(self, input: AwaitComplianceInput) -> OrderState:
         """Return the order once pre-trade compliance has decided (used with update-with-start)."""
-        await workflow.wait_condition(lambda: self._state.status is not OrderStatus.PENDING_COMPLIANCE)
+        await workflow.wait_condition(
+            lambda: self._state.status is not OrderStatus.PENDING_COMPLIANCE
+        )
         return self._state
 
     # ---- signals: machine events --------------------------------------------------------------
@@ -408,8 +457,14 @@ class OrderWorkflow:
         state.leaves_quantity = execution.leaves_quantity
         state.average_price = execution.average_price
         if outcome.event is not None:
-            closing = outcome.event in (OrderEvent.VENUE_REJECTED, OrderEvent.VENUE_CANCELED, OrderEvent.VENUE_EXPIRED)
-            self._transition(outcome.event, reason=input.report.text if closing else "", actor=input.reported_by)
+            closing = outcome.event in (
+                OrderEvent.VENUE_REJECTED,
+                OrderEvent.VENUE_CANCELED,
+                OrderEvent.VENUE_EXPIRED,
+            )
+            self._transition(
+                outcome.event, reason=input.report.text if closing else "", actor=input.reported_by
+            )
         else:
             self._touch()
         await self._project()
@@ -423,13 +478,20 @@ class OrderWorkflow:
             if instruction.status is SettlementStatus.CONFIRMED:
                 return  # confirmed is final; repeats change nothing
             self._state.settlements[index] = instruction.model_copy(
-                update={"status": input.status, "status_reason": input.reason, "status_at": input.at}
+                update={
+                    "status": input.status,
+                    "status_reason": input.reason,
+                    "status_at": input.at,
+                }
             )
             self._touch()
             await workflow.execute_activity_method(
                 ProjectionActivities.record_settlement_status,
                 RecordSettlementStatusInput(
-                    settlement_id=input.settlement_id, status=input.status, reason=input.reason, at=input.at
+                    settlement_id=input.settlement_id,
+                    status=input.status,
+                    reason=input.reason,
+                    at=input.at,
                 ),
                 **_LOCAL_IO,
             )
@@ -471,10 +533,10 @@ class OrderWorkflow:
         )
 
     @staticmethod
-    async def _wait(condition: Callable[[], bool], timeout: timedelta) -> bool:
-        """Wait for `condition` up to `timeout`; return whether it came true."""
+    async def _wait(condition: Callable[[], bool], within: timedelta) -> bool:
+        """Wait for `condition` up to `within`; return whether it came true."""
         try:
-            await workflow.wait_condition(condition, timeout=timeout)
+            await workflow.wait_condition(condition, timeout=within)
         except TimeoutError:
             return False
         return True

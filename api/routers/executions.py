@@ -18,7 +18,9 @@ router = APIRouter(prefix="/executions", tags=["executions"])
 
 
 @router.post("", status_code=202, response_model=Accepted)
-async def post_execution(report: ExecutionReport, response: Response, services: ServicesDep, user: UserDep) -> Accepted:
+async def post_execution(
+    report: ExecutionReport, response: Response, services: ServicesDep, user: UserDep
+) -> Accepted:
     """Take one execution report: 202 when passed to the order, 200 for a duplicate exec_id.
 
     A report the order cannot accept (overfill, wrong state) is still delivered, so the order
@@ -40,7 +42,14 @@ async def post_execution(report: ExecutionReport, response: Response, services: 
     if outcome.verdict is ReportVerdict.DUPLICATE:
         response.status_code = 200
         return Accepted(status="duplicate", detail=outcome.reason)
-    await handle.signal(OrderWorkflow.execution_report, ExecutionReportInput(report=report, reported_by=user))
+    await handle.signal(
+        OrderWorkflow.execution_report, ExecutionReportInput(report=report, reported_by=user)
+    )
     if outcome.verdict is ReportVerdict.REFUSED:
-        raise ApiError(409, "execution_refused", outcome.reason, "exec_type" if "allowed" in outcome.reason else "last_quantity")
+        raise ApiError(
+            409,
+            "execution_refused",
+            outcome.reason,
+            "exec_type" if "allowed" in outcome.reason else "last_quantity",
+        )
     return Accepted(status="accepted")

@@ -29,7 +29,10 @@ async def healthz(services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"unreachable: {exc}"
     healthy = all(value == "ok" for value in checks.values())
-    return JSONResponse(status_code=200 if healthy else 503, content={"status": "ok" if healthy else "degraded", **checks})
+    return JSONResponse(
+        status_code=200 if healthy else 503,
+        content={"status": "ok" if healthy else "degraded", **checks},
+    )
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

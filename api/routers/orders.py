@@ -43,7 +43,9 @@ from workflows.order import OrderWorkflow
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 
-def _normalise(body: OrderRequest, services: ServicesDep, session: SessionDep, user: str) -> OrderRequest:
+def _normalise(
+    body: OrderRequest, services: ServicesDep, session: SessionDep, user: str
+) -> OrderRequest:
     """Check the order against reference data and fill the fund's default account."""
     fund = queries.get_fund(session, body.fund)
     if fund is None:
@@ -53,7 +55,9 @@ def _normalise(body: OrderRequest, services: ServicesDep, session: SessionDep, u
     if instrument is None:
         raise invalid("symbol", f"unknown symbol {body.symbol}")
     if body.quantity % instrument.lot_size != 0:
-        raise invalid("quantity", f"quantity must be a multiple of the lot size {instrument.lot_size}")
+        raise invalid(
+            "quantity", f"quantity must be a multiple of the lot size {instrument.lot_size}"
+        )
     accounts = set(queries.fund_accounts(session, body.fund))
     for allocation in body.allocations:
         if allocation.account not in accounts:
@@ -66,7 +70,11 @@ def _normalise(body: OrderRequest, services: ServicesDep, session: SessionDep, u
 
 @router.post("", status_code=201, response_model=OrderState)
 async def create_order(
-    body: OrderRequest, response: Response, services: ServicesDep, session: SessionDep, user: UserDep
+    body: OrderRequest,
+    response: Response,
+    services: ServicesDep,
+    session: SessionDep,
+    user: UserDep,
 ) -> OrderState:
     """Create an order; the same client_order_id again returns the existing order (200) or 409."""
     request = _normalise(body, services, session, user)
@@ -138,7 +146,10 @@ def list_orders(
         raise invalid("cursor", str(exc)) from exc
     page = rows[:limit]
     next_cursor = queries.encode_cursor(page[-1]) if len(rows) > limit else None
-    return OrderPage(items=[OrderSummary.model_validate(row, from_attributes=True) for row in page], next_cursor=next_cursor)
+    return OrderPage(
+        items=[OrderSummary.model_validate(row, from_attributes=True) for row in page],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get("/{order_id}", response_model=OrderState)
@@ -164,7 +175,9 @@ async def order_history(
 
 
 @router.post("/{order_id}/approve", response_model=OrderState)
-async def approve_order(order_id: str, body: ApproveBody, services: ServicesDep, user: UserDep) -> OrderState:
+async def approve_order(
+    order_id: str, body: ApproveBody, services: ServicesDep, user: UserDep
+) -> OrderState:
     """Approve the order's current level."""
     handle, state = await visible_order(services, user, order_id)
     grants = _approval_grants(services, user, state)
@@ -173,7 +186,9 @@ async def approve_order(order_id: str, body: ApproveBody, services: ServicesDep,
 
 
 @router.post("/{order_id}/reject", response_model=OrderState)
-async def reject_order(order_id: str, body: RejectBody, services: ServicesDep, user: UserDep) -> OrderState:
+async def reject_order(
+    order_id: str, body: RejectBody, services: ServicesDep, user: UserDep
+) -> OrderState:
     """Reject the order at its current level."""
     handle, state = await visible_order(services, user, order_id)
     grants = _approval_grants(services, user, state)
@@ -182,7 +197,9 @@ async def reject_order(order_id: str, body: RejectBody, services: ServicesDep, u
 
 
 @router.post("/{order_id}/override", response_model=OrderState)
-async def override_order(order_id: str, body: OverrideBody, services: ServicesDep, user: UserDep) -> OrderState:
+async def override_order(
+    order_id: str, body: OverrideBody, services: ServicesDep, user: UserDep
+) -> OrderState:
     """Accept the order's soft compliance breaches (compliance only)."""
     handle, state = await visible_order(services, user, order_id)
     grant = require(services, user, state.fund, "orders", "override")
@@ -199,7 +216,9 @@ async def release_order(
     grant = require(services, user, state.fund, "orders", "release")
     venue = (body.venue if body else None) or services.settings.default_venue
     if venue not in services.settings.known_venues:
-        raise invalid("venue", f"unknown venue {venue}; known: {', '.join(services.settings.known_venues)}")
+        raise invalid(
+            "venue", f"unknown venue {venue}; known: {', '.join(services.settings.known_venues)}"
+        )
     update = ReleaseInput(user=user, venue=venue, policy=grant.policy)
     return await run_update(state, lambda: handle.execute_update(OrderWorkflow.release, update))
 
@@ -223,5 +242,7 @@ def _approval_grants(services: ServicesDep, user: str, state: OrderState) -> lis
         if grant is not None:
             grants.append(PolicyGrant(permission=level, policy=grant.policy))
     if not grants:
-        raise ApiError(403, "forbidden", f"{user} may not approve orders of this size in {state.fund}")
+        raise ApiError(
+            403, "forbidden", f"{user} may not approve orders of this size in {state.fund}"
+        )
     return grants

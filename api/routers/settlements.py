@@ -20,10 +20,16 @@ router = APIRouter(prefix="/settlements", tags=["settlements"])
 
 @router.get("", response_model=list[SettlementView])
 def list_settlements(
-    services: ServicesDep, session: SessionDep, user: UserDep, fund: str | None = None, status: SettlementStatus | None = None
+    services: ServicesDep,
+    session: SessionDep,
+    user: UserDep,
+    fund: str | None = None,
+    status: SettlementStatus | None = None,
 ) -> list[SettlementView]:
     """Settlement instructions in the funds the caller may read them in."""
-    funds = services.authorizer.funds_allowed(user, [f.fund for f in queries.all_funds(session)], "settlements", "read")
+    funds = services.authorizer.funds_allowed(
+        user, [f.fund for f in queries.all_funds(session)], "settlements", "read"
+    )
     if fund is not None:
         if fund not in funds:
             raise invalid("fund", f"{fund} is not a fund whose settlements you may read")
@@ -33,26 +39,41 @@ def list_settlements(
 
 
 async def _answer(
-    settlement_id: str, status: SettlementStatus, reason: str, services: ServicesDep, session: SessionDep, user: str
+    settlement_id: str,
+    status: SettlementStatus,
+    reason: str,
+    services: ServicesDep,
+    session: SessionDep,
+    user: str,
 ) -> Accepted:
     row = queries.get_settlement(session, settlement_id)
     if row is None or services.authorizer.check(user, row.fund, "settlements", "read") is None:
         raise not_found("settlement instruction")
     require(services, user, row.fund, "settlements", "confirm")
-    update = SettlementUpdateInput(settlement_id=settlement_id, status=status, reason=reason, user=user, at=datetime.now(UTC))
+    update = SettlementUpdateInput(
+        settlement_id=settlement_id, status=status, reason=reason, user=user, at=datetime.now(UTC)
+    )
     await order_handle(services, row.order_id).signal(OrderWorkflow.settlement_update, update)
     return Accepted(status="accepted")
 
 
 @router.post("/{settlement_id}/confirm", status_code=202, response_model=Accepted)
-async def confirm_settlement(settlement_id: str, services: ServicesDep, session: SessionDep, user: UserDep) -> Accepted:
+async def confirm_settlement(
+    settlement_id: str, services: ServicesDep, session: SessionDep, user: UserDep
+) -> Accepted:
     """The back office confirms that an instruction settled."""
     return await _answer(settlement_id, SettlementStatus.CONFIRMED, "", services, session, user)
 
 
 @router.post("/{settlement_id}/fail", status_code=202, response_model=Accepted)
 async def fail_settlement(
-    settlement_id: str, body: SettlementFailBody, services: ServicesDep, session: SessionDep, user: UserDep
+    settlement_id: str,
+    body: SettlementFailBody,
+    services: ServicesDep,
+    session: SessionDep,
+    user: UserDep,
 ) -> Accepted:
     """The back office reports that an instruction failed to settle."""
-    return await _answer(settlement_id, SettlementStatus.FAILED, body.reason, services, session, user)
+    return await _answer(
+        settlement_id, SettlementStatus.FAILED, body.reason, services, session, user
+    )

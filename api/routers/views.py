@@ -13,15 +13,23 @@ router = APIRouter(tags=["views"])
 
 
 @router.get("/approvals", response_model=list[OrderSummary])
-def approvals_inbox(services: ServicesDep, session: SessionDep, user: UserDep) -> list[OrderSummary]:
+def approvals_inbox(
+    services: ServicesDep, session: SessionDep, user: UserDep
+) -> list[OrderSummary]:
     """Orders waiting at a level the caller may approve, not created or already approved by them."""
     levels = queries.approval_levels_in_use(session)
     inbox: list[OrderSummary] = []
     for fund in queries.all_funds(session):
-        mine = [lvl for lvl in levels if services.authorizer.check(user, fund.fund, "approvals", lvl) is not None]
+        mine = [
+            lvl
+            for lvl in levels
+            if services.authorizer.check(user, fund.fund, "approvals", lvl) is not None
+        ]
         if not mine:
             continue
-        flt = queries.OrderFilter(funds=[fund.fund], status="pending_approval", approval_levels=mine)
+        flt = queries.OrderFilter(
+            funds=[fund.fund], status="pending_approval", approval_levels=mine
+        )
         for row in queries.list_orders(session, flt, limit=500):
             if row.created_by != user and user not in row.approved_by.split(","):
                 inbox.append(OrderSummary.model_validate(row, from_attributes=True))
@@ -30,9 +38,13 @@ def approvals_inbox(services: ServicesDep, session: SessionDep, user: UserDep) -
 
 
 @router.get("/positions", response_model=list[PositionView])
-def list_positions(services: ServicesDep, session: SessionDep, user: UserDep, fund: str | None = None) -> list[PositionView]:
+def list_positions(
+    services: ServicesDep, session: SessionDep, user: UserDep, fund: str | None = None
+) -> list[PositionView]:
     """Positions per account and instrument, valued at reference prices."""
-    funds = services.authorizer.funds_allowed(user, [f.fund for f in queries.all_funds(session)], "positions", "read")
+    funds = services.authorizer.funds_allowed(
+        user, [f.fund for f in queries.all_funds(session)], "positions", "read"
+    )
     if fund is not None:
         if fund not in funds:
             raise invalid("fund", f"{fund} is not a fund whose positions you may read")
@@ -43,9 +55,14 @@ def list_positions(services: ServicesDep, session: SessionDep, user: UserDep, fu
         price = prices.get(row.symbol)
         views.append(
             PositionView(
-                fund=row.fund, account=row.account, symbol=row.symbol, quantity=row.quantity,
-                average_cost=row.average_cost, reference_price=price,
-                market_value=None if price is None else row.quantity * price, cash_flow=row.cash_flow,
+                fund=row.fund,
+                account=row.account,
+                symbol=row.symbol,
+                quantity=row.quantity,
+                average_cost=row.average_cost,
+                reference_price=price,
+                market_value=None if price is None else row.quantity * price,
+                cash_flow=row.cash_flow,
             )
         )
     return views

@@ -38,12 +38,16 @@ class Stack:
         token = issue_token(user, self.settings.jwt_secret, timedelta(minutes=30))
         return {"Authorization": f"Bearer {token}"}
 
-    async def call(self, user: str | None, method: str, path: str, body: Any = None) -> httpx.Response:
+    async def call(
+        self, user: str | None, method: str, path: str, body: Any = None
+    ) -> httpx.Response:
         headers = self.auth(user) if user else {}
         return await self.http.request(method, path, json=body, headers=headers)
 
-    async def wait_for_status(self, user: str, order_id: str, *statuses: str, timeout: float = 20) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_for_status(
+        self, user: str, order_id: str, *statuses: str, within: float = 20
+    ) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + within
         while True:
             response = await self.call(user, "GET", f"/orders/{order_id}")
             order: dict[str, Any] = response.json()
@@ -55,7 +59,9 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-async def stack(dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(
+    dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
     suffix = uuid.uuid4().hex[:8]
     port = free_port()
     settings = Settings(

@@ -22,7 +22,10 @@ def order_body(**overrides: Any) -> dict[str, Any]:
         "order_type": "limit",
         "limit_price": "230.25",
         "time_in_force": "day",
-        "allocations": [{"account": "alpha-main", "quantity": 600}, {"account": "alpha-growth", "quantity": 400}],
+        "allocations": [
+            {"account": "alpha-main", "quantity": 600},
+            {"account": "alpha-growth", "quantity": 400},
+        ],
     }
     body.update(overrides)
     return body
@@ -36,7 +39,9 @@ async def create(stack: Stack, user: str = "alice", **overrides: Any) -> dict[st
 
 
 async def assert_no_workflow(stack: Stack, fund: str, client_order_id: str) -> None:
-    handle = stack.env.client.get_workflow_handle(order_workflow_id(order_id_for(fund, client_order_id)))
+    handle = stack.env.client.get_workflow_handle(
+        order_workflow_id(order_id_for(fund, client_order_id))
+    )
     with pytest.raises(RPCError):
         await handle.describe()
 
@@ -74,7 +79,9 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
 
     listed = (await stack.call("alice", "GET", "/orders?status=settled&limit=100")).json()
     assert order_id in [o["order_id"] for o in listed["items"]]
-    assert order_id not in [o["order_id"] for o in (await stack.call("bob", "GET", "/orders")).json()["items"]]
+    assert order_id not in [
+        o["order_id"] for o in (await stack.call("bob", "GET", "/orders")).json()["items"]
+    ]
 
     history = (await stack.call("cora", "GET", f"/orders/{order_id}/history")).json()
     events = [(h["event"], h["actor"]) for h in history]
@@ -85,19 +92,35 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
     assert ("settlement_update", "betty") in events
     assert events[-1] == ("order_closed", "system")
     approved_entry = next(h for h in history if h["event"] == "approved")
-    assert approved_entry["details"]["grants"][0]["policy"] == ["desk_head", "*", "approvals", "desk_head"]
+    assert approved_entry["details"]["grants"][0]["policy"] == [
+        "desk_head",
+        "*",
+        "approvals",
+        "desk_head",
+    ]
     raw = await stack.call("cora", "GET", f"/orders/{order_id}/history?format=temporal")
     assert raw.status_code == 200 and "events" in raw.json()
 
     positions = (await stack.call("mike", "GET", "/positions?fund=fund-alpha")).json()
     assert any(p["account"] == "alpha-main" and p["symbol"] == "AAPL" for p in positions)
-    settlements = (await stack.call("betty", "GET", "/settlements?fund=fund-alpha&status=confirmed")).json()
-    assert {s["account"] for s in settlements if s["order_id"] == order_id} == {"alpha-main", "alpha-growth"}
+    settlements = (
+        await stack.call("betty", "GET", "/settlements?fund=fund-alpha&status=confirmed")
+    ).json()
+    assert {s["account"] for s in settlements if s["order_id"] == order_id} == {
+        "alpha-main",
+        "alpha-growth",
+    }
 
 
 async def test_restricted_symbol_is_compliance_rejected(stack: Stack) -> None:
-    order = await create(stack, symbol="GME", quantity=100, order_type="market", limit_price=None,
-                         allocations=[{"account": "alpha-main", "quantity": 100}])
+    order = await create(
+        stack,
+        symbol="GME",
+        quantity=100,
+        order_type="market",
+        limit_price=None,
+        allocations=[{"account": "alpha-main", "quantity": 100}],
+    )
     assert order["status"] == "compliance_rejected"
     failed = next(c for c in order["compliance"] if c["rule"] == "restricted_list")
     assert failed["outcome"] == "fail"
@@ -117,13 +140,22 @@ async def test_restricted_symbol_is_compliance_rejected(stack: Stack) -> None:
         ({"time_in_force": "gtd"}, "expire_at"),
         ({"allocations": [{"account": "beta-main", "quantity": 1000}]}, "allocations"),
         ({"allocations": [{"account": "alpha-main", "quantity": 999}]}, "allocations"),
-        ({"symbol": "EURUSD", "quantity": 1500, "limit_price": "1.08",
-          "allocations": [{"account": "alpha-main", "quantity": 1500}]}, "quantity"),
+        (
+            {
+                "symbol": "EURUSD",
+                "quantity": 1500,
+                "limit_price": "1.08",
+                "allocations": [{"account": "alpha-main", "quantity": 1500}],
+            },
+            "quantity",
+        ),
         ({"client_order_id": "has spaces"}, "client_order_id"),
         ({"unexpected": 1}, "unexpected"),
     ],
 )
-async def test_bad_orders_are_refused_naming_the_field(stack: Stack, overrides: dict[str, Any], field: str) -> None:
+async def test_bad_orders_are_refused_naming_the_field(
+    stack: Stack, overrides: dict[str, Any], field: str
+) -> None:
     body = order_body(**overrides)
     response = await stack.call("alice", "POST", "/orders", body)
     assert response.status_code == 422, response.text
@@ -131,7 +163,9 @@ async def test_bad_orders_are_refused_naming_the_field(stack: Stack, overrides: 
     if "error" in payload:
         assert payload["error"]["field"] == field
     else:
-        assert any(field in [str(part) for part in item["loc"]] for item in payload["detail"]), payload
+        assert any(field in [str(part) for part in item["loc"]] for item in payload["detail"]), (
+            payload
+        )
     await assert_no_workflow(stack, body["fund"], body["client_order_id"])
 
 
@@ -166,14 +200,20 @@ async def test_actions_the_state_does_not_allow(stack: Stack) -> None:
     early = await stack.call("tom", "POST", f"/orders/{order_id}/release", {})
     assert early.status_code == 409 and "approved" in early.json()["error"]["message"]
     assert (await stack.call("alice", "POST", f"/orders/{order_id}/release", {})).status_code == 403
-    assert (await stack.call("cora", "POST", f"/orders/{order_id}/override", {"justification": "x"})).status_code == 409
+    assert (
+        await stack.call("cora", "POST", f"/orders/{order_id}/override", {"justification": "x"})
+    ).status_code == 409
     assert (await stack.call("dana", "POST", f"/orders/{order_id}/reject", {})).status_code == 422
-    unknown_venue = await stack.call("tom", "POST", f"/orders/{order_id}/release", {"venue": "darkpool"})
+    unknown_venue = await stack.call(
+        "tom", "POST", f"/orders/{order_id}/release", {"venue": "darkpool"}
+    )
     assert unknown_venue.status_code == 422 and unknown_venue.json()["error"]["field"] == "venue"
     assert (await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})).status_code == 200
     again = await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})
     assert again.status_code == 409
-    canceled = await stack.call("alice", "POST", f"/orders/{order_id}/cancel", {"reason": "no longer needed"})
+    canceled = await stack.call(
+        "alice", "POST", f"/orders/{order_id}/cancel", {"reason": "no longer needed"}
+    )
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
     await stack.wait_for_status("alice", order_id, "canceled")
     late = await stack.call("alice", "POST", f"/orders/{order_id}/cancel", {"reason": "again"})
@@ -181,30 +221,58 @@ async def test_actions_the_state_does_not_allow(stack: Stack) -> None:
 
 
 async def test_execution_reports_from_a_venue(stack: Stack) -> None:
-    order = await create(stack, quantity=100, allocations=[{"account": "alpha-main", "quantity": 100}])
+    order = await create(
+        stack, quantity=100, allocations=[{"account": "alpha-main", "quantity": 100}]
+    )
     order_id = order["order_id"]
     await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})
     released = await stack.call("tom", "POST", f"/orders/{order_id}/release", {"venue": "manual"})
     assert released.json()["status"] == "released"
 
-    def report(exec_id: str, exec_type: str, qty: str = "0", price: str | None = None) -> dict[str, Any]:
-        return {"order_id": order_id, "exec_id": exec_id, "exec_type": exec_type, "last_quantity": qty,
-                "last_price": price, "transact_time": "2026-11-26T15:00:00+00:00"}
+    def report(
+        exec_id: str, exec_type: str, qty: str = "0", price: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "order_id": order_id,
+            "exec_id": exec_id,
+            "exec_type": exec_type,
+            "last_quantity": qty,
+            "last_price": price,
+            "transact_time": "2026-11-26T15:00:00+00:00",
+        }
 
-    assert (await stack.call("alice", "POST", "/executions", report("x-1", "new"))).status_code == 403
-    assert (await stack.call("sim-venue", "POST", "/executions", report("x-1", "new"))).status_code == 202
+    assert (
+        await stack.call("alice", "POST", "/executions", report("x-1", "new"))
+    ).status_code == 403
+    assert (
+        await stack.call("sim-venue", "POST", "/executions", report("x-1", "new"))
+    ).status_code == 202
     fill = report("x-2", "trade", "40", "230")
     assert (await stack.call("sim-venue", "POST", "/executions", fill)).status_code == 202
     await stack.wait_for_status("alice", order_id, "partially_filled")
     duplicate = await stack.call("sim-venue", "POST", "/executions", fill)
     assert (duplicate.status_code, duplicate.json()["status"]) == (200, "duplicate")
-    overfill = await stack.call("sim-venue", "POST", "/executions", report("x-3", "trade", "70", "230"))
+    overfill = await stack.call(
+        "sim-venue", "POST", "/executions", report("x-3", "trade", "70", "230")
+    )
     assert overfill.status_code == 409 and "overfill" in overfill.json()["error"]["message"]
-    naive = await stack.call("sim-venue", "POST", "/executions", {**report("x-4", "new"), "transact_time": "2026-11-26T15:00:00"})
+    naive = await stack.call(
+        "sim-venue",
+        "POST",
+        "/executions",
+        {**report("x-4", "new"), "transact_time": "2026-11-26T15:00:00"},
+    )
     assert naive.status_code == 422
-    missing = await stack.call("sim-venue", "POST", "/executions", {**report("x-5", "new"), "order_id": "ord_ffffffffffffffffffff"})
+    missing = await stack.call(
+        "sim-venue",
+        "POST",
+        "/executions",
+        {**report("x-5", "new"), "order_id": "ord_ffffffffffffffffffff"},
+    )
     assert missing.status_code == 404
-    assert (await stack.call("sim-venue", "POST", "/executions", report("x-6", "trade", "60", "231"))).status_code == 202
+    assert (
+        await stack.call("sim-venue", "POST", "/executions", report("x-6", "trade", "60", "231"))
+    ).status_code == 202
     filled = await stack.wait_for_status("alice", order_id, "settled")
     assert filled["average_price"] == "230.6"
     assert any(flag.startswith("execution_refused:x-3") for flag in filled["flags"])

@@ -36,7 +36,9 @@ class DevProcess:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([OMS, "dev"], env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [OMS, "dev"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()
@@ -55,8 +57,13 @@ class DevProcess:
 
     def call(self, user: str, method: str, path: str, body: Any = None) -> httpx.Response:
         token = issue_token(user, SECRET, timedelta(minutes=5))
-        return httpx.request(method, self.base + path, json=body, headers={"Authorization": f"Bearer {token}"},
-                             timeout=30)
+        return httpx.request(
+            method,
+            self.base + path,
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
 
 
 @pytest.fixture
@@ -90,11 +97,20 @@ def wait_for(dev: DevProcess, order_id: str, status: str) -> dict[str, Any]:
 
 def test_make_run_serves_the_story_and_keeps_orders_across_restarts(dev: DevProcess) -> None:
     dev.start()
-    body = {"client_order_id": "e2e-1", "fund": "fund-alpha", "symbol": "MSFT", "side": "buy", "quantity": 300}
+    body = {
+        "client_order_id": "e2e-1",
+        "fund": "fund-alpha",
+        "symbol": "MSFT",
+        "side": "buy",
+        "quantity": 300,
+    }
     created = dev.call("alice", "POST", "/orders", body)
     assert created.status_code == 201, created.text
     order_id = created.json()["order_id"]
-    assert dev.call("dana", "POST", f"/orders/{order_id}/approve", {"comment": "ok"}).status_code == 200
+    assert (
+        dev.call("dana", "POST", f"/orders/{order_id}/approve", {"comment": "ok"}).status_code
+        == 200
+    )
     assert dev.call("tom", "POST", f"/orders/{order_id}/release", {}).status_code == 200
     settled = wait_for(dev, order_id, "settled")
     assert settled["allocations"][0]["account"] == "alpha-main"  # the fund's default account
@@ -108,7 +124,9 @@ def test_make_run_serves_the_story_and_keeps_orders_across_restarts(dev: DevProc
     dev.start()
     again = dev.call("alice", "GET", f"/orders/{order_id}")
     assert again.status_code == 200 and again.json()["status"] == "settled"
-    assert dev.call("alice", "POST", "/orders", body).status_code == 200  # same order, not a new one
+    assert (
+        dev.call("alice", "POST", "/orders", body).status_code == 200
+    )  # same order, not a new one
     assert dev.interrupt() == 0
 
 
@@ -116,7 +134,9 @@ def test_a_taken_port_is_a_one_line_error(dev: DevProcess) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", int(dev.env["OMS_API_PORT"])))
         squatter.listen()
-        result = subprocess.run([OMS, "dev"], env=dev.env, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [OMS, "dev"], env=dev.env, capture_output=True, text=True, timeout=30
+        )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"error: port {dev.env['OMS_API_PORT']} on 127.0.0.1 is already in use; set OMS_API_PORT to another port"

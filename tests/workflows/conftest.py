@@ -62,7 +62,11 @@ class Desk:
             **fields,
         )
         order_id = order_id_for(fund, request.client_order_id)
-        queue = self.manual_back_office_queue if manual_back_office else self.settings.back_office_task_queue
+        queue = (
+            self.manual_back_office_queue
+            if manual_back_office
+            else self.settings.back_office_task_queue
+        )
         return await self.client.start_workflow(
             OrderWorkflow.run,
             OrderWorkflowInput(
@@ -77,9 +81,11 @@ class Desk:
         )
 
 
-async def wait_for_status(handle: OrderHandle, *statuses: OrderStatus, timeout: float = 15) -> OrderState:
+async def wait_for_status(
+    handle: OrderHandle, *statuses: OrderStatus, within: float = 15
+) -> OrderState:
     """Poll the live state (without skipping time) until the order reaches one of `statuses`."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         state = await handle.query(OrderWorkflow.state)
         if state.status in statuses:
@@ -90,7 +96,9 @@ async def wait_for_status(handle: OrderHandle, *statuses: OrderStatus, timeout: 
 
 
 @pytest.fixture(scope="session")
-async def desk(time_skipping_env: WorkflowEnvironment, sqlite_sessions: SessionFactory) -> AsyncIterator[Desk]:
+async def desk(
+    time_skipping_env: WorkflowEnvironment, sqlite_sessions: SessionFactory
+) -> AsyncIterator[Desk]:
     suffix = uuid.uuid4().hex[:8]
     settings = Settings(
         orders_task_queue=f"orders-{suffix}",
@@ -101,9 +109,13 @@ async def desk(time_skipping_env: WorkflowEnvironment, sqlite_sessions: SessionF
     callbacks = TemporalCallbacks(client)
     back_office = SimulatedBackOffice(callbacks, user="betty", delay_seconds=0.05)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
-        orders_worker, simulator = build_orders_worker(client, settings, sqlite_sessions, callbacks, executor)
+        orders_worker, simulator = build_orders_worker(
+            client, settings, sqlite_sessions, callbacks, executor
+        )
         simulated_bo = build_back_office_worker(client, settings, sqlite_sessions, back_office)
-        manual_settings = settings.model_copy(update={"back_office_task_queue": f"manual-bo-{suffix}"})
+        manual_settings = settings.model_copy(
+            update={"back_office_task_queue": f"manual-bo-{suffix}"}
+        )
         manual_bo = build_back_office_worker(client, manual_settings, sqlite_sessions, None)
         async with orders_worker, simulated_bo, manual_bo:
             yield Desk(client, time_skipping_env, settings, manual_settings.back_office_task_queue)

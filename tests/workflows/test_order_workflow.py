@@ -42,7 +42,9 @@ async def refusal_of(handle: OrderHandle, update: object, arg: object) -> Applic
     return cause
 
 
-async def report(handle: OrderHandle, exec_id: str, exec_type: ExecType, qty: str = "0", price: str | None = None) -> None:
+async def report(
+    handle: OrderHandle, exec_id: str, exec_type: ExecType, qty: str = "0", price: str | None = None
+) -> None:
     state = await handle.query(OrderWorkflow.state)
     await handle.signal(
         OrderWorkflow.execution_report,
@@ -76,7 +78,9 @@ async def test_order_goes_from_creation_to_settled(desk: Desk) -> None:
     state = await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
     assert state.status is OrderStatus.APPROVED
     assert state.approvals.given[0].policy == DESK_HEAD.policy
-    state = await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="simulator"))
+    state = await handle.execute_update(
+        OrderWorkflow.release, ReleaseInput(user="tom", venue="simulator")
+    )
     assert state.status in (OrderStatus.RELEASED, OrderStatus.WORKING)
 
     state = await wait_for_status(handle, OrderStatus.SETTLED)
@@ -88,7 +92,9 @@ async def test_order_goes_from_creation_to_settled(desk: Desk) -> None:
         ("alpha-growth", Decimal(400)),
     }
     trade_day = state.executions[-1].transact_time.date()
-    assert {s.settlement_date for s in state.settlements} == {settlement_date(trade_day, AssetClass.EQUITY)}
+    assert {s.settlement_date for s in state.settlements} == {
+        settlement_date(trade_day, AssetClass.EQUITY)
+    }
     assert all(s.status is SettlementStatus.CONFIRMED for s in state.settlements)
     result = await handle.result()
     assert result.status is OrderStatus.SETTLED
@@ -134,7 +140,9 @@ async def test_segregation_of_duties_and_two_levels(desk: Desk) -> None:
     late = await refusal_of(handle, OrderWorkflow.approve, approve_as("carl", CIO))
     assert late.type == RefusalType.INVALID_STATE
 
-    await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="alice", reason="changed my mind"))
+    await handle.execute_update(
+        OrderWorkflow.cancel, CancelInput(user="alice", reason="changed my mind")
+    )
     assert (await handle.result()).status is OrderStatus.CANCELED
 
 
@@ -143,27 +151,38 @@ async def test_soft_breach_waits_for_a_compliance_override(desk: Desk) -> None:
     state = await wait_for_status(handle, OrderStatus.PENDING_OVERRIDE)
     assert [r.outcome.value for r in state.compliance] == ["pass", "warn"]
 
-    by_creator = await refusal_of(handle, OrderWorkflow.override, OverrideInput(user="alice", justification="x"))
+    by_creator = await refusal_of(
+        handle, OrderWorkflow.override, OverrideInput(user="alice", justification="x")
+    )
     assert by_creator.type == RefusalType.FORBIDDEN
-    blank = await refusal_of(handle, OrderWorkflow.override, OverrideInput(user="cora", justification="  "))
+    blank = await refusal_of(
+        handle, OrderWorkflow.override, OverrideInput(user="cora", justification="  ")
+    )
     assert blank.type == RefusalType.INVALID_INPUT
 
     state = await handle.execute_update(
-        OrderWorkflow.override, OverrideInput(user="cora", justification="index rebalance, pre-agreed")
+        OrderWorkflow.override,
+        OverrideInput(user="cora", justification="index rebalance, pre-agreed"),
     )
     assert state.status is OrderStatus.PENDING_APPROVAL
     assert state.override is not None and state.override["user"] == "cora"
     assert state.approvals.required == ["desk_head", "cio"]
-    await handle.execute_update(OrderWorkflow.reject, RejectInput(user="dana", reason="too big", grants=[DESK_HEAD]))
+    await handle.execute_update(
+        OrderWorkflow.reject, RejectInput(user="dana", reason="too big", grants=[DESK_HEAD])
+    )
     assert (await handle.result()).status is OrderStatus.APPROVAL_REJECTED
 
 
 async def test_rejection_needs_a_reason_and_ends_the_order(desk: Desk) -> None:
     handle = await desk.start(quantity="10")
     await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
-    blank = await refusal_of(handle, OrderWorkflow.reject, RejectInput(user="dana", reason=" ", grants=[DESK_HEAD]))
+    blank = await refusal_of(
+        handle, OrderWorkflow.reject, RejectInput(user="dana", reason=" ", grants=[DESK_HEAD])
+    )
     assert blank.type == RefusalType.INVALID_INPUT
-    premature = await refusal_of(handle, OrderWorkflow.release, ReleaseInput(user="tom", venue="simulator"))
+    premature = await refusal_of(
+        handle, OrderWorkflow.release, ReleaseInput(user="tom", venue="simulator")
+    )
     assert premature.type == RefusalType.INVALID_STATE
     state = await handle.execute_update(
         OrderWorkflow.reject, RejectInput(user="dana", reason="not in mandate", grants=[DESK_HEAD])
@@ -211,7 +230,10 @@ async def test_manual_fills_dedupe_refuse_overfill_and_average(desk: Desk) -> No
 
     (instruction,) = state.settlements
     fail = SettlementUpdateInput(
-        settlement_id=instruction.settlement_id, status=SettlementStatus.FAILED, reason="no ssi", user="betty",
+        settlement_id=instruction.settlement_id,
+        status=SettlementStatus.FAILED,
+        reason="no ssi",
+        user="betty",
         at=datetime.now(UTC),
     )
     await handle.signal(OrderWorkflow.settlement_update, fail)
@@ -222,20 +244,31 @@ async def test_manual_fills_dedupe_refuse_overfill_and_average(desk: Desk) -> No
 
 
 async def test_unconfirmed_settlement_fails_after_settlement_date(desk: Desk) -> None:
-    handle = await _approved(desk, symbol="EURUSD", quantity="1000000", manual_back_office=True,
-                             allocations=[AllocationRequest(account="alpha-main", quantity=Decimal(1000000))])
+    handle = await _approved(
+        desk,
+        symbol="EURUSD",
+        quantity="1000000",
+        manual_back_office=True,
+        allocations=[AllocationRequest(account="alpha-main", quantity=Decimal(1000000))],
+    )
     await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
     await report(handle, "fx-1", ExecType.TRADE, "1000000", "1.0850")
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
     (instruction,) = state.settlements
-    assert instruction.settlement_date == settlement_date(instruction.trade_date, AssetClass.FX_SPOT)
+    assert instruction.settlement_date == settlement_date(
+        instruction.trade_date, AssetClass.FX_SPOT
+    )
     await desk.env.sleep(timedelta(days=6))
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_FAILED)
     assert "settlement_not_confirmed_by_settlement_date" in state.flags
     await handle.signal(
         OrderWorkflow.settlement_update,
-        SettlementUpdateInput(settlement_id=instruction.settlement_id, status=SettlementStatus.CONFIRMED,
-                              user="betty", at=datetime.now(UTC)),
+        SettlementUpdateInput(
+            settlement_id=instruction.settlement_id,
+            status=SettlementStatus.CONFIRMED,
+            user="betty",
+            at=datetime.now(UTC),
+        ),
     )
     assert (await handle.result()).status is OrderStatus.SETTLED
 
@@ -246,7 +279,9 @@ async def test_cancel_after_release_goes_through_pending_cancel(desk: Desk) -> N
     await report(handle, "c-1", ExecType.NEW)
     await report(handle, "c-2", ExecType.TRADE, "200", "230")
     await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
-    state = await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="market moved"))
+    state = await handle.execute_update(
+        OrderWorkflow.cancel, CancelInput(user="tom", reason="market moved")
+    )
     assert state.status is OrderStatus.PENDING_CANCEL
     await report(handle, "c-3", ExecType.CANCELED)
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
@@ -256,7 +291,9 @@ async def test_cancel_after_release_goes_through_pending_cancel(desk: Desk) -> N
 
 async def test_venue_that_does_not_exist_rejects_the_release(desk: Desk) -> None:
     handle = await _approved(desk, quantity="5")
-    state = await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="nowhere"))
+    state = await handle.execute_update(
+        OrderWorkflow.release, ReleaseInput(user="tom", venue="nowhere")
+    )
     assert state.status is OrderStatus.VENUE_REJECTED
     assert "unknown venue" in state.close_reason
     assert (await handle.result()).status is OrderStatus.VENUE_REJECTED

@@ -49,7 +49,9 @@ async def test_fresh_run_replays(desk: Desk) -> None:
     )
     await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
     grant = PolicyGrant(permission="desk_head", policy=["desk_head", "*", "approvals", "desk_head"])
-    await handle.execute_update(OrderWorkflow.approve, ApproveInput(user="dana", comment="ok", grants=[grant]))
+    await handle.execute_update(
+        OrderWorkflow.approve, ApproveInput(user="dana", comment="ok", grants=[grant])
+    )
     await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="simulator"))
     await wait_for_status(handle, OrderStatus.SETTLED)
     await handle.result()
