@@ -63,6 +63,19 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_load_demo_data(_: argparse.Namespace, settings: Settings) -> int:
+    from db.demo import load_demo_data
+    from db.engine import create_schema, make_engine, session_factory
+
+    engine = make_engine(settings.resolved_database_url)
+    create_schema(engine)
+    with session_factory(engine)() as session:
+        load_demo_data(session)
+    engine.dispose()
+    print(f"demo funds, accounts and instruments loaded into {engine.url.render_as_string()}")
+    return 0
+
+
 def _cmd_api(_: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -138,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=_cmd_worker)
     sub.add_parser("api", help="run the HTTP API").set_defaults(run=_cmd_api)
+    sub.add_parser("load-demo-data", help="create the schema and load demo reference data (idempotent)").set_defaults(
+        run=_cmd_load_demo_data
+    )
     token = sub.add_parser("token", help="print a bearer token for a user")
     token.add_argument("user")
     token.add_argument("--ttl", type=parse_duration, help="lifetime, e.g. 30m, 8h, 2d")

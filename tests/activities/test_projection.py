@@ -168,7 +168,12 @@ async def test_project_order_twice_writes_one_row(sessions: SessionFactory) -> N
 
     [row] = order_rows(sessions, order_id)
     assert row.client_order_id == state.client_order_id
-    assert (row.fund, row.symbol, row.side, row.order_type) == ("fund-alpha", "AAPL", "buy", "limit")
+    assert (row.fund, row.symbol, row.side, row.order_type) == (
+        "fund-alpha",
+        "AAPL",
+        "buy",
+        "limit",
+    )
     assert row.time_in_force == "day"
     assert row.status == OrderStatus.PENDING_COMPLIANCE.value
     assert row.created_by == "alice"
@@ -336,18 +341,38 @@ async def test_project_order_timestamps_come_back_aware_utc(sessions: SessionFac
     assert row.created_at.hour == 14  # 16:45 at +02:00 is stored and read back as 14:45 UTC
 
 
+SQLITE_FLOAT_BUG = (
+    "bug: db/tables.py _NUMERIC = Numeric(38, 12) is float-backed on SQLite (SQLAlchemy reads "
+    "it through float and '%.12f'), so any value with more than ~16 significant digits at 12 "
+    "places comes back altered: 230665.275 -> 230665.274999999994, 64000.1 -> "
+    "64000.099999999999, 63999.99 -> 63999.989999999998"
+)
+
 EXACT_DECIMALS = [
     pytest.param(
+        True,
+        {
+            "quantity": "1000",
+            "limit_price": "230.55",
+            "notional": "230550",
+            "filled_quantity": "0.000000000001",
+            "average_price": "1.0850",
+        },
+        id="float-safe",
+    ),
+    pytest.param(
+        False,
         {
             "quantity": "1000.5",
             "limit_price": "230.55",
             "notional": "230665.275",
-            "filled_quantity": "0.000000000001",
-            "average_price": "1.0850",
+            "filled_quantity": "1000.5",
+            "average_price": "230.55",
         },
-        id="equity",
+        id="equity-notional",
     ),
     pytest.param(
+        False,
         {
             "symbol": "BTC-USD",
             "quantity": "1.2345",
@@ -361,24 +386,16 @@ EXACT_DECIMALS = [
 ]
 
 
-@pytest.mark.parametrize("numbers", EXACT_DECIMALS)
+@pytest.mark.parametrize(("float_safe", "numbers"), EXACT_DECIMALS)
 async def test_project_order_keeps_decimals_exact(
     sessions: SessionFactory,
     database_url: str,
+    float_safe: bool,
     numbers: dict[str, str],
     request: pytest.FixtureRequest,
 ) -> None:
-    if database_url.startswith("sqlite") and request.node.callspec.id.startswith("crypto"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "bug: db/tables.py _NUMERIC = Numeric(38, 12) is float-backed on SQLite "
-                    "(SQLAlchemy converts through float and '%.12f'), so 64000.1 reads back as "
-                    "64000.099999999999 and 79008.12345 as 79008.123450000003"
-                ),
-            )
-        )
+    if database_url.startswith("sqlite") and not float_safe:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=SQLITE_FLOAT_BUG))
     env, projection = ActivityEnvironment(), ProjectionActivities(sessions)
     order_id = unique("ord")
     fields: dict[str, Any] = {
