@@ -6,12 +6,40 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Dialect, Numeric
+from sqlalchemy import Column, DateTime, Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-# Quantities and prices: 38 digits, 12 after the point, covers crypto fractions and large blocks.
-_NUMERIC = Numeric(38, 12)
+class ExactDecimal(TypeDecorator[Decimal]):
+    """Decimals that come back exactly as written, on every backend.
+
+    PostgreSQL keeps NUMERIC(38, 12) exactly: 38 digits, 12 after the point, enough for crypto
+    fractions and large blocks. SQLite has no decimal type and would store a float
+    (230665.275 -> 230665.274999999994), so there the value is kept as its decimal text.
+    """
+
+    impl = Numeric(38, 12)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(64))
+        return dialect.type_descriptor(Numeric(38, 12))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return format(Decimal(value), "f")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(str(value))
+
+
+_NUMERIC = ExactDecimal()
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -25,6 +25,7 @@ class _SimOrder:
     filled: Decimal = Decimal(0)
     done: bool = False
     cancel_requested: bool = False
+    canceled: bool = False
     next_exec: int = 1
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -67,13 +68,15 @@ class SimulatedVenue:
         sim = self._orders.get(order_id)
         if sim is None:
             raise VenueRefusedError(f"order {order_id} is unknown to the simulator")
+        if sim.canceled:
+            return  # a resent cancel (a retried activity) was already answered
         sim.cancel_requested = True
         if sim.done:
             await self._send(
                 sim, ExecType.CANCEL_REJECTED, text="too late to cancel: order is done"
             )
             return
-        sim.done = True
+        sim.done = sim.canceled = True
         if sim.task is not None:
             sim.task.cancel()
         await self._send(sim, ExecType.CANCELED, text="canceled on request")

@@ -341,16 +341,8 @@ async def test_project_order_timestamps_come_back_aware_utc(sessions: SessionFac
     assert row.created_at.hour == 14  # 16:45 at +02:00 is stored and read back as 14:45 UTC
 
 
-SQLITE_FLOAT_BUG = (
-    "bug: db/tables.py _NUMERIC = Numeric(38, 12) is float-backed on SQLite (SQLAlchemy reads "
-    "it through float and '%.12f'), so any value with more than ~16 significant digits at 12 "
-    "places comes back altered: 230665.275 -> 230665.274999999994, 64000.1 -> "
-    "64000.099999999999, 63999.99 -> 63999.989999999998"
-)
-
 EXACT_DECIMALS = [
     pytest.param(
-        True,
         {
             "quantity": "1000",
             "limit_price": "230.55",
@@ -361,7 +353,6 @@ EXACT_DECIMALS = [
         id="float-safe",
     ),
     pytest.param(
-        False,
         {
             "quantity": "1000.5",
             "limit_price": "230.55",
@@ -372,7 +363,6 @@ EXACT_DECIMALS = [
         id="equity-notional",
     ),
     pytest.param(
-        False,
         {
             "symbol": "BTC-USD",
             "quantity": "1.2345",
@@ -386,16 +376,10 @@ EXACT_DECIMALS = [
 ]
 
 
-@pytest.mark.parametrize(("float_safe", "numbers"), EXACT_DECIMALS)
+@pytest.mark.parametrize("numbers", EXACT_DECIMALS)
 async def test_project_order_keeps_decimals_exact(
-    sessions: SessionFactory,
-    database_url: str,
-    float_safe: bool,
-    numbers: dict[str, str],
-    request: pytest.FixtureRequest,
+    sessions: SessionFactory, numbers: dict[str, str]
 ) -> None:
-    if database_url.startswith("sqlite") and not float_safe:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SQLITE_FLOAT_BUG))
     env, projection = ActivityEnvironment(), ProjectionActivities(sessions)
     order_id = unique("ord")
     fields: dict[str, Any] = {
