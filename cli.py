@@ -151,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=_cmd_worker)
     sub.add_parser("api", help="run the HTTP API").set_defaults(run=_cmd_api)
-    sub.add_parser("load-demo-data", help="create the schema and load demo reference data (idempotent)").set_defaults(
-        run=_cmd_load_demo_data
-    )
+    sub.add_parser(
+        "load-demo-data", help="create the schema and load demo reference data (idempotent)"
+    ).set_defaults(run=_cmd_load_demo_data)
     token = sub.add_parser("token", help="print a bearer token for a user")
     token.add_argument("user")
     token.add_argument("--ttl", type=parse_duration, help="lifetime, e.g. 30m, 8h, 2d")

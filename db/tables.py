@@ -10,6 +10,7 @@ from sqlalchemy import Column, DateTime, Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+
 class ExactDecimal(TypeDecorator[Decimal]):
     """Decimals that come back exactly as written, on every backend.
 
