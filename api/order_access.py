@@ -7,12 +7,14 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from sqlmodel import Session
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Grant
 from api.deps import Services
-from api.errors import ApiError, forbidden, not_found
+from api.errors import ApiError, forbidden, invalid, not_found
+from db import queries
 from domain.ids import order_workflow_id
 from domain.models import OrderState
 from workflows.order import OrderWorkflow
@@ -48,6 +50,24 @@ async def visible_order(
     if services.authorizer.check(user, state.fund, "orders", "read") is None:
         raise not_found()
     return handle, state
+
+
+def readable_funds(
+    services: Services, session: Session, user: str, obj: str, fund: str | None
+) -> list[str]:
+    """Return the funds whose `obj` the caller may read, narrowed to `fund` when one is asked for.
+
+    Asking for a fund the caller may not read is a 422 naming `fund` (not an empty list, which
+    would hide a typo).
+    """
+    funds = services.authorizer.funds_allowed(
+        user, [f.fund for f in queries.all_funds(session)], obj, "read"
+    )
+    if fund is None:
+        return funds
+    if fund not in funds:
+        raise invalid("fund", f"{fund} is not a fund whose {obj} you may read")
+    return [fund]
 
 
 def require(services: Services, user: str, fund: str, obj: str, action: str) -> Grant:

@@ -14,6 +14,7 @@ from domain.models import (
     ExecType,
     Execution,
     NonNegativeDecimal,
+    OrderState,
     OrderStatus,
     PositiveDecimal,
     tidy,
@@ -153,3 +154,19 @@ def apply_report(
         reported_by=reported_by,
     )
     return ReportOutcome(ReportVerdict.APPLIED, event=event, execution=execution)
+
+
+def apply_report_to(
+    state: OrderState, report: ExecutionReport, reported_by: str, received_at: datetime
+) -> ReportOutcome:
+    """Decide what `report` does to the order `state` (see `apply_report`)."""
+    return apply_report(
+        status=state.status,
+        quantity=state.quantity,
+        filled_quantity=state.filled_quantity,
+        average_price=state.average_price,
+        seen_exec_ids={e.exec_id for e in state.executions},
+        report=report,
+        reported_by=reported_by,
+        received_at=received_at,
+    )

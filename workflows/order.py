@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.approvals import required_levels
     from domain.compliance import evaluate, order_notional, worst_outcome
     from domain.errors import RefusalType
-    from domain.executions import ReportVerdict, apply_report
+    from domain.executions import ReportVerdict, apply_report_to
     from domain.ids import settlement_id_for
     from domain.models import (
         ApprovalGiven,
@@ -433,16 +433,7 @@ class OrderWorkflow:
     async def execution_report(self, input: ExecutionReportInput) -> None:
         """Apply a venue's execution report; duplicates are ignored, impossible ones flagged."""
         state = self._state
-        outcome = apply_report(
-            status=state.status,
-            quantity=state.quantity,
-            filled_quantity=state.filled_quantity,
-            average_price=state.average_price,
-            seen_exec_ids={e.exec_id for e in state.executions},
-            report=input.report,
-            reported_by=input.reported_by,
-            received_at=workflow.now(),
-        )
+        outcome = apply_report_to(state, input.report, input.reported_by, workflow.now())
         if outcome.verdict is ReportVerdict.DUPLICATE:
             return
         if outcome.verdict is ReportVerdict.REFUSED:

@@ -10,7 +10,7 @@ from api.deps import ServicesDep, UserDep
 from api.errors import ApiError
 from api.order_access import order_handle, read_state, require
 from api.schemas import Accepted
-from domain.executions import ExecutionReport, ReportVerdict, apply_report
+from domain.executions import ExecutionReport, ReportVerdict, apply_report_to
 from workflows.messages import ExecutionReportInput
 from workflows.order import OrderWorkflow
 
@@ -29,16 +29,7 @@ async def post_execution(
     handle = order_handle(services, report.order_id)
     state = await read_state(handle)
     require(services, user, state.fund, "executions", "create")
-    outcome = apply_report(
-        status=state.status,
-        quantity=state.quantity,
-        filled_quantity=state.filled_quantity,
-        average_price=state.average_price,
-        seen_exec_ids={e.exec_id for e in state.executions},
-        report=report,
-        reported_by=user,
-        received_at=datetime.now(UTC),
-    )
+    outcome = apply_report_to(state, report, user, datetime.now(UTC))
     if outcome.verdict is ReportVerdict.DUPLICATE:
         response.status_code = 200
         return Accepted(status="duplicate", detail=outcome.reason)

@@ -13,7 +13,14 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from api.deps import ServicesDep, SessionDep, UserDep
 from api.errors import ApiError, invalid
 from api.history import render_history
-from api.order_access import order_handle, read_state, require, run_update, visible_order
+from api.order_access import (
+    order_handle,
+    read_state,
+    readable_funds,
+    require,
+    run_update,
+    visible_order,
+)
 from api.schemas import (
     ApproveBody,
     CancelBody,
@@ -131,12 +138,7 @@ def list_orders(
     cursor: str | None = None,
 ) -> OrderPage:
     """List orders from the read model, newest first, in the funds the caller may read."""
-    all_funds = [f.fund for f in queries.all_funds(session)]
-    funds = services.authorizer.funds_allowed(user, all_funds, "orders", "read")
-    if fund is not None:
-        if fund not in funds:
-            raise invalid("fund", f"{fund} is not a fund you may read")
-        funds = [fund]
+    funds = readable_funds(services, session, user, "orders", fund)
     flt = queries.OrderFilter(
         funds=funds, status=status.value if status else None, symbol=symbol, created_by=created_by
     )

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 
 from api.deps import ServicesDep, SessionDep, UserDep
-from api.errors import invalid, not_found
-from api.order_access import order_handle, require
+from api.errors import not_found
+from api.order_access import order_handle, readable_funds, require
 from api.schemas import Accepted, SettlementFailBody, SettlementView
 from db import queries
 from domain.models import SettlementStatus
@@ -27,13 +27,7 @@ def list_settlements(
     status: SettlementStatus | None = None,
 ) -> list[SettlementView]:
     """Settlement instructions in the funds the caller may read them in."""
-    funds = services.authorizer.funds_allowed(
-        user, [f.fund for f in queries.all_funds(session)], "settlements", "read"
-    )
-    if fund is not None:
-        if fund not in funds:
-            raise invalid("fund", f"{fund} is not a fund whose settlements you may read")
-        funds = [fund]
+    funds = readable_funds(services, session, user, "settlements", fund)
     rows = queries.list_settlements(session, funds, status.value if status else None)
     return [SettlementView.model_validate(row, from_attributes=True) for row in rows]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import ServicesDep, SessionDep, UserDep
-from api.errors import invalid
+from api.order_access import readable_funds
 from api.schemas import OrderSummary, PositionView
 from db import queries
 
@@ -42,13 +42,7 @@ def list_positions(
     services: ServicesDep, session: SessionDep, user: UserDep, fund: str | None = None
 ) -> list[PositionView]:
     """Positions per account and instrument, valued at reference prices."""
-    funds = services.authorizer.funds_allowed(
-        user, [f.fund for f in queries.all_funds(session)], "positions", "read"
-    )
-    if fund is not None:
-        if fund not in funds:
-            raise invalid("fund", f"{fund} is not a fund whose positions you may read")
-        funds = [fund]
+    funds = readable_funds(services, session, user, "positions", fund)
     prices = queries.reference_prices(session)
     views = []
     for row in queries.positions(session, funds):
