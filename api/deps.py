@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 from temporalio.client import Client
@@ -31,6 +32,24 @@ class Services:
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+T = TypeVar("T")
+
+
+async def run_db(services: Services, work: Callable[[Session], T]) -> T:
+    """Run read-model work in a worker thread with a session of its own.
+
+    Async endpoints use this rather than a request-scoped session: blocking database calls on
+    the event loop would stall every request (and, under `oms dev`, the workers too), and a
+    session held across an await of Temporal would hold a pooled connection for that long.
+    """
+
+    def call() -> T:
+        with services.sessions() as session:
+            return work(session)
+
+    return await run_in_threadpool(call)
 
 
 def get_session(services: Annotated[Services, Depends(get_services)]) -> Iterator[Session]:

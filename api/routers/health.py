@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
-from api.deps import ServicesDep
+from api.deps import ServicesDep, run_db
 
 router = APIRouter(tags=["health"])
 
@@ -23,8 +23,7 @@ async def healthz(services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         checks["temporal"] = f"unreachable: {exc}"
     try:
-        with services.sessions() as session:
-            session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        await run_db(services, lambda session: session.exec(text("SELECT 1")))  # type: ignore[call-overload]
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {exc}"

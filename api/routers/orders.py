@@ -6,11 +6,12 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from sqlmodel import Session
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.deps import ServicesDep, SessionDep, UserDep
+from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
 from api.errors import ApiError, invalid
 from api.history import render_history
 from api.order_access import (
@@ -50,9 +51,7 @@ from workflows.order import OrderWorkflow
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 
-def _normalise(
-    body: OrderRequest, services: ServicesDep, session: SessionDep, user: str
-) -> OrderRequest:
+def _normalise(body: OrderRequest, services: Services, session: Session, user: str) -> OrderRequest:
     """Check the order against reference data and fill the fund's default account."""
     fund = queries.get_fund(session, body.fund)
     if fund is None:
@@ -80,11 +79,10 @@ async def create_order(
     body: OrderRequest,
     response: Response,
     services: ServicesDep,
-    session: SessionDep,
     user: UserDep,
 ) -> OrderState:
     """Create an order; the same client_order_id again returns the existing order (200) or 409."""
-    request = _normalise(body, services, session, user)
+    request = await run_db(services, lambda session: _normalise(body, services, session, user))
     order_id = order_id_for(request.fund, request.client_order_id)
     settings = services.settings
     workflow_input = OrderWorkflowInput(

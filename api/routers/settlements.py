@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter
 
-from api.deps import ServicesDep, SessionDep, UserDep
+from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
 from api.errors import not_found
 from api.order_access import order_handle, readable_funds, require
 from api.schemas import Accepted, SettlementFailBody, SettlementView
@@ -33,14 +33,9 @@ def list_settlements(
 
 
 async def _answer(
-    settlement_id: str,
-    status: SettlementStatus,
-    reason: str,
-    services: ServicesDep,
-    session: SessionDep,
-    user: str,
+    settlement_id: str, status: SettlementStatus, reason: str, services: Services, user: str
 ) -> Accepted:
-    row = queries.get_settlement(session, settlement_id)
+    row = await run_db(services, lambda session: queries.get_settlement(session, settlement_id))
     if row is None or services.authorizer.check(user, row.fund, "settlements", "read") is None:
         raise not_found("settlement instruction")
     require(services, user, row.fund, "settlements", "confirm")
@@ -52,11 +47,9 @@ async def _answer(
 
 
 @router.post("/{settlement_id}/confirm", status_code=202, response_model=Accepted)
-async def confirm_settlement(
-    settlement_id: str, services: ServicesDep, session: SessionDep, user: UserDep
-) -> Accepted:
+async def confirm_settlement(settlement_id: str, services: ServicesDep, user: UserDep) -> Accepted:
     """The back office confirms that an instruction settled."""
-    return await _answer(settlement_id, SettlementStatus.CONFIRMED, "", services, session, user)
+    return await _answer(settlement_id, SettlementStatus.CONFIRMED, "", services, user)
 
 
 @router.post("/{settlement_id}/fail", status_code=202, response_model=Accepted)
@@ -64,10 +57,7 @@ async def fail_settlement(
     settlement_id: str,
     body: SettlementFailBody,
     services: ServicesDep,
-    session: SessionDep,
     user: UserDep,
 ) -> Accepted:
     """The back office reports that an instruction failed to settle."""
-    return await _answer(
-        settlement_id, SettlementStatus.FAILED, body.reason, services, session, user
-    )
+    return await _answer(settlement_id, SettlementStatus.FAILED, body.reason, services, user)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -77,8 +78,15 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
     ]
     assert {s["status"] for s in settled["settlements"]} == {"confirmed"}
 
-    listed = (await stack.call("alice", "GET", "/orders?status=settled&limit=100")).json()
-    assert order_id in [o["order_id"] for o in listed["items"]]
+    # Lists come from the read model, which the order's last projection activity brings level
+    # with the live state a moment after it.
+    for _ in range(100):
+        listed = (await stack.call("alice", "GET", "/orders?status=settled&limit=100")).json()
+        if order_id in [o["order_id"] for o in listed["items"]]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the settled order never reached the read model")
     assert order_id not in [
         o["order_id"] for o in (await stack.call("bob", "GET", "/orders")).json()["items"]
     ]
