@@ -9,7 +9,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.back_office import BackOfficeActivities, InstructSettlementInput
@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
         SettlementStatus,
     )
     from domain.settlement import settlement_date
-    from domain.status import AT_VENUE, DONE_AT_VENUE, PRE_RELEASE, OrderEvent, next_status
+    from domain.status import AT_VENUE, DONE_AT_VENUE, PRE_RELEASE, OrderEvent, allows, next_status
     from venues.base import VenueOrder
     from workflows.messages import (
         ApproveInput,
@@ -66,6 +66,11 @@ _EXTERNAL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=5),
 }
+
+
+def _cause(err: ActivityError) -> str:
+    """Return the message of what made an activity fail, for people."""
+    return err.cause.message if isinstance(err.cause, FailureError) else str(err)
 
 
 def _refuse(message: str, refusal: RefusalType) -> ApplicationError:
@@ -125,11 +130,20 @@ class OrderWorkflow:
 
     async def _pre_trade_compliance(self) -> bool:
         """Check the order; return whether it may go on to approval (possibly after an override)."""
-        snapshot = await workflow.execute_activity_method(
-            ComplianceActivities.compliance_snapshot,
-            ComplianceSnapshotInput(order=self._input.request),
-            **_LOCAL_IO,
-        )
+        try:
+            snapshot = await workflow.execute_activity_method(
+                ComplianceActivities.compliance_snapshot,
+                ComplianceSnapshotInput(order=self._input.request),
+                **_LOCAL_IO,
+            )
+        except ActivityError as err:
+            # Only a non-retryable refusal gets here (an instrument unknown to reference data):
+            # without the data the rules cannot pass, so the order fails compliance.
+            self._transition(
+                OrderEvent.COMPLIANCE_FAILED, reason=f"compliance could not run: {_cause(err)}"
+            )
+            await self._project()
+            return False
         self._instrument = snapshot.instrument
         results = evaluate(self._input.request, snapshot)
         self._state.compliance = results
@@ -378,10 +392,10 @@ class OrderWorkflow:
             )
         except ActivityError as err:
             # The venue never took the order: record why, and end it as rejected by the venue.
-            reason = str(err.cause) if err.cause is not None else str(err)
             if state.status is OrderStatus.RELEASED:
                 self._transition(
-                    OrderEvent.VENUE_REJECTED, reason=f"venue did not accept the order: {reason}"
+                    OrderEvent.VENUE_REJECTED,
+                    reason=f"venue did not accept the order: {_cause(err)}",
                 )
                 await self._project()
         return self._state
@@ -403,17 +417,31 @@ class OrderWorkflow:
         self._transition(OrderEvent.CANCEL_REQUESTED, reason=input.reason, actor=input.user)
         await self._project()
         assert state.venue is not None
-        await workflow.execute_activity_method(
-            VenueActivities.cancel_at_venue,
-            CancelAtVenueInput(venue=state.venue, order_id=state.order_id),
-            **_EXTERNAL,
-        )
+        try:
+            await workflow.execute_activity_method(
+                VenueActivities.cancel_at_venue,
+                CancelAtVenueInput(venue=state.venue, order_id=state.order_id),
+                **_EXTERNAL,
+            )
+        except ActivityError as err:
+            # The request never reached the venue: the order is still working there.
+            if state.status is OrderStatus.PENDING_CANCEL:
+                state.flags.append(f"cancel_not_sent:{_cause(err)}")
+                rejected = (
+                    OrderEvent.CANCEL_REJECTED_AFTER_FILLS
+                    if state.filled_quantity > 0
+                    else OrderEvent.CANCEL_REJECTED
+                )
+                self._transition(rejected, actor="system")
+                await self._project()
         return self._state
 
     @cancel.validator
     def _validate_cancel(self, input: CancelInput) -> None:
         status = self._state.status
-        if status in PRE_RELEASE or status in (OrderStatus.WORKING, OrderStatus.PARTIALLY_FILLED):
+        if allows(status, OrderEvent.CANCELED_BEFORE_RELEASE) or allows(
+            status, OrderEvent.CANCEL_REQUESTED
+        ):
             return
         raise _refuse(
             f"an order that is {status.value} cannot be canceled", RefusalType.INVALID_STATE

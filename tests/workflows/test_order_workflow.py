@@ -297,3 +297,26 @@ async def test_venue_that_does_not_exist_rejects_the_release(desk: Desk) -> None
     assert state.status is OrderStatus.VENUE_REJECTED
     assert "unknown venue" in state.close_reason
     assert (await handle.result()).status is OrderStatus.VENUE_REJECTED
+
+
+async def test_order_for_an_instrument_without_reference_data_fails_compliance(desk: Desk) -> None:
+    handle = await desk.start(symbol="NOPE", quantity="10")
+    assert (await handle.result()).status is OrderStatus.COMPLIANCE_REJECTED
+    state = await handle.query(OrderWorkflow.state)
+    assert state.close_reason == "compliance could not run: unknown symbol NOPE"
+
+
+async def test_released_order_can_be_canceled_before_the_venue_acknowledges(desk: Desk) -> None:
+    handle = await _approved(desk, quantity="10")
+    state = await handle.execute_update(
+        OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
+    )
+    assert state.status is OrderStatus.RELEASED
+    state = await handle.execute_update(
+        OrderWorkflow.cancel, CancelInput(user="tom", reason="wrong account")
+    )
+    assert state.status is OrderStatus.PENDING_CANCEL
+    again = await refusal_of(handle, OrderWorkflow.cancel, CancelInput(user="tom", reason="again"))
+    assert again.type == RefusalType.INVALID_STATE
+    await report(handle, "r-1", ExecType.CANCELED)
+    assert (await handle.result()).status is OrderStatus.CANCELED
