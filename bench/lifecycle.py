@@ -14,11 +14,13 @@ What is measured
                         starts the order with update-with-start and answers once compliance has
                         decided (the response already says `pending_approval`).
     - approve           POST /orders/{id}/approve latency (a workflow Update).
-    - release           POST /orders/{id}/release latency (a workflow Update; venue submit).
+    - release           POST /orders/{id}/release latency (a workflow Update that sends the
+                        order to the venue).
     - release->settled  from the release response to the first poll that sees `settled`: venue
                         ack and two fills (three simulated fill delays), allocation, positions,
                         settlement instructions and their confirmation (one simulated back-office
-                        delay). It is quantised by the poll interval plus a query's latency.
+                        delay). It is quantised by the poll interval plus a query's latency,
+                        which is printed too: "(each poll GET)", over every poll of every order.
     - total             POST sent -> settled seen.
 
     Then, on the same dev server, the reference: a trivial workflow that runs one trivial activity,
@@ -27,8 +29,8 @@ What is measured
 How to read it
     - orders/s is settled orders / wall time of the whole batch (including the polling load the
       clients put on the API: one workflow Query per order per poll).
-    - Percentiles are nearest-rank over the orders (no interpolation): with 50 orders p99 is the
-      maximum's neighbour, so read p99/max at small N as "the worst few", not as a tail estimate.
+    - Percentiles are nearest-rank over the orders (no interpolation): below 100 orders p99 is
+      the maximum, so read p99/max at small N as "the worst one", not as a tail estimate.
     - The simulated market and back-office delays are a floor on release->settled
       (3 x fill delay + 1 x confirm delay); they are printed with the results, compare like with
       like. Lower them with --fill-delay/--confirm-delay to see the orchestration cost alone.
@@ -37,6 +39,14 @@ How to read it
       printed to show why (activities, updates, signals).
     - One warm-up order and one warm-up trivial workflow run first and are not counted, so the
       figures exclude first-use costs (sandbox module loading, connection set-up).
+    - Everything (API, both workers, simulators, this load generator) shares one process and
+      one event loop, as in `oms dev`: on a small machine that process, not the Temporal server,
+      is usually what saturates. Compare runs on the same machine only.
+    - Stage percentiles are over settled orders. An order that fails (an HTTP error, a timeout
+      of 120 s per order, or still unfinished when the whole phase's budget of 120 s + 1 s per
+      order runs out) is listed under FAILED with the step it was in; warnings and errors logged
+      by the OMS and the Temporal core during the run are counted at the end. Any failure makes
+      the exit status 1, so a broken lifecycle never passes as a slow one.
 
 Run: `python -m bench.lifecycle [--orders N] [--concurrency C] [--fill-delay S] [--confirm-delay S]`
 (`make bench`). Nothing is downloaded: the dev server is the `temporal` CLI next to this Python.
@@ -47,8 +57,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import logging
 import math
+import re
 import socket
 import sys
 import tempfile
@@ -58,28 +70,42 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
-from pydantic import BaseModel
 from temporalio import activity, workflow
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from api.tokens import issue_token
-from config import Settings
-from db.demo import load_demo_data
-from db.engine import create_schema, make_engine, session_factory
-from devserver import running_oms
-from domain.ids import order_workflow_id
+# The workflow below is defined in this module, so the sandbox re-imports the module when it
+# validates the workflow: everything that is not Temporal passes through unchanged.
+with workflow.unsafe.imports_passed_through():
+    import httpx
+    from pydantic import BaseModel
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.runtime import (
+        LogForwardingConfig,
+        LoggingConfig,
+        Runtime,
+        TelemetryConfig,
+        TelemetryFilter,
+    )
+    from temporalio.testing import WorkflowEnvironment
+    from temporalio.worker import Worker
+
+    from api.tokens import issue_token
+    from config import Settings
+    from db.demo import load_demo_data
+    from db.engine import create_schema, make_engine, session_factory
+    from devserver import running_oms
+    from domain.ids import order_workflow_id
 
 POLL_INTERVAL_SECONDS = 0.05
 ORDER_TIMEOUT_SECONDS = 120.0
 HTTP_TIMEOUT_SECONDS = 60.0
+TEARDOWN_SECONDS = 30.0
 STAGES = ("create", "approve", "release", "release->settled", "total")
+
+T = TypeVar("T")
 
 
 # --- the reference: the cheapest workflow worth measuring --------------------------------------
@@ -140,23 +166,58 @@ class OrderTiming:
 
     stages: dict[str, float] = field(default_factory=dict)
     order_id: str = ""
+    step: str = "waiting for a slot"
     last_status: str = ""
     failure: str = ""
+    poll_latencies: list[float] = field(default_factory=list)
 
 
 class LogCounter(logging.Handler):
-    """Count WARNING and above per logger, keeping the first message of each, to report them."""
+    """Count WARNING and above by logger and message shape, keeping one example of each."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.counts: collections.Counter[str] = collections.Counter()
-        self.first: dict[str, str] = {}
+        self.example: dict[str, str] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        key = f"{record.levelname} {record.name}"
+        message = (record.getMessage().splitlines() or [""])[0]
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            message += f" [{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}]"
+        shape = _VARYING.sub("#", message)[:90]
+        key = f"{record.levelname} {record.name}: {shape}"
         self.counts[key] += 1
-        if key not in self.first:
-            self.first[key] = record.getMessage().splitlines()[0][:200]
+        self.example.setdefault(key, message[:300])
+
+
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\b(?:ord_)?[0-9a-f]{20,}\b|\d+(?:\.\d+)?")
+
+
+def route_logs(counter: LogCounter) -> None:
+    """Count warnings (Python's and the Temporal core's) and still show them on stderr."""
+    logging.getLogger().addHandler(counter)
+    shown = logging.StreamHandler(sys.stderr)
+    shown.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(shown)
+    # The core (Rust) side of the SDK logs to stdout unless forwarded; forward it to Python so
+    # it is counted with the rest and stays out of the printed figures.
+    core = logging.getLogger("temporal-core")
+    Runtime.set_default(
+        Runtime(
+            telemetry=TelemetryConfig(
+                logging=LoggingConfig(
+                    filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                    forwarding=LogForwardingConfig(
+                        logger=core,
+                        append_target_to_name=False,
+                        prepend_target_on_message=False,
+                        append_log_fields_to_message=True,
+                    ),
+                )
+            )
+        )
+    )
 
 
 # --- the OMS run -------------------------------------------------------------------------------
@@ -185,15 +246,17 @@ class Driver:
     ) -> httpx.Response:
         return await self._http.request(method, path, json=body, headers=self._headers[user])
 
-    async def one_order(self, index: int) -> OrderTiming:
-        timing = OrderTiming()
+    async def one_order(self, index: int, timing: OrderTiming) -> None:
+        """Drive order `index` from POST to settled, filling `timing`; never raises."""
         try:
             await asyncio.wait_for(self._story(index, timing), ORDER_TIMEOUT_SECONDS)
         except TimeoutError:
-            timing.failure = f"timed out after {ORDER_TIMEOUT_SECONDS:.0f} s (last status {timing.last_status!r})"
-        except httpx.HTTPError as exc:
-            timing.failure = f"HTTP error {type(exc).__name__}: {exc}"
-        return timing
+            timing.failure = (
+                f"timed out after {ORDER_TIMEOUT_SECONDS:.0f} s in {timing.step}"
+                f" (last status {timing.last_status or 'none'})"
+            )
+        except Exception as exc:  # a benchmark reports every failure instead of stopping
+            timing.failure = f"{type(exc).__name__} in {timing.step}: {str(exc)[:200]}"
 
     async def _story(self, index: int, timing: OrderTiming) -> None:
         body = {
@@ -205,33 +268,41 @@ class Driver:
             "order_type": "market",
             "time_in_force": "day",
         }
+        timing.step = "POST /orders"
         started = time.perf_counter()
         created = await self._call("alice", "POST", "/orders", body)
-        after_create = time.perf_counter()
+        elapsed = time.perf_counter() - started
         if created.status_code != 201:
-            timing.failure = f"POST /orders -> {created.status_code} {created.text[:300]}"
+            timing.failure = (
+                f"POST /orders -> {created.status_code} after {elapsed:.1f} s: {created.text[:200]}"
+            )
             return
-        timing.stages["create"] = after_create - started
+        timing.stages["create"] = elapsed
         order_id: str = created.json()["order_id"]
         timing.order_id = order_id
         timing.last_status = created.json().get("status", "")
 
-        for stage, user, action in (("approve", "dana", "approve"), ("release", "tom", "release")):
+        for stage, user in (("approve", "dana"), ("release", "tom")):
+            timing.step = f"POST /orders/{{id}}/{stage}"
             before = time.perf_counter()
-            response = await self._call(user, "POST", f"/orders/{order_id}/{action}", {})
-            timing.stages[stage] = time.perf_counter() - before
+            response = await self._call(user, "POST", f"/orders/{order_id}/{stage}", {})
+            elapsed = time.perf_counter() - before
             if response.status_code != 200:
-                timing.failure = f"{action} -> {response.status_code} {response.text[:300]}"
+                timing.failure = f"{stage} -> {response.status_code} after {elapsed:.1f} s: {response.text[:200]}"
                 return
+            timing.stages[stage] = elapsed
             timing.last_status = response.json().get("status", "")
         released = time.perf_counter()
 
+        timing.step = "polling GET /orders/{id}"
         while True:
             await asyncio.sleep(POLL_INTERVAL_SECONDS)
+            asked = time.perf_counter()
             polled = await self._call("alice", "GET", f"/orders/{order_id}")
             seen = time.perf_counter()
+            timing.poll_latencies.append(seen - asked)
             if polled.status_code != 200:
-                timing.failure = f"GET /orders/{{id}} -> {polled.status_code} {polled.text[:300]}"
+                timing.failure = f"GET /orders/{{id}} -> {polled.status_code} {polled.text[:200]}"
                 return
             timing.last_status = polled.json().get("status", "")
             if timing.last_status == "settled":
@@ -244,18 +315,30 @@ class Driver:
 
 
 async def bounded(
-    count: int, concurrency: int, job: Callable[[int], Awaitable[Any]]
-) -> tuple[list[Any], float]:
-    """Run `job(0..count-1)` with at most `concurrency` in flight; return results and wall time."""
+    count: int, concurrency: int, job: Callable[[int], Awaitable[T]], budget: float
+) -> tuple[list[T | None], float]:
+    """Run `job(0..count-1)`, at most `concurrency` in flight, for at most `budget` seconds.
+
+    Return each job's result (None when it raised or was still running at the budget, and was
+    cancelled) and the wall time.
+    """
     gate = asyncio.Semaphore(concurrency)
 
-    async def gated(index: int) -> Any:
+    async def gated(index: int) -> T:
         async with gate:
             return await job(index)
 
     started = time.perf_counter()
-    results = await asyncio.gather(*(gated(i) for i in range(count)))
-    return list(results), time.perf_counter() - started
+    tasks = [asyncio.create_task(gated(i)) for i in range(count)]
+    _, pending = await asyncio.wait(tasks, timeout=budget)
+    wall = time.perf_counter() - started
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return [
+        None if task.cancelled() or task.exception() is not None else task.result()
+        for task in tasks
+    ], wall
 
 
 async def history_counts(client: Client, workflow_id: str) -> dict[str, int]:
@@ -273,21 +356,30 @@ async def history_counts(client: Client, workflow_id: str) -> dict[str, int]:
 
 
 def format_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{value} {name}" for name, value in counts.items())
+    return ", ".join(f"{value} {name}" for name, value in counts.items()) or "unavailable"
+
+
+def phase_budget(orders: int) -> float:
+    """Seconds the OMS phase may take before unfinished orders are abandoned (and reported)."""
+    return ORDER_TIMEOUT_SECONDS + orders * 1.0
 
 
 @dataclass
 class OmsResult:
     wall: float
+    budget: float
     timings: list[OrderTiming]
     history: dict[str, int]
+    teardown: str = ""
 
     @property
     def settled(self) -> list[OrderTiming]:
-        return [t for t in self.timings if not t.failure]
+        return [t for t in self.timings if "total" in t.stages and not t.failure]
 
 
-async def run_oms(env: WorkflowEnvironment, args: argparse.Namespace, data_dir: Path) -> OmsResult:
+async def run_oms(
+    env: WorkflowEnvironment, args: argparse.Namespace, data_dir: Path, log_counter: LogCounter
+) -> OmsResult:
     suffix = uuid.uuid4().hex[:8]
     port = free_port()
     settings = Settings(
@@ -309,24 +401,59 @@ async def run_oms(env: WorkflowEnvironment, args: argparse.Namespace, data_dir: 
         load_demo_data(session)
     engine.dispose()
 
-    # Room for every order in flight plus the simulators' callbacks, which use their own client.
+    # Room for every order in flight; the simulators' callbacks use their own client.
     limits = httpx.Limits(
         max_connections=args.concurrency + 10, max_keepalive_connections=args.concurrency + 10
     )
-    async with (
-        running_oms(settings, env.client),
-        httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT_SECONDS, limits=limits
-        ) as http,
-    ):
+    budget = phase_budget(args.orders)
+    timings = [OrderTiming() for _ in range(args.orders)]
+    counts: dict[str, int] = {}
+    stack = contextlib.AsyncExitStack()
+    await stack.enter_async_context(running_oms(settings, env.client))
+    try:
+        # uvicorn configures its loggers at start-up, dropping handlers added before.
+        logging.getLogger("uvicorn").addHandler(log_counter)
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT_SECONDS, limits=limits
+            )
+        )
         driver = Driver(http, settings.jwt_secret, suffix)
-        warm = await driver.one_order(-1)
+        warm = OrderTiming()
+        await driver.one_order(-1, warm)
         if warm.failure:
             raise RuntimeError(f"the warm-up order failed: {warm.failure}")
-        timings, wall = await bounded(args.orders, args.concurrency, driver.one_order)
-        sample = next((t.order_id for t in timings if not t.failure), warm.order_id)
-        counts = await history_counts(env.client, order_workflow_id(sample))
-    return OmsResult(wall, timings, counts)
+
+        async def order(index: int) -> None:
+            await driver.one_order(index, timings[index])
+
+        _, wall = await bounded(args.orders, args.concurrency, order, budget)
+        for timing in timings:
+            if not timing.failure and "total" not in timing.stages:
+                timing.failure = (
+                    f"unfinished at the {budget:.0f} s budget, in {timing.step}"
+                    f" (last status {timing.last_status or 'none'})"
+                )
+        sample = next((t.order_id for t in timings if "total" in t.stages), warm.order_id)
+        with contextlib.suppress(Exception):
+            counts = await asyncio.wait_for(
+                history_counts(env.client, order_workflow_id(sample)), 30
+            )
+    finally:
+        logging.getLogger("uvicorn").removeHandler(log_counter)
+        teardown = ""
+        started = time.perf_counter()
+        try:
+            # uvicorn waits for every request in flight; one stuck on Temporal would hang here.
+            await asyncio.wait_for(stack.aclose(), TEARDOWN_SECONDS)
+        except TimeoutError:
+            teardown = (
+                f"the API did not stop within {TEARDOWN_SECONDS:.0f} s (requests still in flight);"
+                " it and the workers were cancelled"
+            )
+        else:
+            teardown = f"API and workers stopped in {time.perf_counter() - started:.1f} s"
+    return OmsResult(wall, budget, timings, counts, teardown)
 
 
 async def run_trivial(
@@ -349,7 +476,8 @@ async def run_trivial(
         env.client, task_queue=queue, workflows=[TrivialWorkflow], activities=[trivial_activity]
     ):
         await one(-1)
-        latencies, wall = await bounded(args.orders, args.concurrency, one)
+        results, wall = await bounded(args.orders, args.concurrency, one, phase_budget(args.orders))
+    latencies = [r for r in results if r is not None]
     counts = await history_counts(env.client, f"bench-trivial-{suffix}-0")
     return wall, latencies, counts
 
@@ -378,17 +506,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def report(
-    args: argparse.Namespace,
-    oms: OmsResult,
-    trivial: tuple[float, list[float], dict[str, int]],
-    log_counter: LogCounter,
-) -> None:
+def oms_rate(oms: OmsResult) -> float:
+    return len(oms.settled) / oms.wall
+
+
+def report_oms(args: argparse.Namespace, oms: OmsResult) -> None:
+    """Print the OMS figures (as soon as they exist, so a later failure cannot lose them)."""
     settled = oms.settled
-    oms_rate = len(settled) / oms.wall
-    trivial_wall, trivial_latencies, trivial_counts = trivial
-    trivial_rate = len(trivial_latencies) / trivial_wall
     floor = 3 * args.fill_delay + args.confirm_delay
+    polls = sum(len(t.poll_latencies) for t in oms.timings)
     lines = [
         "",
         "OMS order lifecycle: POST /orders -> approve -> release -> settled (HTTP, real dev server)",
@@ -399,45 +525,66 @@ def report(
         f" floor on release->settled {floor * 1000:.0f} ms",
         f"  poll interval       {POLL_INTERVAL_SECONDS * 1000:.0f} ms (GET /orders/{{id}}, a Query)",
         f"  settled             {len(settled)}/{args.orders}",
-        f"  wall time           {oms.wall:.2f} s",
-        f"  orders per second   {oms_rate:.2f}",
-        stats_header(),
+        f"  wall time           {oms.wall:.2f} s (budget {oms.budget:.0f} s)",
+        f"  orders per second   {oms_rate(oms):.2f}",
+        f"  status polls        {polls} x GET /orders/{{id}} ({polls / oms.wall:.0f}/s,"
+        f" {polls / max(1, len(oms.timings)):.1f} per order), part of the load measured",
+        stats_header() + "  (settled orders)",
     ]
-    for stage in STAGES:
-        lines.append(stats_row(stage, [t.stages[stage] for t in oms.timings if stage in t.stages]))
+    lines += [stats_row(stage, [t.stages[stage] for t in settled]) for stage in STAGES]
+    lines.append(stats_row("(each poll GET)", [s for t in settled for s in t.poll_latencies]))
     lines.append(f"  one order's history {format_counts(oms.history)}")
+    lines.append(f"  teardown            {oms.teardown}")
     failures = [t for t in oms.timings if t.failure]
     if failures:
         lines.append(f"  FAILED              {len(failures)} orders:")
-        reasons = collections.Counter(t.failure for t in failures)
+        reasons = collections.Counter(_VARYING.sub("#", t.failure) for t in failures)
         lines.extend(f"    {n} x {reason}" for reason, n in reasons.most_common(10))
-    lines += [
+    print("\n".join(lines), flush=True)
+
+
+def report_trivial(
+    args: argparse.Namespace, trivial: tuple[float, list[float], dict[str, int]]
+) -> float:
+    """Print the reference's figures; return its workflows per second."""
+    wall, latencies, counts = trivial
+    rate = len(latencies) / wall
+    lines = [
         "",
         "Reference: trivial workflow, one trivial activity (execute_workflow, own worker/queue)",
-        f"  workflows           {len(trivial_latencies)}",
+        f"  workflows           {len(latencies)}/{args.orders}",
         f"  concurrency         {args.concurrency}",
-        f"  wall time           {trivial_wall:.2f} s",
-        f"  workflows per sec   {trivial_rate:.2f}",
+        f"  wall time           {wall:.2f} s",
+        f"  workflows per sec   {rate:.2f}",
         stats_header(),
-        stats_row("latency", trivial_latencies),
-        f"  one history         {format_counts(trivial_counts)}",
+        stats_row("latency", latencies),
+        f"  one history         {format_counts(counts)}",
+    ]
+    print("\n".join(lines), flush=True)
+    return rate
+
+
+def report_ratio(oms: OmsResult, trivial_rate: float, log_counter: LogCounter) -> None:
+    rate = oms_rate(oms)
+    ratio = rate / trivial_rate if trivial_rate else math.nan
+    lines = [
         "",
-        f"Ratio OMS orders/s / trivial workflows/s = {oms_rate:.2f} / {trivial_rate:.2f}"
-        f" = {oms_rate / trivial_rate:.3f}",
+        f"Ratio OMS orders/s / trivial workflows/s = {rate:.2f} / {trivial_rate:.2f} = {ratio:.3f}",
         "  (an order is ~a dozen activities, 3 updates, several signals and two simulated"
         " latencies; the trivial workflow is one activity)",
     ]
     if log_counter.counts:
-        lines += ["", "Warnings and errors logged during the run:"]
-        for key, n in log_counter.counts.most_common():
-            lines.append(f"  {n:>5} x {key}: {log_counter.first[key]}")
+        lines += ["", "Warnings and errors logged during the run (by shape, most frequent first):"]
+        for key, n in log_counter.counts.most_common(12):
+            lines.append(f"  {n:>5} x {key}")
+            lines.append(f"          e.g. {log_counter.example[key]}")
     print("\n".join(lines), flush=True)
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log_counter = LogCounter()
-    logging.getLogger().addHandler(log_counter)
+    route_logs(log_counter)
     temporal_cli = Path(sys.executable).parent / "temporal"
     print(f"starting the Temporal dev server ({temporal_cli}) ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as tmp:
@@ -448,14 +595,20 @@ async def main(argv: Sequence[str] | None = None) -> int:
         )
         try:
             print(f"driving {args.orders} orders, {args.concurrency} at a time ...", flush=True)
-            oms = await run_oms(env, args, Path(tmp))
-            print(f"running {args.orders} trivial workflows ...", flush=True)
+            oms = await run_oms(env, args, Path(tmp), log_counter)
+            report_oms(args, oms)
+            print(f"\nrunning {args.orders} trivial workflows ...", flush=True)
             trivial = await run_trivial(env, args)
         finally:
             await env.shutdown()
-    report(args, oms, trivial, log_counter)
+    trivial_rate = report_trivial(args, trivial)
+    report_ratio(oms, trivial_rate, log_counter)
     return 1 if len(oms.settled) < args.orders else 0
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    # Run the module's own import, not `__main__`: the workflow sandbox re-imports the module that
+    # defines TrivialWorkflow by name and file, which `__main__` may lack (under runpy wrappers).
+    from bench.lifecycle import main as _main
+
+    sys.exit(asyncio.run(_main()))

@@ -57,7 +57,8 @@ class SimulatedVenue:
     async def submit(self, order: VenueOrder) -> None:
         if order.order_id in self._orders:
             return
-        listing = self._prices(order.symbol)
+        # The price source may read a database: keep it off the event loop the workers share.
+        listing = await asyncio.to_thread(self._prices, order.symbol)
         if listing is None:
             raise VenueRefusedError(f"{order.symbol} is not listed on the simulator")
         sim = _SimOrder(order)

@@ -295,3 +295,19 @@ async def test_read_endpoints_respect_funds(stack: Stack) -> None:
     metrics = (await stack.http.get("/metrics")).text
     assert 'route="/orders/{order_id}"' in metrics
     assert (await stack.call("alice", "GET", "/orders?cursor=garbage")).status_code == 422
+
+
+async def test_many_concurrent_creations_all_answer(stack: Stack) -> None:
+    # More concurrent creations than the database pool has connections: an endpoint that held
+    # a pooled connection across its Temporal call would block the event loop here for good.
+    responses = await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                stack.call("alice", "POST", "/orders", order_body(quantity=10, allocations=[]))
+                for _ in range(40)
+            )
+        ),
+        timeout=120,  # a hang guard, not a speed assertion
+    )
+    assert [r.status_code for r in responses] == [201] * 40
+    assert len({r.json()["order_id"] for r in responses}) == 40
