@@ -176,14 +176,14 @@ class OrderWorkflow:
                 await self._project()
             return self._state.status is OrderStatus.PENDING_APPROVAL
         self._transition(OrderEvent.COMPLIANCE_PASSED)
-        await self._complete_if_no_levels()
+        self._complete_if_no_levels()
         await self._project()
         return True
 
     async def _collect_approvals(self) -> None:
         """Wait for every level; escalate once when it waits too long, expire in the end."""
         timeouts = self._input.timeouts
-        await self._complete_if_no_levels()
+        self._complete_if_no_levels()
 
         def decided() -> bool:
             return self._state.status is not OrderStatus.PENDING_APPROVAL
@@ -192,6 +192,7 @@ class OrderWorkflow:
             return
         level = self._state.approvals.current_level
         self._state.flags.append(f"approval_escalated:{level}")
+        self._touch()
         await self._project()
         remaining = timeouts.approval_expire_after - timeouts.approval_escalate_after
         if remaining > timedelta(0) and await self._wait(decided, remaining):
@@ -199,7 +200,7 @@ class OrderWorkflow:
         self._transition(OrderEvent.APPROVAL_EXPIRED, reason=f"approval at level {level} expired")
         await self._project()
 
-    async def _complete_if_no_levels(self) -> None:
+    def _complete_if_no_levels(self) -> None:
         if (
             self._state.status is OrderStatus.PENDING_APPROVAL
             and self._state.approvals.current_level is None
@@ -355,7 +356,7 @@ class OrderWorkflow:
             "policy": input.policy,
         }
         self._transition(OrderEvent.OVERRIDDEN, actor=input.user)
-        await self._complete_if_no_levels()
+        self._complete_if_no_levels()
         await self._project()
         return self._state
 

@@ -113,6 +113,10 @@ def test_make_run_serves_the_story_and_keeps_orders_across_restarts(dev: DevProc
     )
     assert dev.call("tom", "POST", f"/orders/{order_id}/release", {}).status_code == 200
     settled = wait_for(dev, order_id, "settled")
+    ui = httpx.get(
+        f"http://127.0.0.1:{dev.env['OMS_TEMPORAL_UI_PORT']}/", timeout=10, follow_redirects=True
+    )
+    assert ui.status_code == 200  # the Temporal web UI is served beside the OMS
     assert settled["allocations"][0]["account"] == "alpha-main"  # the fund's default account
     assert dev.interrupt() == 0
     assert "OMS stopped." in dev.log.read_text()
