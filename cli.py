@@ -127,12 +127,13 @@ def _cmd_order(args: argparse.Namespace, settings: Settings) -> int:
         return _call(settings, args.as_user, "GET", f"/orders/{args.order_id}")
     if action == "history":
         return _call(settings, args.as_user, "GET", f"/orders/{args.order_id}/history")
-    bodies = {
-        "approve": {"comment": args.text or ""},
-        "reject": {"reason": args.text or ""},
-        "override": {"justification": args.text or ""},
+    text = getattr(args, "text", None) or ""  # release takes --venue, not a text
+    bodies: dict[str, dict[str, Any]] = {
+        "approve": {"comment": text},
+        "reject": {"reason": text},
+        "override": {"justification": text},
         "release": {"venue": args.venue} if getattr(args, "venue", None) else {},
-        "cancel": {"reason": args.text or ""},
+        "cancel": {"reason": text},
     }
     return _call(
         settings, args.as_user, "POST", f"/orders/{args.order_id}/{action}", bodies[action]
