@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
-from api.errors import not_found
+from api.errors import ApiError, not_found
 from api.order_access import order_handle, readable_funds, require
 from api.schemas import Accepted, SettlementFailBody, SettlementView
 from db import queries
@@ -33,31 +34,53 @@ def list_settlements(
 
 
 async def _answer(
-    settlement_id: str, status: SettlementStatus, reason: str, services: Services, user: str
+    settlement_id: str,
+    status: SettlementStatus,
+    reason: str,
+    services: Services,
+    user: str,
+    response: Response,
 ) -> Accepted:
     row = await run_db(services, lambda session: queries.get_settlement(session, settlement_id))
     if row is None or services.authorizer.check(user, row.fund, "settlements", "read") is None:
         raise not_found("settlement instruction")
     require(services, user, row.fund, "settlements", "confirm")
+    if row.status == SettlementStatus.CONFIRMED:
+        if status is SettlementStatus.CONFIRMED:
+            response.status_code = 200
+            return Accepted(status="duplicate", detail="already confirmed")
+        raise ApiError(409, "conflict", "a confirmed settlement cannot fail")
     update = SettlementUpdateInput(
         settlement_id=settlement_id, status=status, reason=reason, user=user, at=datetime.now(UTC)
     )
-    await order_handle(services, row.order_id).signal(OrderWorkflow.settlement_update, update)
+    try:
+        await order_handle(services, row.order_id).signal(OrderWorkflow.settlement_update, update)
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:  # the order has closed
+            raise ApiError(
+                409, "conflict", "the order is closed and takes no more answers"
+            ) from err
+        raise
     return Accepted(status="accepted")
 
 
 @router.post("/{settlement_id}/confirm", status_code=202, response_model=Accepted)
-async def confirm_settlement(settlement_id: str, services: ServicesDep, user: UserDep) -> Accepted:
-    """The back office confirms that an instruction settled."""
-    return await _answer(settlement_id, SettlementStatus.CONFIRMED, "", services, user)
+async def confirm_settlement(
+    settlement_id: str, response: Response, services: ServicesDep, user: UserDep
+) -> Accepted:
+    """The back office confirms that an instruction settled; confirming again is a 200 no-op."""
+    return await _answer(settlement_id, SettlementStatus.CONFIRMED, "", services, user, response)
 
 
 @router.post("/{settlement_id}/fail", status_code=202, response_model=Accepted)
 async def fail_settlement(
     settlement_id: str,
     body: SettlementFailBody,
+    response: Response,
     services: ServicesDep,
     user: UserDep,
 ) -> Accepted:
     """The back office reports that an instruction failed to settle."""
-    return await _answer(settlement_id, SettlementStatus.FAILED, body.reason, services, user)
+    return await _answer(
+        settlement_id, SettlementStatus.FAILED, body.reason, services, user, response
+    )

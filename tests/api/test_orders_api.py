@@ -311,3 +311,60 @@ async def test_many_concurrent_creations_all_answer(stack: Stack) -> None:
     )
     assert [r.status_code for r in responses] == [201] * 40
     assert len({r.json()["order_id"] for r in responses}) == 40
+
+
+async def test_decisions_need_the_right_role_in_the_fund(stack: Stack) -> None:
+    order_id = (await create(stack, quantity=10, allocations=[]))["order_id"]
+    assert (
+        await stack.call("tom", "POST", f"/orders/{order_id}/reject", {"reason": "no"})
+    ).status_code == 403
+    assert (
+        await stack.call("bob", "POST", f"/orders/{order_id}/reject", {"reason": "no"})
+    ).status_code == 404
+    assert (await stack.call("bob", "POST", f"/orders/{order_id}/cancel", {})).status_code == 404
+    assert (
+        await stack.call("alice", "POST", f"/orders/{order_id}/override", {"justification": "x"})
+    ).status_code == 403
+    assert (await stack.call("cora", "POST", f"/orders/{order_id}/override", {})).status_code == 422
+    assert (await stack.call("mike", "POST", f"/orders/{order_id}/cancel", {})).status_code == 403
+    order = (await stack.call("alice", "GET", f"/orders/{order_id}")).json()
+    assert (order["status"], order["version"]) == ("pending_approval", 2)  # nothing changed
+
+
+async def test_settlement_answers_need_the_back_office(stack: Stack) -> None:
+    order = await create(stack, quantity=10, allocations=[])
+    order_id = order["order_id"]
+    await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})
+    await stack.call("tom", "POST", f"/orders/{order_id}/release", {})
+    settled = await stack.wait_for_status("alice", order_id, "settled")
+    settlement_id = settled["settlements"][0]["settlement_id"]
+    for user in ("alice", "mike"):  # cannot read settlements: as if it did not exist
+        assert (
+            await stack.call(user, "POST", f"/settlements/{settlement_id}/confirm", {})
+        ).status_code == 404
+    assert (await stack.call("betty", "POST", "/settlements/nope/confirm", {})).status_code == 404
+    assert (
+        await stack.call("betty", "POST", f"/settlements/{settlement_id}/fail", {})
+    ).status_code == 422
+    assert (await stack.call("betty", "GET", "/settlements?status=lost")).status_code == 422
+    # Answers are checked against the read model, a moment behind the live order.
+    for _ in range(100):
+        rows = (await stack.call("betty", "GET", "/settlements?status=confirmed")).json()
+        if settlement_id in [r["settlement_id"] for r in rows]:
+            break
+        await asyncio.sleep(0.05)
+    # A confirmation repeated after settlement changes nothing; failing it now is a conflict.
+    again = await stack.call("betty", "POST", f"/settlements/{settlement_id}/confirm", {})
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    late = await stack.call("betty", "POST", f"/settlements/{settlement_id}/fail", {"reason": "x"})
+    assert late.status_code == 409
+    assert (await stack.call("alice", "GET", f"/orders/{order_id}")).json()["status"] == "settled"
+
+
+async def test_malformed_execution_reports_are_refused(stack: Stack) -> None:
+    body = {"order_id": "ord_ffffffffffffffffffff", "exec_id": "z-1", "exec_type": "teleported",
+            "transact_time": "2026-11-26T15:00:00+00:00"}  # fmt: skip
+    response = await stack.call("sim-venue", "POST", "/executions", body)
+    assert response.status_code == 422
+    negative = {**body, "exec_type": "trade", "last_quantity": "-1", "last_price": "1"}
+    assert (await stack.call("sim-venue", "POST", "/executions", negative)).status_code == 422
