@@ -36,6 +36,34 @@ def _optional_decimal(value: object) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
+def take_snapshot(
+    sessions: SessionFactory, policies_dir: Path, order: OrderRequest
+) -> ComplianceSnapshot | None:
+    """Return what the rules look at for `order` as of now, or None for an unknown instrument."""
+    with sessions() as session:
+        instrument = queries.get_instrument(session, order.symbol)
+    if instrument is None:
+        return None
+    rules = _read_toml(policies_dir / "compliance.toml")
+    fund_rules = rules.get("funds", {}).get(order.fund, {})
+    return ComplianceSnapshot(
+        fund=order.fund,
+        instrument=instrument,
+        restricted_symbols=list(rules.get("firm", {}).get("restricted_symbols", [])),
+        max_order_notional=_optional_decimal(fund_rules.get("max_order_notional")),
+        warn_order_notional=_optional_decimal(fund_rules.get("warn_order_notional")),
+        taken_at=datetime.now(UTC),
+    )
+
+
+def load_approval_matrix(policies_dir: Path) -> ApprovalMatrix:
+    """Return the approval levels in force (the matrix in `policies/approvals.toml`)."""
+    data = _read_toml(policies_dir / "approvals.toml")
+    return ApprovalMatrix(
+        levels=[ApprovalLevel.model_validate(level) for level in data.get("levels", [])]
+    )
+
+
 class ComplianceActivities:
     """Read reference data and the rule files in `policies/` (re-read each time: edits apply at once)."""
 
@@ -46,29 +74,16 @@ class ComplianceActivities:
     @activity.defn
     def compliance_snapshot(self, input: ComplianceSnapshotInput) -> ComplianceSnapshot:
         """Return the instrument, the restricted list and the fund's limits as of now."""
-        with self._sessions() as session:
-            instrument = queries.get_instrument(session, input.order.symbol)
-        if instrument is None:
+        snapshot = take_snapshot(self._sessions, self._policies_dir, input.order)
+        if snapshot is None:
             raise ApplicationError(
                 f"unknown symbol {input.order.symbol}",
                 type=RefusalType.INVALID_INPUT,
                 non_retryable=True,
             )
-        rules = _read_toml(self._policies_dir / "compliance.toml")
-        fund_rules = rules.get("funds", {}).get(input.order.fund, {})
-        return ComplianceSnapshot(
-            fund=input.order.fund,
-            instrument=instrument,
-            restricted_symbols=list(rules.get("firm", {}).get("restricted_symbols", [])),
-            max_order_notional=_optional_decimal(fund_rules.get("max_order_notional")),
-            warn_order_notional=_optional_decimal(fund_rules.get("warn_order_notional")),
-            taken_at=datetime.now(UTC),
-        )
+        return snapshot
 
     @activity.defn
     def approval_matrix(self, input: ApprovalMatrixInput) -> ApprovalMatrix:
         """Return the approval levels in force (the matrix in `policies/approvals.toml`)."""
-        data = _read_toml(self._policies_dir / "approvals.toml")
-        return ApprovalMatrix(
-            levels=[ApprovalLevel.model_validate(level) for level in data.get("levels", [])]
-        )
+        return load_approval_matrix(self._policies_dir)

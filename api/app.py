@@ -12,7 +12,7 @@ from api.auth import Authorizer
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.metrics import Metrics, metrics_middleware
-from api.routers import executions, health, orders, settlements, views
+from api.routers import compliance, executions, health, orders, settlements, views
 from config import Settings
 from db.engine import create_schema, make_engine, session_factory
 
@@ -48,6 +48,6 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.state.metrics = Metrics()
     app.middleware("http")(metrics_middleware(app.state.metrics))
     install_error_handlers(app)
-    for module in (orders, executions, settlements, views, health):
+    for module in (orders, compliance, executions, settlements, views, health):
         app.include_router(module.router)
     return app

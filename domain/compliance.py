@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 
-from domain.models import ComplianceOutcome, ComplianceResult, ComplianceSnapshot, OrderRequest
+from domain.models import (
+    ComplianceOutcome,
+    ComplianceResult,
+    ComplianceSnapshot,
+    OrderRequest,
+    tidy,
+)
 
 Rule = Callable[[OrderRequest, ComplianceSnapshot], ComplianceResult]
 
@@ -19,7 +25,7 @@ def order_price(order: OrderRequest, snapshot: ComplianceSnapshot) -> Decimal:
 
 def order_notional(order: OrderRequest, snapshot: ComplianceSnapshot) -> Decimal:
     """Return the order's notional in the instrument's currency."""
-    return order.quantity * order_price(order, snapshot)
+    return tidy(order.quantity * order_price(order, snapshot))
 
 
 def restricted_list(order: OrderRequest, snapshot: ComplianceSnapshot) -> ComplianceResult:

@@ -51,12 +51,21 @@ from workflows.order import OrderWorkflow
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 
-def _normalise(body: OrderRequest, services: Services, session: Session, user: str) -> OrderRequest:
-    """Check the order against reference data and fill the fund's default account."""
+def normalise_order(
+    body: OrderRequest,
+    services: Services,
+    session: Session,
+    user: str,
+    permission: tuple[str, str] = ("orders", "create"),
+) -> OrderRequest:
+    """Check the order against reference data and fill the fund's default account.
+
+    The caller needs `permission` (object, action) in the order's fund.
+    """
     fund = queries.get_fund(session, body.fund)
     if fund is None:
         raise invalid("fund", f"unknown fund {body.fund}")
-    require(services, user, body.fund, "orders", "create")
+    require(services, user, body.fund, *permission)
     instrument = queries.get_instrument(session, body.symbol)
     if instrument is None:
         raise invalid("symbol", f"unknown symbol {body.symbol}")
@@ -82,7 +91,7 @@ async def create_order(
     user: UserDep,
 ) -> OrderState:
     """Create an order; the same client_order_id again returns the existing order (200) or 409."""
-    request = await run_db(services, lambda session: _normalise(body, services, session, user))
+    request = await run_db(services, lambda session: normalise_order(body, services, session, user))
     order_id = order_id_for(request.fund, request.client_order_id)
     settings = services.settings
     workflow_input = OrderWorkflowInput(

@@ -368,3 +368,25 @@ async def test_malformed_execution_reports_are_refused(stack: Stack) -> None:
     assert response.status_code == 422
     negative = {**body, "exec_type": "trade", "last_quantity": "-1", "last_price": "1"}
     assert (await stack.call("sim-venue", "POST", "/executions", negative)).status_code == 422
+
+
+async def test_what_if_compliance_check_creates_nothing(stack: Stack) -> None:
+    body = order_body(quantity=100000, order_type="market", limit_price=None, allocations=[])
+    response = await stack.call("alice", "POST", "/compliance/check", body)
+    assert response.status_code == 200, response.text
+    check = response.json()
+    assert (check["outcome"], check["notional"], check["currency"]) == ("warn", "23050000", "USD")
+    assert check["approvals_required"] == ["desk_head", "cio"]
+    assert [r["outcome"] for r in check["results"]] == ["pass", "warn"]
+    await assert_no_workflow(stack, body["fund"], body["client_order_id"])
+
+    restricted = await stack.call(
+        "alice", "POST", "/compliance/check", order_body(symbol="GME", allocations=[])
+    )
+    assert (restricted.json()["outcome"], restricted.json()["approvals_required"]) == ("fail", [])
+    assert (await stack.call("tom", "POST", "/compliance/check", body)).status_code == 403
+    assert (
+        await stack.call("alice", "POST", "/compliance/check", {**body, "fund": "fund-beta"})
+    ).status_code == 403
+    unknown = await stack.call("alice", "POST", "/compliance/check", {**body, "symbol": "NOPE"})
+    assert (unknown.status_code, unknown.json()["error"]["field"]) == (422, "symbol")
