@@ -63,12 +63,15 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _decimal(nullable: bool = False, default: Decimal | None = None) -> Decimal | None:
-    return Field(default=default, sa_column=Column(_NUMERIC, nullable=nullable))  # type: ignore[no-any-return]
+# Field() is typed Any, like the attribute default it stands for; so are these.
+def _decimal(nullable: bool = False, default: Decimal | None = None) -> Any:
+    """A column of exact decimals."""
+    return Field(default=default, sa_column=Column(_NUMERIC, nullable=nullable))
 
 
-def _timestamp(nullable: bool = False) -> datetime | None:
-    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))  # type: ignore[no-any-return]
+def _timestamp(nullable: bool = False) -> Any:
+    """A column of timezone-aware UTC timestamps."""
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))
 
 
 class FundRow(SQLModel, table=True):
@@ -95,8 +98,8 @@ class InstrumentRow(SQLModel, table=True):
     name: str
     asset_class: str = Field(max_length=16)
     currency: str = Field(max_length=8)
-    reference_price: Decimal = _decimal()  # type: ignore[assignment]
-    lot_size: Decimal = _decimal(default=Decimal(1))  # type: ignore[assignment]
+    reference_price: Decimal = _decimal()
+    lot_size: Decimal = _decimal(default=Decimal(1))
 
 
 class OrderRow(SQLModel, table=True):
@@ -109,19 +112,19 @@ class OrderRow(SQLModel, table=True):
     fund: str = Field(index=True, max_length=64)
     symbol: str = Field(index=True, max_length=32)
     side: str = Field(max_length=16)
-    quantity: Decimal = _decimal()  # type: ignore[assignment]
+    quantity: Decimal = _decimal()
     order_type: str = Field(max_length=16)
     limit_price: Decimal | None = _decimal(nullable=True)
     time_in_force: str = Field(max_length=8)
     status: str = Field(index=True, max_length=32)
     created_by: str = Field(index=True, max_length=64)
-    created_at: datetime = _timestamp()  # type: ignore[assignment]
-    updated_at: datetime = _timestamp()  # type: ignore[assignment]
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
     notional: Decimal | None = _decimal(nullable=True)
     currency: str | None = Field(default=None, max_length=8)
     approval_level: str | None = Field(default=None, index=True, max_length=32)
     approved_by: str = Field(default="", description="Comma-separated users who approved a level.")
-    filled_quantity: Decimal = _decimal(default=Decimal(0))  # type: ignore[assignment]
+    filled_quantity: Decimal = _decimal(default=Decimal(0))
     average_price: Decimal | None = _decimal(nullable=True)
     venue: str | None = Field(default=None, max_length=32)
     version: int = 0
@@ -134,11 +137,11 @@ class ExecutionRow(SQLModel, table=True):
     exec_id: str = Field(primary_key=True, max_length=128)
     fund: str = Field(index=True, max_length=64)
     exec_type: str = Field(max_length=32)
-    last_quantity: Decimal = _decimal()  # type: ignore[assignment]
+    last_quantity: Decimal = _decimal()
     last_price: Decimal | None = _decimal(nullable=True)
-    cumulative_quantity: Decimal = _decimal()  # type: ignore[assignment]
+    cumulative_quantity: Decimal = _decimal()
     average_price: Decimal | None = _decimal(nullable=True)
-    transact_time: datetime = _timestamp()  # type: ignore[assignment]
+    transact_time: datetime = _timestamp()
 
 
 class AllocationRow(SQLModel, table=True):
@@ -149,9 +152,9 @@ class AllocationRow(SQLModel, table=True):
     fund: str = Field(index=True, max_length=64)
     symbol: str = Field(max_length=32)
     side: str = Field(max_length=16)
-    quantity: Decimal = _decimal()  # type: ignore[assignment]
-    price: Decimal = _decimal()  # type: ignore[assignment]
-    booked_at: datetime = _timestamp()  # type: ignore[assignment]
+    quantity: Decimal = _decimal()
+    price: Decimal = _decimal()
+    booked_at: datetime = _timestamp()
 
 
 class PositionRow(SQLModel, table=True):
@@ -162,10 +165,10 @@ class PositionRow(SQLModel, table=True):
     fund: str = Field(index=True, max_length=64)
     account: str = Field(primary_key=True, max_length=64)
     symbol: str = Field(primary_key=True, max_length=32)
-    quantity: Decimal = _decimal()  # type: ignore[assignment]
-    average_cost: Decimal = _decimal()  # type: ignore[assignment]
-    cash_flow: Decimal = _decimal(default=Decimal(0))  # type: ignore[assignment]
-    updated_at: datetime = _timestamp()  # type: ignore[assignment]
+    quantity: Decimal = _decimal()
+    average_cost: Decimal = _decimal()
+    cash_flow: Decimal = _decimal(default=Decimal(0))
+    updated_at: datetime = _timestamp()
 
 
 class SettlementRow(SQLModel, table=True):
@@ -177,13 +180,13 @@ class SettlementRow(SQLModel, table=True):
     account: str = Field(max_length=64)
     symbol: str = Field(max_length=32)
     side: str = Field(max_length=16)
-    quantity: Decimal = _decimal()  # type: ignore[assignment]
-    price: Decimal = _decimal()  # type: ignore[assignment]
-    gross_amount: Decimal = _decimal()  # type: ignore[assignment]
+    quantity: Decimal = _decimal()
+    price: Decimal = _decimal()
+    gross_amount: Decimal = _decimal()
     currency: str = Field(max_length=8)
     trade_date: date
     settlement_date: date = Field(index=True)
     status: str = Field(index=True, max_length=16)
     status_reason: str = ""
-    instructed_at: datetime = _timestamp()  # type: ignore[assignment]
+    instructed_at: datetime = _timestamp()
     status_at: datetime | None = _timestamp(nullable=True)

@@ -23,7 +23,7 @@ async def healthz(services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         checks["temporal"] = f"unreachable: {exc}"
     try:
-        await run_db(services, lambda session: session.exec(text("SELECT 1")))  # type: ignore[call-overload]
+        await run_db(services, lambda session: session.connection().execute(text("SELECT 1")))
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {exc}"
