@@ -236,7 +236,14 @@ def _rebuild_position(session: Session, fund: str, account: str, symbol: str, at
 
     Average cost is the weighted cost of the open position: trades that add to it move the
     average, trades that reduce it leave it, a trade that flips the sign starts it anew.
+
+    Two orders booking into one position at once must not each rebuild it without the other's
+    allocation: the position row is locked (PostgreSQL) before the allocations are read, so the
+    second waits for the first and then sees its rows. A position not yet there is inserted by
+    one of them; the other fails on the key and its activity retries. (SQLite serialises
+    writers and refuses a stale writer, with the same retry.)
     """
+    position = session.get(PositionRow, (account, symbol), with_for_update=True)
     rows = session.exec(
         select(AllocationRow)
         .where(AllocationRow.account == account, AllocationRow.symbol == symbol)
@@ -258,7 +265,6 @@ def _rebuild_position(session: Session, fund: str, account: str, symbol: str, at
         elif new_quantity == 0:
             average_cost = Decimal(0)
         quantity = new_quantity
-    position = session.get(PositionRow, (account, symbol))
     if position is None:
         position = PositionRow(
             fund=fund,
