@@ -7,6 +7,7 @@ checked-in history from a fresh run; do that only for a deliberate, patched chan
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from domain.models import AllocationRequest, OrderStatus
-from tests.workflows.conftest import Desk, wait_for_status
-from workflows.messages import ApproveInput, PolicyGrant, ReleaseInput
+from tests.workflows.conftest import SHORT_APPROVALS, Desk, wait_for_status
+from workflows.messages import ApproveInput, OverrideInput, PolicyGrant, ReleaseInput
 from workflows.order import OrderWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -57,5 +58,22 @@ async def test_fresh_run_replays(desk: Desk) -> None:
     await handle.result()
     history = await handle.fetch_history()
     await _replayer().replay_workflow(history)
+    _record_if_asked("order_settled_two_accounts", history)
+
+
+async def test_fresh_override_escalation_and_expiry_replays(desk: Desk) -> None:
+    handle = await desk.start(quantity="100000", timeouts=SHORT_APPROVALS)  # a soft breach
+    await wait_for_status(handle, OrderStatus.PENDING_OVERRIDE)
+    await handle.execute_update(
+        OrderWorkflow.override, OverrideInput(user="cora", justification="pre-agreed rebalance")
+    )
+    await desk.env.sleep(timedelta(hours=3))  # escalates, then expires
+    assert (await handle.result()).status is OrderStatus.APPROVAL_EXPIRED
+    history = await handle.fetch_history()
+    await _replayer().replay_workflow(history)
+    _record_if_asked("order_overridden_escalated_expired", history)
+
+
+def _record_if_asked(name: str, history: WorkflowHistory) -> None:
     if os.environ.get("OMS_RECORD_HISTORIES"):
-        (HISTORIES / "order_settled_two_accounts.json").write_text(history.to_json())
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
