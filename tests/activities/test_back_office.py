@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -22,7 +23,7 @@ from db.tables import SettlementRow
 from domain.ids import settlement_id_for
 from domain.models import SettlementInstruction, Side
 
-DELAY = 0.1
+DELAY = 0.5  # long enough that "not yet" right after the activity cannot race it
 
 
 class RecordingConfirmations:
@@ -91,6 +92,14 @@ async def test_instruct_settlement_twice_records_one_instruction(sessions: Sessi
     assert row.instructed_at == first.instructed_at  # the repeat did not rewrite the row
 
 
+async def eventually(condition: Callable[[], bool], within: float = 10) -> None:
+    """Wait for `condition`, however slow the machine (a hang guard, not a timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never came true"
+        await asyncio.sleep(0.01)
+
+
 async def test_the_simulated_back_office_confirms_after_its_delay(
     sessions: SessionFactory,
 ) -> None:
@@ -103,11 +112,9 @@ async def test_the_simulated_back_office_confirms_after_its_delay(
             await env.run(
                 back_office.instruct_settlement, InstructSettlementInput(instruction=instruction)
             )
-        assert confirmations.calls == []
-        await asyncio.sleep(DELAY / 2)
         assert confirmations.calls == []  # not before the desk's delay
 
-        await asyncio.sleep(DELAY)
+        await eventually(lambda: len(confirmations.calls) >= 2)
         # A retried instruction re-notifies the desk; the order ignores the repeat confirmation.
         assert confirmations.calls == [(instruction, "bo-sim"), (instruction, "bo-sim")]
         [row] = settlement_rows(sessions, instruction.settlement_id)
@@ -157,7 +164,8 @@ async def test_a_confirmation_that_cannot_be_delivered_is_logged(
             await ActivityEnvironment().run(
                 back_office.instruct_settlement, InstructSettlementInput(instruction=instruction)
             )
-            await asyncio.sleep(DELAY)
+            await eventually(lambda: confirmations.attempts >= 1)
+            await asyncio.sleep(DELAY)  # room for a retry that must not come
         assert confirmations.attempts == 1
         assert f"could not confirm {instruction.settlement_id}" in caplog.text
         assert [r.status for r in settlement_rows(sessions, instruction.settlement_id)] == [

@@ -81,7 +81,9 @@ async def test_order_goes_from_creation_to_settled(desk: Desk) -> None:
     state = await handle.execute_update(
         OrderWorkflow.release, ReleaseInput(user="tom", venue="simulator")
     )
-    assert state.status in (OrderStatus.RELEASED, OrderStatus.WORKING)
+    # The simulator may already have reported by the time the update answers.
+    assert state.venue == "simulator"
+    assert state.status not in (OrderStatus.APPROVED, OrderStatus.VENUE_REJECTED)
 
     state = await wait_for_status(handle, OrderStatus.SETTLED)
     assert state.filled_quantity == Decimal(1000)
