@@ -68,6 +68,10 @@ _EXTERNAL: dict[str, Any] = {
 }
 
 
+# workflow.patched() ids: each marks a change that orders already running must not see.
+_PATCH_CREATE_ANSWERS_AFTER_PROJECTION = "create-answers-after-projection"
+
+
 def _cause(err: ActivityError) -> str:
     """Return the message of what made an activity fail, for people."""
     return err.cause.message if isinstance(err.cause, FailureError) else str(err)
@@ -92,6 +96,7 @@ class OrderWorkflow:
         now = workflow.now()
         self._input = input
         self._instrument: Instrument | None = None
+        self._projected_version = 0  # the newest version the read model is known to hold
         self._state = OrderState(
             order_id=input.order_id,
             client_order_id=request.client_order_id,
@@ -450,10 +455,17 @@ class OrderWorkflow:
 
     @workflow.update
     async def await_compliance(self, input: AwaitComplianceInput) -> OrderState:
-        """Return the order once pre-trade compliance has decided (used with update-with-start)."""
+        """Return the order once pre-trade compliance has decided (used with update-with-start).
+
+        It answers only once the read model shows the decision too, so the creator's next
+        list or inbox query finds the order as the response describes it.
+        """
         await workflow.wait_condition(
             lambda: self._state.status is not OrderStatus.PENDING_COMPLIANCE
         )
+        if workflow.patched(_PATCH_CREATE_ANSWERS_AFTER_PROJECTION):
+            decided = self._state.version
+            await workflow.wait_condition(lambda: self._projected_version >= decided)
         return self._state
 
     # ---- signals: machine events --------------------------------------------------------------
@@ -546,11 +558,11 @@ class OrderWorkflow:
         self._state.updated_at = workflow.now()
 
     async def _project(self) -> None:
+        snapshot = self._state.model_copy(deep=True)
         await workflow.execute_activity_method(
-            ProjectionActivities.project_order,
-            ProjectOrderInput(state=self._state.model_copy(deep=True)),
-            **_LOCAL_IO,
+            ProjectionActivities.project_order, ProjectOrderInput(state=snapshot), **_LOCAL_IO
         )
+        self._projected_version = max(self._projected_version, snapshot.version)
 
     @staticmethod
     async def _wait(condition: Callable[[], bool], within: timedelta) -> bool:
