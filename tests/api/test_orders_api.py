@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from typing import Any
 
 import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
+from temporalio.worker import Replayer
 
 from domain.ids import order_id_for, order_workflow_id
 from tests.api.conftest import Stack
+from tests.workflows.test_replay import HISTORIES
+from workflows.order import OrderWorkflow
 
 
 def order_body(**overrides: Any) -> dict[str, Any]:
@@ -108,6 +114,13 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
     ]
     raw = await stack.call("cora", "GET", f"/orders/{order_id}/history?format=temporal")
     assert raw.status_code == 200 and "events" in raw.json()
+    # The order as the API made it (update-with-start, HTTP callbacks) replays deterministically.
+    history = WorkflowHistory.from_json(order_workflow_id(order_id), raw.text)
+    await Replayer(
+        workflows=[OrderWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history)
+    if os.environ.get("OMS_RECORD_HISTORIES"):
+        (HISTORIES / "order_created_over_http_settled.json").write_text(raw.text)
 
     positions = (await stack.call("mike", "GET", "/positions?fund=fund-alpha")).json()
     assert any(p["account"] == "alpha-main" and p["symbol"] == "AAPL" for p in positions)
