@@ -173,13 +173,13 @@ async def order_history(
     order_id: str, services: ServicesDep, user: UserDep, format: str | None = None
 ) -> list[HistoryEntry] | Response:
     """The audit timeline rendered from the workflow's event history (`?format=temporal`: raw)."""
+    if format not in (None, "temporal"):
+        raise invalid("format", "format must be 'temporal' or absent")
     handle, state = await visible_order(services, user, order_id)
     require(services, user, state.fund, "orders", "history")
     history = await handle.fetch_history()
     if format == "temporal":
         return Response(content=history.to_json(), media_type="application/json")
-    if format is not None:
-        raise invalid("format", "format must be 'temporal' or absent")
     return await render_history(history, services.temporal.data_converter)
 
 

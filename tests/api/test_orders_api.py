@@ -112,6 +112,10 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
         "approvals",
         "desk_head",
     ]
+    assert (
+        await stack.call("cora", "GET", f"/orders/{order_id}/history?format=xml")
+    ).status_code == 422
+    assert (await stack.call("bob", "GET", f"/orders/{order_id}/history")).status_code == 404
     raw = await stack.call("cora", "GET", f"/orders/{order_id}/history?format=temporal")
     assert raw.status_code == 200 and "events" in raw.json()
     # The order as the API made it (update-with-start, HTTP callbacks) replays deterministically.
