@@ -10,13 +10,26 @@ from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 
 from domain.executions import ExecutionReport
-from domain.models import ExecType, OrderType
+from domain.models import ExecType, OrderType, Side
 from venues.base import ExecutionSink, VenueOrder, VenueRefusedError
 
 log = logging.getLogger(__name__)
 
 PriceSource = Callable[[str], tuple[Decimal, Decimal] | None]
 """symbol -> (reference price, lot size), or None for an instrument the venue does not list."""
+
+
+def fill_price(order: VenueOrder, reference_price: Decimal) -> Decimal:
+    """Return where the simulator fills: the market (reference) price, never worse than the limit.
+
+    A marketable limit order gets the market price; one that is not marketable is filled at its
+    limit, as if the market came to it.
+    """
+    if order.order_type is not OrderType.LIMIT or order.limit_price is None:
+        return reference_price
+    if order.side is Side.BUY:
+        return min(order.limit_price, reference_price)
+    return max(order.limit_price, reference_price)
 
 
 @dataclass
@@ -33,7 +46,7 @@ class _SimOrder:
 class SimulatedVenue:
     """A venue in-process: every order is acknowledged, then filled in two parts.
 
-    Fills are at the limit price for limit orders, else at the instrument's reference price. Exec
+    Fills are at the price `fill_price` gives (the reference price, or the limit). Exec
     ids are derived from the order id and a sequence, so a resent order or a restarted simulator
     produces the same ids and the OMS discards the repeats.
     """
@@ -90,11 +103,7 @@ class SimulatedVenue:
 
     async def _work(self, sim: _SimOrder, reference_price: Decimal, lot_size: Decimal) -> None:
         order = sim.order
-        price = (
-            order.limit_price
-            if order.order_type is OrderType.LIMIT and order.limit_price
-            else reference_price
-        )
+        price = fill_price(order, reference_price)
         try:
             await asyncio.sleep(self._delay)
             await self._send(sim, ExecType.NEW, text="accepted")

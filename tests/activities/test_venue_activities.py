@@ -19,7 +19,7 @@ from db.engine import SessionFactory
 from domain.executions import ExecutionReport
 from domain.models import ExecType, OrderType, Side, TimeInForce
 from venues.base import VenueOrder
-from venues.simulator import PriceSource, SimulatedVenue
+from venues.simulator import PriceSource, SimulatedVenue, fill_price
 
 DELAY = 0.04
 LISTINGS = {
@@ -89,12 +89,13 @@ def venue_order(
     quantity: str = "1001",
     order_type: OrderType = OrderType.LIMIT,
     limit_price: str | None = "229.75",
+    side: Side = Side.BUY,
 ) -> VenueOrder:
     return VenueOrder(
         order_id=f"ord_t{uuid.uuid4().hex[:16]}",
         fund="fund-alpha",
         symbol=symbol,
-        side=Side.BUY,
+        side=side,
         quantity=Decimal(quantity),
         order_type=order_type,
         limit_price=Decimal(limit_price) if limit_price else None,
@@ -248,3 +249,21 @@ async def test_the_simulator_fills_at_the_read_model_reference_price(
             (Decimal(5), Decimal("230.5")),
             (Decimal(5), Decimal("230.5")),
         ]
+
+
+@pytest.mark.parametrize(
+    ("side", "order_type", "limit", "expected"),
+    [
+        (Side.BUY, OrderType.MARKET, None, "230.5"),
+        (Side.BUY, OrderType.LIMIT, "231", "230.5"),  # marketable: the market price, not worse
+        (Side.BUY, OrderType.LIMIT, "229", "229"),  # the market comes to the limit
+        (Side.SELL, OrderType.LIMIT, "229", "230.5"),
+        (Side.SELL_SHORT, OrderType.LIMIT, "232", "232"),
+        (Side.SELL, OrderType.MARKET, None, "230.5"),
+    ],
+)
+def test_fill_price_is_never_worse_than_the_limit(
+    side: Side, order_type: OrderType, limit: str | None, expected: str
+) -> None:
+    order = venue_order(side=side, order_type=order_type, limit_price=limit)
+    assert fill_price(order, Decimal("230.5")) == Decimal(expected)
