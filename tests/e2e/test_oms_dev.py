@@ -121,9 +121,11 @@ def test_make_run_serves_the_story_and_keeps_orders_across_restarts(dev: DevProc
     assert dev.interrupt() == 0
     assert "OMS stopped." in dev.log.read_text()
 
-    # The ports are free again and the order is still there after a restart.
+    # The ports are free again (for a server, which binds with SO_REUSEADDR past the closed
+    # connections' TIME_WAIT) and the order is still there after a restart.
     for port in (dev.env["OMS_API_PORT"], dev.env["OMS_TEMPORAL_PORT"]):
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", int(port)))
     dev.start()
     again = dev.call("alice", "GET", f"/orders/{order_id}")
