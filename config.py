@@ -56,8 +56,6 @@ class Settings(BaseSettings):
     approval_escalate_after_seconds: int = 4 * 3600
     approval_expire_after_seconds: int = 24 * 3600
 
-    slack_signing_secret: str = ""
-
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import casbin
 
-FIRM_WIDE = "*"
-
 
 @dataclass(frozen=True)
 class Grant:
@@ -38,6 +36,3 @@ class Authorizer:
     def is_known_user(self, user: str) -> bool:
         """Tell whether the policy grants `user` any role."""
         return any(rule[0] == user for rule in self._enforcer.get_grouping_policy())
-
-    def known_users(self) -> list[str]:
-        return sorted({rule[0] for rule in self._enforcer.get_grouping_policy()})

@@ -197,10 +197,6 @@ def approval_levels_in_use(session: Session) -> list[str]:
     return [level for level in session.exec(query) if level]
 
 
-def get_order_row(session: Session, order_id: str) -> OrderRow | None:
-    return session.get(OrderRow, order_id)
-
-
 # ---- allocations and positions ----------------------------------------------------------------
 
 
