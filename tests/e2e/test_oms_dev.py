@@ -1,4 +1,5 @@
-"""`oms dev` (what `make run` runs) as a user runs it: one process tree, HTTP, Ctrl-C, restart.
+"""`oms dev` (what `make run` runs) as a user runs it: one process tree, HTTP, Ctrl-C, restart
+with an order left half-way that carries on.
 
 This starts the product's own embedded Temporal dev server (persisted to a file), which is the
 point: it proves orders survive a restart of `make run`.
@@ -118,6 +119,9 @@ def test_make_run_serves_the_story_and_keeps_orders_across_restarts(dev: DevProc
     )
     assert ui.status_code == 200  # the Temporal web UI is served beside the OMS
     assert settled["allocations"][0]["account"] == "alpha-main"  # the fund's default account
+    # A second order is left half-way, approved but not released, across the restart.
+    waiting = dev.call("alice", "POST", "/orders", {**body, "client_order_id": "e2e-2"}).json()
+    assert dev.call("dana", "POST", f"/orders/{waiting['order_id']}/approve", {}).status_code == 200
     assert dev.interrupt() == 0
     assert "OMS stopped." in dev.log.read_text()
 
@@ -133,6 +137,10 @@ def test_make_run_serves_the_story_and_keeps_orders_across_restarts(dev: DevProc
     assert (
         dev.call("alice", "POST", "/orders", body).status_code == 200
     )  # same order, not a new one
+    # The order that was waiting carries on where it was.
+    assert dev.call("tom", "POST", f"/orders/{waiting['order_id']}/release", {}).status_code == 200
+    resumed = wait_for(dev, waiting["order_id"], "settled")
+    assert [g["user"] for g in resumed["approvals"]["given"]] == ["dana"]
     assert dev.interrupt() == 0
 
 
