@@ -40,14 +40,18 @@ async def read_state(handle: OrderHandle) -> OrderState:
 
 
 async def visible_order(
-    services: Services, user: str, order_id: str
+    services: Services, user: str, order_id: str, seen_through: tuple[str, str] = ("orders", "read")
 ) -> tuple[OrderHandle, OrderState]:
-    """Return the order if the caller may read it; 404 otherwise, so ids cannot be probed across funds."""
+    """Return the order if the caller may see it; 404 otherwise, so ids cannot be probed across funds.
+
+    The caller sees an order through the permission `seen_through` (object, action) in its fund,
+    e.g. a venue through ("executions", "create").
+    """
     if not ORDER_ID_PATTERN.match(order_id):
         raise not_found()
     handle = order_handle(services, order_id)
     state = await read_state(handle)
-    if services.authorizer.check(user, state.fund, "orders", "read") is None:
+    if services.authorizer.check(user, state.fund, *seen_through) is None:
         raise not_found()
     return handle, state
 

@@ -19,7 +19,7 @@ from domain.models import (
     PositiveDecimal,
     tidy,
 )
-from domain.status import OrderEvent, allows
+from domain.status import CLOSED_BY_VENUE, OrderEvent, allows
 
 # Average prices keep more places than any venue quotes, so the block's notional reproduces.
 AVERAGE_PRICE_PLACES = Decimal("0.00000001")
@@ -53,6 +53,7 @@ class ReportOutcome:
     event: OrderEvent | None = None
     execution: Execution | None = None
     reason: str = ""
+    field: str | None = None  # the report field a refusal is about
 
 
 def _event_for(
@@ -111,12 +112,14 @@ def apply_report(
             return ReportOutcome(
                 ReportVerdict.REFUSED,
                 reason="a trade needs a positive last_quantity and a last_price",
+                field="last_price" if report.last_quantity > 0 else "last_quantity",
             )
         cumulative = filled_quantity + report.last_quantity
         if cumulative > quantity:
             return ReportOutcome(
                 ReportVerdict.REFUSED,
                 reason=f"overfill: cumulative {cumulative} would exceed order quantity {quantity}",
+                field="last_quantity",
             )
         previous_value = filled_quantity * (average_price or Decimal(0))
         avg = tidy(
@@ -128,18 +131,16 @@ def apply_report(
         return ReportOutcome(
             ReportVerdict.REFUSED,
             reason=f"a {report.exec_type.value} report carries no last_quantity",
+            field="last_quantity",
         )
     event = _event_for(report, status, cumulative, quantity)
     if event is not None and not allows(status, event):
         return ReportOutcome(
             ReportVerdict.REFUSED,
             reason=f"a {report.exec_type.value} report is not allowed while the order is {status.value}",
+            field="exec_type",
         )
-    terminal = event in (
-        OrderEvent.VENUE_CANCELED,
-        OrderEvent.VENUE_EXPIRED,
-        OrderEvent.VENUE_REJECTED,
-    )
+    terminal = event in CLOSED_BY_VENUE
     execution = Execution(
         exec_id=report.exec_id,
         exec_type=report.exec_type,

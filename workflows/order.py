@@ -41,7 +41,15 @@ with workflow.unsafe.imports_passed_through():
         SettlementStatus,
     )
     from domain.settlement import settlement_date
-    from domain.status import AT_VENUE, DONE_AT_VENUE, PRE_RELEASE, OrderEvent, allows, next_status
+    from domain.status import (
+        AT_VENUE,
+        CLOSED_BY_VENUE,
+        DONE_AT_VENUE,
+        PRE_RELEASE,
+        OrderEvent,
+        allows,
+        next_status,
+    )
     from venues.base import VenueOrder
     from workflows.messages import (
         ApproveInput,
@@ -489,11 +497,7 @@ class OrderWorkflow:
         state.leaves_quantity = execution.leaves_quantity
         state.average_price = execution.average_price
         if outcome.event is not None:
-            closing = outcome.event in (
-                OrderEvent.VENUE_REJECTED,
-                OrderEvent.VENUE_CANCELED,
-                OrderEvent.VENUE_EXPIRED,
-            )
+            closing = outcome.event in CLOSED_BY_VENUE
             self._transition(
                 outcome.event, reason=input.report.text if closing else "", actor=input.reported_by
             )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import ServicesDep, UserDep
 from api.errors import ApiError
-from api.order_access import order_handle, read_state, require
+from api.order_access import visible_order
 from api.schemas import Accepted
 from domain.executions import ExecutionReport, ReportVerdict, apply_report_to
 from workflows.messages import ExecutionReportInput
@@ -26,9 +26,7 @@ async def post_execution(
     A report the order cannot accept (overfill, wrong state) is still delivered, so the order
     records and flags it, and the venue gets 409 with the reason.
     """
-    handle = order_handle(services, report.order_id)
-    state = await read_state(handle)
-    require(services, user, state.fund, "executions", "create")
+    handle, state = await visible_order(services, user, report.order_id, ("executions", "create"))
     outcome = apply_report_to(state, report, user, datetime.now(UTC))
     if outcome.verdict is ReportVerdict.DUPLICATE:
         response.status_code = 200
@@ -37,10 +35,5 @@ async def post_execution(
         OrderWorkflow.execution_report, ExecutionReportInput(report=report, reported_by=user)
     )
     if outcome.verdict is ReportVerdict.REFUSED:
-        raise ApiError(
-            409,
-            "execution_refused",
-            outcome.reason,
-            "exec_type" if "allowed" in outcome.reason else "last_quantity",
-        )
+        raise ApiError(409, "execution_refused", outcome.reason, outcome.field)
     return Accepted(status="accepted")

@@ -266,9 +266,10 @@ async def test_execution_reports_from_a_venue(stack: Stack) -> None:
             "transact_time": "2026-11-26T15:00:00+00:00",
         }
 
-    assert (
-        await stack.call("alice", "POST", "/executions", report("x-1", "new"))
-    ).status_code == 403
+    # Only a venue may report; whoever lacks that right sees no order at all.
+    for outsider in ("alice", "bob"):
+        refused = await stack.call(outsider, "POST", "/executions", report("x-1", "new"))
+        assert refused.status_code == 404
     assert (
         await stack.call("sim-venue", "POST", "/executions", report("x-1", "new"))
     ).status_code == 202
@@ -281,6 +282,7 @@ async def test_execution_reports_from_a_venue(stack: Stack) -> None:
         "sim-venue", "POST", "/executions", report("x-3", "trade", "70", "230")
     )
     assert overfill.status_code == 409 and "overfill" in overfill.json()["error"]["message"]
+    assert overfill.json()["error"]["field"] == "last_quantity"
     naive = await stack.call(
         "sim-venue",
         "POST",

@@ -169,6 +169,7 @@ def test_overfill_is_refused(filled: str, qty: str) -> None:
     outcome = _apply(_trade(qty, "10"), status=status, filled=filled, average="10")
     assert outcome.verdict is ReportVerdict.REFUSED
     assert "overfill" in outcome.reason
+    assert outcome.field == "last_quantity"
     assert outcome.event is None
     assert outcome.execution is None
 
@@ -180,16 +181,21 @@ def test_fill_exactly_to_quantity_is_not_an_overfill() -> None:
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "field"),
     [
-        pytest.param({"last_quantity": Decimal(100)}, id="no-price"),
-        pytest.param({"last_price": Decimal(10)}, id="no-quantity"),
-        pytest.param({"last_quantity": Decimal(0), "last_price": Decimal(10)}, id="zero-quantity"),
+        pytest.param({"last_quantity": Decimal(100)}, "last_price", id="no-price"),
+        pytest.param({"last_price": Decimal(10)}, "last_quantity", id="no-quantity"),
+        pytest.param(
+            {"last_quantity": Decimal(0), "last_price": Decimal(10)},
+            "last_quantity",
+            id="zero-quantity",
+        ),
     ],
 )
-def test_trade_without_price_or_quantity_is_refused(fields: dict[str, Any]) -> None:
+def test_trade_without_price_or_quantity_is_refused(fields: dict[str, Any], field: str) -> None:
     outcome = _apply(_report(ExecType.TRADE, **fields))
     assert outcome.verdict is ReportVerdict.REFUSED
+    assert outcome.field == field
     assert "last_quantity" in outcome.reason
     assert "last_price" in outcome.reason
     assert outcome.execution is None
@@ -204,6 +210,7 @@ def test_non_trade_with_last_quantity_is_refused(exec_type: ExecType) -> None:
     outcome = _apply(_report(exec_type, last_quantity=Decimal(5)))
     assert outcome.verdict is ReportVerdict.REFUSED
     assert "carries no last_quantity" in outcome.reason
+    assert outcome.field == "last_quantity"
     assert exec_type.value in outcome.reason
 
 
@@ -230,6 +237,7 @@ def test_report_not_allowed_in_status_is_refused(
     outcome = _apply(report, status=status, filled="1000" if status is S.FILLED else "0")
     assert outcome.verdict is ReportVerdict.REFUSED
     assert "not allowed" in outcome.reason
+    assert outcome.field == "exec_type"
     assert status.value in outcome.reason
     assert outcome.execution is None
 
