@@ -99,7 +99,7 @@ async def render_history(history: WorkflowHistory, converter: DataConverter) -> 
                         {
                             "status": last_status,
                             "version": state.version,
-                            "reason": state.close_reason,
+                            "reason": state.status_reason,
                         },
                     )
             elif name == "submit_order":

@@ -339,7 +339,9 @@ class OrderState(BaseModel):
     flags: list[str] = Field(default_factory=list)
     allocations: list[Allocation] = Field(default_factory=list)
     settlements: list[SettlementInstruction] = Field(default_factory=list)
-    close_reason: str = ""
+    status_reason: str = Field(
+        default="", description="Why the order has its current status, if said."
+    )
     version: int = 1
 
     def request(self) -> OrderRequest:

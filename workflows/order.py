@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         OrderWorkflowInput,
         OrderWorkflowResult,
         OverrideInput,
+        PolicyGrant,
         RejectInput,
         ReleaseInput,
         SettlementUpdateInput,
@@ -196,7 +197,6 @@ class OrderWorkflow:
     async def _collect_approvals(self) -> None:
         """Wait for every level; escalate once when it waits too long, expire in the end."""
         timeouts = self._input.timeouts
-        self._complete_if_no_levels()
 
         def decided() -> bool:
             return self._state.status is not OrderStatus.PENDING_APPROVAL
@@ -276,16 +276,17 @@ class OrderWorkflow:
         def all_confirmed() -> bool:
             return all(s.status is SettlementStatus.CONFIRMED for s in self._state.settlements)
 
-        def settled_or_failed() -> bool:
-            return all_confirmed() or any(
-                s.status is SettlementStatus.FAILED for s in self._state.settlements
-            )
+        def any_failed() -> bool:
+            return any(s.status is SettlementStatus.FAILED for s in self._state.settlements)
 
         # The back office has until the end of the settlement date (UTC).
         deadline = datetime.combine(settle_on + timedelta(days=1), time(0), tzinfo=UTC)
-        await self._wait(settled_or_failed, max(deadline - workflow.now(), timedelta(seconds=1)))
+        await self._wait(
+            lambda: all_confirmed() or any_failed(),
+            max(deadline - workflow.now(), timedelta(seconds=1)),
+        )
         if not all_confirmed():
-            if not any(s.status is SettlementStatus.FAILED for s in state.settlements):
+            if not any_failed():
                 state.flags.append("settlement_not_confirmed_by_settlement_date")
             self._transition(OrderEvent.SETTLEMENT_FAILED, reason="settlement not confirmed")
             await self._project()
@@ -321,19 +322,10 @@ class OrderWorkflow:
     @approve.validator
     def _validate_approve(self, input: ApproveInput) -> None:
         self._require_status(OrderStatus.PENDING_APPROVAL, "approve")
-        level = self._state.approvals.current_level
-        if level is None:  # pragma: no cover - status says a level is pending
-            raise _refuse("no approval level is pending", RefusalType.INVALID_STATE)
-        if input.user == self._state.created_by:
-            raise _refuse("the order's creator cannot approve it", RefusalType.FORBIDDEN)
+        self._require_decider(input.user, input.grants, "approve it")
         if any(g.user == input.user for g in self._state.approvals.given):
             raise _refuse(
                 f"{input.user} already approved a level of this order", RefusalType.FORBIDDEN
-            )
-        if not any(g.permission == level for g in input.grants):
-            raise _refuse(
-                f"{input.user} may not approve level {level} in {self._state.fund}",
-                RefusalType.FORBIDDEN,
             )
 
     @workflow.update
@@ -346,18 +338,9 @@ class OrderWorkflow:
     @reject.validator
     def _validate_reject(self, input: RejectInput) -> None:
         self._require_status(OrderStatus.PENDING_APPROVAL, "reject")
-        level = self._state.approvals.current_level
         if not input.reason.strip():
             raise _refuse("a rejection needs a reason", RefusalType.INVALID_INPUT)
-        if input.user == self._state.created_by:
-            raise _refuse(
-                "the order's creator cannot reject it (cancel it instead)", RefusalType.FORBIDDEN
-            )
-        if not any(g.permission == level for g in input.grants):
-            raise _refuse(
-                f"{input.user} may not decide level {level} in {self._state.fund}",
-                RefusalType.FORBIDDEN,
-            )
+        self._require_decider(input.user, input.grants, "reject it (cancel it instead)")
 
     @workflow.update
     async def override(self, input: OverrideInput) -> OrderState:
@@ -497,10 +480,13 @@ class OrderWorkflow:
         state.leaves_quantity = execution.leaves_quantity
         state.average_price = execution.average_price
         if outcome.event is not None:
-            closing = outcome.event in CLOSED_BY_VENUE
-            self._transition(
-                outcome.event, reason=input.report.text if closing else "", actor=input.reported_by
+            # Closing reports give the venue's text; without one, a requested cancel keeps its reason.
+            reason = (
+                (input.report.text or state.status_reason)
+                if outcome.event in CLOSED_BY_VENUE
+                else ""
             )
+            self._transition(outcome.event, reason=reason, actor=input.reported_by)
         else:
             self._touch()
         await self._project()
@@ -550,11 +536,20 @@ class OrderWorkflow:
                 RefusalType.INVALID_STATE,
             )
 
+    def _require_decider(self, user: str, grants: list[PolicyGrant], action: str) -> None:
+        """Refuse the order's creator, and anyone not granted the level now pending."""
+        level = self._state.approvals.current_level
+        if user == self._state.created_by:
+            raise _refuse(f"the order's creator cannot {action}", RefusalType.FORBIDDEN)
+        if not any(g.permission == level for g in grants):
+            raise _refuse(
+                f"{user} may not decide level {level} in {self._state.fund}", RefusalType.FORBIDDEN
+            )
+
     def _transition(self, event: OrderEvent, *, reason: str = "", actor: str = "system") -> None:
         self._state.status = next_status(self._state.status, event)
         self._state.status_actor = actor
-        if reason:
-            self._state.close_reason = reason
+        self._state.status_reason = reason
         self._touch()
 
     def _touch(self) -> None:

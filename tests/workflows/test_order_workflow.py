@@ -107,7 +107,7 @@ async def test_restricted_symbol_is_rejected_by_compliance(desk: Desk) -> None:
     result = await handle.result()
     assert result.status is OrderStatus.COMPLIANCE_REJECTED
     state = await handle.query(OrderWorkflow.state)
-    assert "GME is on the firm's restricted list" in state.close_reason
+    assert "GME is on the firm's restricted list" in state.status_reason
     restricted = next(r for r in state.compliance if r.rule == "restricted_list")
     assert restricted.outcome.value == "fail"
 
@@ -189,7 +189,7 @@ async def test_rejection_needs_a_reason_and_ends_the_order(desk: Desk) -> None:
     state = await handle.execute_update(
         OrderWorkflow.reject, RejectInput(user="dana", reason="not in mandate", grants=[DESK_HEAD])
     )
-    assert (state.status, state.close_reason, state.status_actor) == (
+    assert (state.status, state.status_reason, state.status_actor) == (
         OrderStatus.APPROVAL_REJECTED,
         "not in mandate",
         "dana",
@@ -287,6 +287,7 @@ async def test_cancel_after_release_goes_through_pending_cancel(desk: Desk) -> N
     assert state.status is OrderStatus.PENDING_CANCEL
     await report(handle, "c-3", ExecType.CANCELED)
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
+    assert state.status_reason == ""  # allocation and settlement carry no reason of their own
     assert [(a.account, a.quantity) for a in state.allocations] == [("alpha-main", Decimal(200))]
     assert state.leaves_quantity == 0
 
@@ -297,7 +298,7 @@ async def test_venue_that_does_not_exist_rejects_the_release(desk: Desk) -> None
         OrderWorkflow.release, ReleaseInput(user="tom", venue="nowhere")
     )
     assert state.status is OrderStatus.VENUE_REJECTED
-    assert "unknown venue" in state.close_reason
+    assert "unknown venue" in state.status_reason
     assert (await handle.result()).status is OrderStatus.VENUE_REJECTED
 
 
@@ -305,7 +306,7 @@ async def test_order_for_an_instrument_without_reference_data_fails_compliance(d
     handle = await desk.start(symbol="NOPE", quantity="10")
     assert (await handle.result()).status is OrderStatus.COMPLIANCE_REJECTED
     state = await handle.query(OrderWorkflow.state)
-    assert state.close_reason == "compliance could not run: unknown symbol NOPE"
+    assert state.status_reason == "compliance could not run: unknown symbol NOPE"
 
 
 async def test_released_order_can_be_canceled_before_the_venue_acknowledges(desk: Desk) -> None:
@@ -322,3 +323,5 @@ async def test_released_order_can_be_canceled_before_the_venue_acknowledges(desk
     assert again.type == RefusalType.INVALID_STATE
     await report(handle, "r-1", ExecType.CANCELED)
     assert (await handle.result()).status is OrderStatus.CANCELED
+    state = await handle.query(OrderWorkflow.state)
+    assert (state.status_reason, state.status_actor) == ("wrong account", "sim-venue")
