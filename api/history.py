@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any
 
 from pydantic import BaseModel
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 
@@ -15,7 +17,7 @@ from activities.back_office import InstructSettlementInput
 from activities.projection import BookAllocationsInput, ProjectOrderInput
 from activities.venue import CancelAtVenueInput, SubmitOrderInput
 from api.schemas import HistoryEntry
-from domain.models import ComplianceSnapshot
+from domain.models import ComplianceSnapshot, OrderState
 from workflows.messages import (
     ApproveInput,
     CancelInput,
@@ -35,131 +37,158 @@ _UPDATES: dict[str, tuple[type[BaseModel], str]] = {
     "release": (ReleaseInput, "released"),
     "cancel": (CancelInput, "cancel_requested"),
 }
-_SIGNALS: dict[str, tuple[type[BaseModel], str]] = {
-    "execution_report": (ExecutionReportInput, "execution_report"),
-    "settlement_update": (SettlementUpdateInput, "settlement_update"),
+
+
+class _Timeline:
+    """Builds the audit timeline one history event at a time (see `render_history`)."""
+
+    def __init__(self, converter: DataConverter) -> None:
+        self.entries: list[HistoryEntry] = []
+        self._converter = converter
+        self._scheduled: dict[int, str] = {}  # activity scheduled event id -> activity name
+        self._last_status: str | None = None
+        self._compliance_shown = False
+
+    async def _decode(self, payloads: Payloads, kind: type[BaseModel]) -> Any:
+        values = await self._converter.decode(payloads.payloads, [kind])
+        return values[0] if values else None
+
+    def _add(
+        self, event: HistoryEvent, name: str, actor: str | None, details: dict[str, Any]
+    ) -> None:
+        at = event.event_time.ToDatetime(tzinfo=UTC)
+        self.entries.append(HistoryEntry(at=at, event=name, actor=actor, details=details))
+
+    async def started(self, event: HistoryEvent) -> None:
+        started = await self._decode(
+            event.workflow_execution_started_event_attributes.input, OrderWorkflowInput
+        )
+        details = {"order_id": started.order_id, "request": started.request.model_dump(mode="json")}
+        self._add(event, "order_created", started.created_by, details)
+
+    async def activity_scheduled(self, event: HistoryEvent) -> None:
+        attrs = event.activity_task_scheduled_event_attributes
+        name = attrs.activity_type.name
+        self._scheduled[event.event_id] = name
+        if name == "project_order":
+            self._projected(event, (await self._decode(attrs.input, ProjectOrderInput)).state)
+        elif name == "submit_order":
+            sent = await self._decode(attrs.input, SubmitOrderInput)
+            self._add(
+                event,
+                "sent_to_venue",
+                "system",
+                {"venue": sent.venue, "order": sent.order.model_dump(mode="json")},
+            )
+        elif name == "cancel_at_venue":
+            cancel = await self._decode(attrs.input, CancelAtVenueInput)
+            self._add(event, "cancel_sent_to_venue", "system", {"venue": cancel.venue})
+        elif name == "book_allocations":
+            booked = await self._decode(attrs.input, BookAllocationsInput)
+            allocations = [a.model_dump(mode="json") for a in booked.allocations]
+            self._add(event, "allocated", "system", {"allocations": allocations})
+        elif name == "instruct_settlement":
+            instructed = await self._decode(attrs.input, InstructSettlementInput)
+            self._add(
+                event,
+                "settlement_instructed",
+                "system",
+                instructed.instruction.model_dump(mode="json"),
+            )
+
+    def _projected(self, event: HistoryEvent, state: OrderState) -> None:
+        """A projection carries the order as it stood: show its first compliance and each new status."""
+        if state.compliance and not self._compliance_shown:
+            self._compliance_shown = True
+            compliance: dict[str, Any] = {
+                "results": [r.model_dump(mode="json") for r in state.compliance],
+                "notional": str(state.notional),
+                "approvals_required": state.approvals.required,
+            }
+            self._add(event, "compliance_evaluated", "system", compliance)
+        if state.status.value != self._last_status:
+            self._last_status = state.status.value
+            details = {
+                "status": self._last_status,
+                "version": state.version,
+                "reason": state.status_reason,
+            }
+            self._add(event, "status_changed", state.status_actor or "system", details)
+
+    async def activity_completed(self, event: HistoryEvent) -> None:
+        attrs = event.activity_task_completed_event_attributes
+        if self._scheduled.get(attrs.scheduled_event_id) == "compliance_snapshot":
+            snapshot = await self._decode(attrs.result, ComplianceSnapshot)
+            self._add(event, "compliance_data_captured", "system", snapshot.model_dump(mode="json"))
+
+    async def activity_failed(self, event: HistoryEvent) -> None:
+        attrs = event.activity_task_failed_event_attributes
+        activity = self._scheduled.get(attrs.scheduled_event_id, "?")
+        self._add(
+            event,
+            "activity_failed",
+            "system",
+            {"activity": activity, "message": attrs.failure.message},
+        )
+
+    async def update_accepted(self, event: HistoryEvent) -> None:
+        request = event.workflow_execution_update_accepted_event_attributes.accepted_request
+        known = _UPDATES.get(request.input.name)
+        if known is not None:
+            model, label = known
+            update = await self._decode(request.input.args, model)
+            self._add(event, label, update.user, update.model_dump(mode="json", exclude={"user"}))
+
+    async def signaled(self, event: HistoryEvent) -> None:
+        attrs = event.workflow_execution_signaled_event_attributes
+        if attrs.signal_name == "execution_report":
+            report = await self._decode(attrs.input, ExecutionReportInput)
+            self._add(
+                event, "execution_report", report.reported_by, report.report.model_dump(mode="json")
+            )
+        elif attrs.signal_name == "settlement_update":
+            answer = await self._decode(attrs.input, SettlementUpdateInput)
+            self._add(
+                event,
+                "settlement_update",
+                answer.user,
+                answer.model_dump(mode="json", exclude={"user"}),
+            )
+
+    async def timer_fired(self, event: HistoryEvent) -> None:
+        self._add(
+            event,
+            "timer_fired",
+            "system",
+            {"timer_id": event.timer_fired_event_attributes.timer_id},
+        )
+
+    async def completed(self, event: HistoryEvent) -> None:
+        result = await self._decode(
+            event.workflow_execution_completed_event_attributes.result, OrderWorkflowResult
+        )
+        self._add(
+            event, "order_closed", "system", {"status": result.status.value if result else None}
+        )
+
+
+_RENDERERS: dict[int, Callable[[_Timeline, HistoryEvent], Awaitable[None]]] = {
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: _Timeline.started,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: _Timeline.activity_scheduled,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: _Timeline.activity_completed,
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: _Timeline.activity_failed,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: _Timeline.update_accepted,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: _Timeline.signaled,
+    EventType.EVENT_TYPE_TIMER_FIRED: _Timeline.timer_fired,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: _Timeline.completed,
 }
-
-
-async def _decode(converter: DataConverter, payloads: Payloads, kind: type[BaseModel]) -> Any:
-    values = await converter.decode(payloads.payloads, [kind])
-    return values[0] if values else None
-
-
-def _json(model: BaseModel, **exclude: Any) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude=set(exclude) or None)
 
 
 async def render_history(history: WorkflowHistory, converter: DataConverter) -> list[HistoryEntry]:
     """Turn raw history events into the audit timeline: state changes, decisions, reports, actors."""
-    entries: list[HistoryEntry] = []
-    scheduled: dict[int, str] = {}
-    last_status: str | None = None
-    compliance_shown = False
+    timeline = _Timeline(converter)
     for event in history.events:
-        at = event.event_time.ToDatetime(tzinfo=UTC)
-
-        def add(name: str, actor: str | None, details: dict[str, Any], *, _at: Any = at) -> None:
-            entries.append(HistoryEntry(at=_at, event=name, actor=actor, details=details))
-
-        kind = event.event_type
-        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            started = await _decode(
-                converter,
-                event.workflow_execution_started_event_attributes.input,
-                OrderWorkflowInput,
-            )
-            add(
-                "order_created",
-                started.created_by,
-                {"order_id": started.order_id, "request": _json(started.request)},
-            )
-        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            attrs = event.activity_task_scheduled_event_attributes
-            name = attrs.activity_type.name
-            scheduled[event.event_id] = name
-            if name == "project_order":
-                state = (await _decode(converter, attrs.input, ProjectOrderInput)).state
-                if state.compliance and not compliance_shown:
-                    compliance_shown = True
-                    add(
-                        "compliance_evaluated",
-                        "system",
-                        {
-                            "results": [r.model_dump(mode="json") for r in state.compliance],
-                            "notional": str(state.notional),
-                            "approvals_required": state.approvals.required,
-                        },
-                    )
-                if state.status.value != last_status:
-                    last_status = state.status.value
-                    add(
-                        "status_changed",
-                        state.status_actor or "system",
-                        {
-                            "status": last_status,
-                            "version": state.version,
-                            "reason": state.status_reason,
-                        },
-                    )
-            elif name == "submit_order":
-                sent = await _decode(converter, attrs.input, SubmitOrderInput)
-                add("sent_to_venue", "system", {"venue": sent.venue, "order": _json(sent.order)})
-            elif name == "cancel_at_venue":
-                cancel = await _decode(converter, attrs.input, CancelAtVenueInput)
-                add("cancel_sent_to_venue", "system", {"venue": cancel.venue})
-            elif name == "book_allocations":
-                booked = await _decode(converter, attrs.input, BookAllocationsInput)
-                add(
-                    "allocated",
-                    "system",
-                    {"allocations": [a.model_dump(mode="json") for a in booked.allocations]},
-                )
-            elif name == "instruct_settlement":
-                instructed = await _decode(converter, attrs.input, InstructSettlementInput)
-                add("settlement_instructed", "system", _json(instructed.instruction))
-        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            attrs_done = event.activity_task_completed_event_attributes
-            if scheduled.get(attrs_done.scheduled_event_id) == "compliance_snapshot":
-                snapshot = await _decode(converter, attrs_done.result, ComplianceSnapshot)
-                add("compliance_data_captured", "system", _json(snapshot))
-        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
-            failed = event.activity_task_failed_event_attributes
-            add(
-                "activity_failed",
-                "system",
-                {
-                    "activity": scheduled.get(failed.scheduled_event_id, "?"),
-                    "message": failed.failure.message,
-                },
-            )
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
-            request = event.workflow_execution_update_accepted_event_attributes.accepted_request
-            known = _UPDATES.get(request.input.name)
-            if known is not None:
-                model, label = known
-                update = await _decode(converter, request.input.args, model)
-                add(label, getattr(update, "user", None), _json(update, user=True))
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-            signal = event.workflow_execution_signaled_event_attributes
-            known = _SIGNALS.get(signal.signal_name)
-            if known is not None:
-                model, label = known
-                message = await _decode(converter, signal.input, model)
-                actor = getattr(message, "reported_by", None) or getattr(message, "user", None)
-                details = (
-                    _json(message.report)
-                    if isinstance(message, ExecutionReportInput)
-                    else _json(message, user=True)
-                )
-                add(label, actor, details)
-        elif kind == EventType.EVENT_TYPE_TIMER_FIRED:
-            add("timer_fired", "system", {"timer_id": event.timer_fired_event_attributes.timer_id})
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            result = await _decode(
-                converter,
-                event.workflow_execution_completed_event_attributes.result,
-                OrderWorkflowResult,
-            )
-            add("order_closed", "system", {"status": result.status.value if result else None})
-    return entries
+        renderer = _RENDERERS.get(event.event_type)
+        if renderer is not None:
+            await renderer(timeline, event)
+    return timeline.entries

@@ -105,6 +105,17 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
     assert ("execution_report", "sim-venue") in events
     assert ("settlement_update", "betty") in events
     assert events[-1] == ("order_closed", "system")
+    statuses = [
+        (h["details"]["status"], h["actor"]) for h in history if h["event"] == "status_changed"
+    ]
+    assert statuses[:3] == [
+        ("pending_compliance", "system"),
+        ("pending_approval", "system"),
+        ("approved", "dana"),
+    ]
+    assert statuses[-1] == ("settled", "system")
+    compliance = next(h for h in history if h["event"] == "compliance_evaluated")
+    assert [r["outcome"] for r in compliance["details"]["results"]] == ["pass", "pass"]
     approved_entry = next(h for h in history if h["event"] == "approved")
     assert approved_entry["details"]["grants"][0]["policy"] == [
         "desk_head",
