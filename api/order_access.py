@@ -62,11 +62,13 @@ def readable_funds(
     """Return the funds whose `obj` the caller may read, narrowed to `fund` when one is asked for.
 
     Asking for a fund the caller may not read is a 422 naming `fund` (not an empty list, which
-    would hide a typo).
+    would hide a typo); a caller who may read `obj` in no fund at all gets 403.
     """
     funds = services.authorizer.funds_allowed(
         user, [f.fund for f in queries.all_funds(session)], obj, "read"
     )
+    if not funds:
+        raise forbidden(f"{user} may not read {obj} in any fund")
     if fund is None:
         return funds
     if fund not in funds:

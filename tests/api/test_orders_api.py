@@ -317,7 +317,9 @@ async def test_execution_reports_from_a_venue(stack: Stack) -> None:
 
 
 async def test_read_endpoints_respect_funds(stack: Stack) -> None:
-    assert (await stack.call("alice", "GET", "/settlements")).json() == []
+    assert (await stack.call("alice", "GET", "/settlements")).status_code == 403
+    assert (await stack.call("tom", "GET", "/positions")).status_code == 403
+    assert (await stack.call("sim-venue", "GET", "/orders")).status_code == 403
     assert (await stack.call("alice", "GET", "/positions?fund=fund-beta")).status_code == 422
     assert (await stack.call("alice", "GET", "/approvals")).json() == []
     health = await stack.http.get("/healthz")
