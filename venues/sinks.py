@@ -14,6 +14,7 @@ from domain.executions import ExecutionReport
 from domain.ids import order_workflow_id
 from domain.models import SettlementInstruction, SettlementStatus
 from workflows.messages import ExecutionReportInput, SettlementUpdateInput
+from workflows.order import OrderWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,14 @@ class TemporalCallbacks:
     async def report(self, report: ExecutionReport, reported_by: str) -> None:
         handle = self._client.get_workflow_handle(order_workflow_id(report.order_id))
         await handle.signal(
-            "execution_report", ExecutionReportInput(report=report, reported_by=reported_by)
+            OrderWorkflow.execution_report,
+            ExecutionReportInput(report=report, reported_by=reported_by),
         )
 
     async def settlement_confirmed(self, instruction: SettlementInstruction, user: str) -> None:
         handle = self._client.get_workflow_handle(order_workflow_id(instruction.order_id))
         await handle.signal(
-            "settlement_update",
+            OrderWorkflow.settlement_update,
             SettlementUpdateInput(
                 settlement_id=instruction.settlement_id,
                 status=SettlementStatus.CONFIRMED,
