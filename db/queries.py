@@ -29,6 +29,7 @@ from domain.models import (
     Execution,
     Instrument,
     OrderState,
+    OrderStatus,
     SettlementInstruction,
     SettlementStatus,
     Side,
@@ -98,7 +99,7 @@ def upsert_order(session: Session, state: OrderState) -> bool:
         "notional": state.notional,
         "currency": state.currency,
         "approval_level": state.approvals.current_level
-        if state.status.value == "pending_approval"
+        if state.status is OrderStatus.PENDING_APPROVAL
         else None,
         "approved_by": ",".join(g.user for g in state.approvals.given),
         "filled_quantity": state.filled_quantity,

@@ -8,6 +8,7 @@ from api.deps import ServicesDep, SessionDep, UserDep
 from api.order_access import readable_funds
 from api.schemas import OrderSummary, PositionView
 from db import queries
+from domain.models import OrderStatus
 
 router = APIRouter(tags=["views"])
 
@@ -28,7 +29,7 @@ def approvals_inbox(
         if not mine:
             continue
         flt = queries.OrderFilter(
-            funds=[fund.fund], status="pending_approval", approval_levels=mine
+            funds=[fund.fund], status=OrderStatus.PENDING_APPROVAL.value, approval_levels=mine
         )
         for row in queries.list_orders(session, flt, limit=500):
             if row.created_by != user and user not in row.approved_by.split(","):
