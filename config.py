@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -39,6 +39,25 @@ class Settings(BaseSettings):
     api_url: str = Field(
         default="", description="Where simulators post back; empty means api_host:api_port."
     )
+    # The API's read-model connections. Requests take one of api_db_concurrency slots before
+    # they touch the database (the rest wait up to api_db_wait_seconds, then get a 503), and
+    # there are fewer slots than pooled connections, so a request never waits for the pool.
+    db_pool_size: int = Field(default=20, ge=1, description="Connections the API keeps open.")
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="More connections the API may open in a burst."
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long taking a pooled connection waits (then 503)."
+    )
+    api_db_concurrency: int = Field(
+        default=16, ge=1, description="Requests that use the database at once."
+    )
+    api_db_wait_seconds: float = Field(
+        default=5.0, ge=0, description="How long a request waits for its turn (then 503)."
+    )
+    api_threads: int = Field(
+        default=40, ge=1, description="Threads for the API's sync endpoints and dependencies."
+    )
 
     jwt_secret: str = "dev-only-secret-change-me-in-production-please"
     jwt_default_ttl_seconds: int = 8 * 3600
@@ -55,6 +74,18 @@ class Settings(BaseSettings):
 
     approval_escalate_after_seconds: int = 4 * 3600
     approval_expire_after_seconds: int = 24 * 3600
+    venue_ack_timeout_seconds: int = 60
+    # Activities (and local activities) one worker runs at once; also its thread pool's size.
+    worker_max_concurrent_activities: int = 32
+
+    @model_validator(mode="after")
+    def _slots_leave_a_connection_for_healthz(self) -> Settings:
+        if self.api_db_concurrency >= self.db_pool_size + self.db_max_overflow:
+            raise ValueError(
+                "api_db_concurrency must be below db_pool_size + db_max_overflow: "
+                "one connection is kept for /healthz"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

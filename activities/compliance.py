@@ -27,6 +27,17 @@ class ApprovalMatrixInput(BaseModel):
     fund: str
 
 
+class PreTradeDataInput(BaseModel):
+    order: OrderRequest
+
+
+class PreTradeData(BaseModel):
+    """Everything pre-trade compliance and the approval matrix look at, captured at once."""
+
+    snapshot: ComplianceSnapshot
+    matrix: ApprovalMatrix
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     with path.open("rb") as handle:
         return tomllib.load(handle)
@@ -82,6 +93,12 @@ class ComplianceActivities:
                 non_retryable=True,
             )
         return snapshot
+
+    @activity.defn
+    def pre_trade_data(self, input: PreTradeDataInput) -> PreTradeData:
+        """Return the compliance snapshot and the approval matrix for `input.order`, as of now."""
+        snapshot = self.compliance_snapshot(ComplianceSnapshotInput(order=input.order))
+        return PreTradeData(snapshot=snapshot, matrix=load_approval_matrix(self._policies_dir))
 
     @activity.defn
     def approval_matrix(self, input: ApprovalMatrixInput) -> ApprovalMatrix:

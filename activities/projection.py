@@ -10,10 +10,15 @@ from temporalio import activity
 from db import queries
 from db.engine import SessionFactory
 from domain.models import Allocation, OrderState, SettlementStatus
+from domain.order import OrderProjection
 
 
 class ProjectOrderInput(BaseModel):
     state: OrderState
+
+
+class ProjectEventsInput(BaseModel):
+    projection: OrderProjection
 
 
 class BookAllocationsInput(BaseModel):
@@ -34,6 +39,12 @@ class ProjectionActivities:
 
     def __init__(self, sessions: SessionFactory) -> None:
         self._sessions = sessions
+
+    @activity.defn
+    def project_events(self, input: ProjectEventsInput) -> None:
+        """Write an order's new events, its slim row and what they booked, in one transaction."""
+        with self._sessions() as session:
+            queries.project_order(session, input.projection)
 
     @activity.defn
     def project_order(self, input: ProjectOrderInput) -> bool:

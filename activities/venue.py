@@ -1,15 +1,15 @@
-"""Activities that talk to venues through their adapters."""
+"""Activities that talk to venues through their adapters (run as local activities)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from domain.errors import RefusalType
-from venues.base import Venue, VenueOrder, VenueRefusedError
+from venues.base import Venue, VenueOrder, VenueOrderStatus, VenueRefusedError
 
 
 class SubmitOrderInput(BaseModel):
@@ -20,10 +20,32 @@ class SubmitOrderInput(BaseModel):
 class CancelAtVenueInput(BaseModel):
     venue: str
     order_id: str
+    cl_ord_id: str = Field(
+        default="", description="Empty from v1 orders: their ClOrdID is the order id."
+    )
+
+    @model_validator(mode="after")
+    def _v1_cl_ord_id(self) -> CancelAtVenueInput:
+        if not self.cl_ord_id:
+            self.cl_ord_id = self.order_id
+        return self
+
+
+class VenueOrderStatusInput(BaseModel):
+    venue: str
+    cl_ord_id: str
+
+
+def _refused(exc: VenueRefusedError) -> ApplicationError:
+    return ApplicationError(str(exc), type=RefusalType.VENUE_REFUSED, non_retryable=True)
 
 
 class VenueActivities:
-    """Send orders and cancels to the venue adapters by name."""
+    """Send orders and cancels to the venue adapters by name, and ask them about orders.
+
+    A venue's refusal is final (a non-retryable `VenueRefused` error); anything else it raises
+    is an outage, and the activity is retried.
+    """
 
     def __init__(self, venues: Mapping[str, Venue]) -> None:
         self._venues = venues
@@ -38,20 +60,24 @@ class VenueActivities:
 
     @activity.defn
     async def submit_order(self, input: SubmitOrderInput) -> None:
-        """Send the order; the adapter recognises a resend by the order id (ClOrdID)."""
+        """Send the order; the venue recognises a resend by its ClOrdID and answers it OK."""
         try:
             await self._venue(input.venue).submit(input.order)
         except VenueRefusedError as exc:
-            raise ApplicationError(
-                str(exc), type=RefusalType.VENUE_REFUSED, non_retryable=True
-            ) from exc
+            raise _refused(exc) from exc
 
     @activity.defn
     async def cancel_at_venue(self, input: CancelAtVenueInput) -> None:
-        """Ask the venue to cancel; its answer comes back as an execution report."""
+        """Ask the venue to cancel the order sent as `cl_ord_id`; the answer comes as a report."""
         try:
-            await self._venue(input.venue).cancel(input.order_id)
+            await self._venue(input.venue).cancel(input.order_id, input.cl_ord_id)
         except VenueRefusedError as exc:
-            raise ApplicationError(
-                str(exc), type=RefusalType.VENUE_REFUSED, non_retryable=True
-            ) from exc
+            raise _refused(exc) from exc
+
+    @activity.defn
+    async def venue_order_status(self, input: VenueOrderStatusInput) -> VenueOrderStatus:
+        """Return what the venue knows of `cl_ord_id` (whether it ever received it, and its state)."""
+        try:
+            return await self._venue(input.venue).order_status(input.cl_ord_id)
+        except VenueRefusedError as exc:
+            raise _refused(exc) from exc

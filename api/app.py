@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from temporalio.client import Client
 
 from api.auth import Authorizer
-from api.deps import Services
+from api.deps import DatabaseGate, Services
 from api.errors import install_error_handlers
 from api.metrics import Metrics, metrics_middleware
 from api.routers import compliance, executions, health, orders, settlements, views
@@ -25,14 +26,22 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from worker import connect
 
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(
+            settings.resolved_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_seconds,
+        )
         create_schema(engine)
         client = temporal or await connect(settings)
+        # Sync endpoints and dependencies run on AnyIO's default thread pool (one per loop).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         app.state.services = Services(
             settings=settings,
             temporal=client,
             sessions=session_factory(engine),
             authorizer=Authorizer(settings.policies_dir),
+            db=DatabaseGate(settings.api_db_concurrency, settings.api_db_wait_seconds),
         )
         try:
             yield

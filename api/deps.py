@@ -2,21 +2,73 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 from temporalio.client import Client
 
 from api.auth import Authorizer
-from api.errors import ApiError
+from api.errors import ApiError, database_busy
 from api.tokens import InvalidTokenError, user_from_token
 from config import Settings
 from db.engine import SessionFactory
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseGate:
+    """Admit a bounded number of requests to the database at once; the rest wait their turn.
+
+    A request takes a slot in the event loop *before* it takes a pooled connection or a thread
+    for database work. Without that, a burst of sync endpoints filled the thread pool with
+    requests waiting for a connection, while the requests holding the connections waited for a
+    thread to finish their response: nothing moved until the pool timed out (500s, and
+    /healthz stuck behind them). With fewer slots than pooled connections, a request that has
+    a slot never waits for a connection, and one that waits longer than `wait_seconds` for a
+    slot is answered 503 `database_busy` rather than left hanging.
+
+    A request needs one slot at a time: an endpoint with a `SessionDep` must not also call
+    `run_db`, which would wait for a second slot while holding the first.
+    """
+
+    def __init__(self, slots: int, wait_seconds: float) -> None:
+        self._slots = anyio.Semaphore(slots)
+        self._wait_seconds = wait_seconds
+        # One thread per slot, apart from the default pool: work that holds a slot (and closing
+        # a session, which gives its connection back) never queues behind other requests.
+        self.threads = anyio.CapacityLimiter(slots)
+        # /healthz pings on a thread and connection of its own, so it answers under any load.
+        self.health_threads = anyio.CapacityLimiter(1)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the block.
+
+        Raises:
+            ApiError: 503 `database_busy` when no slot frees up within `wait_seconds`.
+        """
+        try:
+            # A free slot is taken at once, even with no wait allowed (fail_after(0) would not).
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            try:
+                with anyio.fail_after(self._wait_seconds):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise database_busy() from None
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 @dataclass
@@ -27,9 +79,12 @@ class Services:
     temporal: Client
     sessions: SessionFactory
     authorizer: Authorizer
+    db: DatabaseGate
 
 
-def get_services(request: Request) -> Services:
+# Async (though it does no I/O) so that FastAPI runs it on the event loop: a sync dependency
+# takes a thread-pool thread, and under load /healthz would queue behind the burst for one.
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -37,30 +92,63 @@ def get_services(request: Request) -> Services:
 T = TypeVar("T")
 
 
+def _close(session: Session) -> None:
+    """Close a session; a failure to do so is logged, not raised.
+
+    Closing only rolls back what the work left uncommitted, so its failure (the database went
+    away meanwhile) loses nothing, and SQLAlchemy has already discarded the broken connection.
+    Raised, it would replace the work's result, or, for a request-scoped session closed after
+    the response started, break the HTTP connection instead of answering.
+    """
+    try:
+        session.close()
+    except SQLAlchemyError as exc:
+        logger.warning("closing a read-model session failed: %s", exc)
+
+
 async def run_db(services: Services, work: Callable[[Session], T]) -> T:
-    """Run read-model work in a worker thread with a session of its own.
+    """Run read-model work in a worker thread with a session of its own, once admitted.
 
     Async endpoints use this rather than a request-scoped session: blocking database calls on
     the event loop would stall every request (and, under `oms dev`, the workers too), and a
     session held across an await of Temporal would hold a pooled connection for that long.
+
+    Raises:
+        ApiError: 503 `database_busy` when the database is saturated for too long.
     """
 
     def call() -> T:
-        with services.sessions() as session:
+        session = services.sessions()
+        try:
             return work(session)
+        finally:
+            _close(session)
 
-    return await run_in_threadpool(call)
+    async with services.db.slot():
+        return await anyio.to_thread.run_sync(call, limiter=services.db.threads)
 
 
-def get_session(services: Annotated[Services, Depends(get_services)]) -> Iterator[Session]:
-    with services.sessions() as session:
-        yield session
+async def get_session(
+    services: Annotated[Services, Depends(get_services)],
+) -> AsyncIterator[Session]:
+    """Yield a session for a sync endpoint, holding a database slot until it is closed."""
+    async with services.db.slot():
+        session = services.sessions()
+        try:
+            yield session
+        finally:
+            # Closing gives the connection back (a rollback): do it even if the request was
+            # cancelled, or the connection stays checked out until garbage collection.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, session, limiter=services.db.threads)
 
 
 _bearer = HTTPBearer(auto_error=False)
 
 
-def current_user(
+# Async for the same reason as get_services: decoding an HS256 token and looking the user up
+# in the in-memory policy costs less than a hop to a thread and back.
+async def current_user(
     services: Annotated[Services, Depends(get_services)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:

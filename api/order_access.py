@@ -1,9 +1,14 @@
-"""Finding an order the caller may see, and acting on it through its workflow."""
+"""Finding an order the caller may see, and acting on it through its workflow.
+
+The read model knows each order's fund and workflow type, so the API authorises and routes an
+action without asking Temporal first; the workflow's answer to the action is the one decision.
+Orders still running on the first workflow (v1) are routed to it by the same names.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -12,36 +17,58 @@ from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Grant
-from api.deps import Services
+from api.deps import Services, run_db
 from api.errors import ApiError, forbidden, invalid, not_found
+from api.schemas import OrderPublic
 from db import queries
 from domain.ids import order_workflow_id
 from domain.models import OrderState
-from workflows.order import OrderWorkflow
+from domain.order import Order
+from workflows.order import WORKFLOW_TYPE
 
 ORDER_ID_PATTERN = re.compile(r"^ord_[0-9a-f]{20}$")
 _RPC_TIMEOUT = timedelta(seconds=15)
 
-OrderHandle = WorkflowHandle[OrderWorkflow, Any]
+
+@dataclass(frozen=True)
+class OrderRef:
+    """An order the caller may see: its id, fund, and the workflow type that runs it."""
+
+    order_id: str
+    fund: str
+    workflow_type: str
+
+    @property
+    def is_v1(self) -> bool:
+        return self.workflow_type == queries.V1_WORKFLOW_TYPE
 
 
-def order_handle(services: Services, order_id: str) -> OrderHandle:
-    return services.temporal.get_workflow_handle_for(OrderWorkflow.run, order_workflow_id(order_id))
+def order_handle(services: Services, order_id: str) -> WorkflowHandle[Any, Any]:
+    return services.temporal.get_workflow_handle(order_workflow_id(order_id))
 
 
-async def read_state(handle: OrderHandle) -> OrderState:
-    """Query the live order; 404 when there is no such workflow."""
+async def query_order(services: Services, order_id: str, workflow_type: str) -> OrderPublic:
+    """Query the live order from its workflow; 404 when there is no such workflow."""
+    result_type: type[Order] | type[OrderState] = (
+        OrderState if workflow_type == queries.V1_WORKFLOW_TYPE else Order
+    )
     try:
-        return await handle.query(OrderWorkflow.state, rpc_timeout=_RPC_TIMEOUT)
+        state = await order_handle(services, order_id).query(
+            "state", result_type=result_type, rpc_timeout=_RPC_TIMEOUT
+        )
     except RPCError as err:
         if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
             raise not_found() from err
         raise
+    if isinstance(state, OrderState):
+        return OrderPublic.from_v1(state)
+    assert isinstance(state, Order)
+    return OrderPublic.from_order(state)
 
 
-async def visible_order(
+async def locate(
     services: Services, user: str, order_id: str, seen_through: tuple[str, str] = ("orders", "read")
-) -> tuple[OrderHandle, OrderState]:
+) -> OrderRef:
     """Return the order if the caller may see it; 404 otherwise, so ids cannot be probed across funds.
 
     The caller sees an order through the permission `seen_through` (object, action) in its fund,
@@ -49,11 +76,35 @@ async def visible_order(
     """
     if not ORDER_ID_PATTERN.match(order_id):
         raise not_found()
-    handle = order_handle(services, order_id)
-    state = await read_state(handle)
-    if services.authorizer.check(user, state.fund, *seen_through) is None:
+    route = await run_db(services, lambda session: queries.order_route(session, order_id))
+    if route is None:
+        # Not projected yet (a create still in flight): only the live workflow knows the fund.
+        fund = (await query_order(services, order_id, WORKFLOW_TYPE)).fund
+        route = (fund, WORKFLOW_TYPE)
+    fund, workflow_type = route
+    if services.authorizer.check(user, fund, *seen_through) is None:
         raise not_found()
-    return handle, state
+    return OrderRef(order_id, fund, workflow_type)
+
+
+async def run_update(services: Services, ref: OrderRef, update: str, argument: Any) -> OrderPublic:
+    """Run a human action (an Update of the same name on v1 and v2) and return the order.
+
+    An order whose workflow has closed takes no more actions (409).
+    """
+    handle = order_handle(services, ref.order_id)
+    try:
+        if ref.is_v1:
+            state = await handle.execute_update(update, argument, result_type=OrderState)
+            return OrderPublic.from_v1(state)
+        order = await handle.execute_update(update, argument, result_type=Order)
+        return OrderPublic.from_order(order)
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            raise ApiError(
+                409, "conflict", "the order is closed and takes no more actions"
+            ) from err
+        raise
 
 
 def readable_funds(
@@ -82,15 +133,3 @@ def require(services: Services, user: str, fund: str, obj: str, action: str) -> 
     if grant is None:
         raise forbidden(f"{user} may not {action} {obj} in {fund}")
     return grant
-
-
-async def run_update(state: OrderState, call: Callable[[], Awaitable[OrderState]]) -> OrderState:
-    """Run an Update; an order whose workflow has closed takes no more actions (409)."""
-    try:
-        return await call()
-    except RPCError as err:
-        if err.status is RPCStatusCode.NOT_FOUND:
-            raise ApiError(
-                409, "conflict", f"the order is {state.status.value} and takes no more actions"
-            ) from err
-        raise

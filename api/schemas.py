@@ -8,7 +8,21 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from domain.models import tidy
+from domain.models import (
+    Allocation,
+    AllocationRequest,
+    ApprovalState,
+    ComplianceResult,
+    Execution,
+    OrderState,
+    OrderStatus,
+    OrderType,
+    SettlementInstruction,
+    Side,
+    TimeInForce,
+    tidy,
+)
+from domain.order import Order, Override
 
 # Stored decimals carry the column's scale (1000.000000000000); show them as entered (1000).
 Amount = Annotated[Decimal, AfterValidator(tidy)]
@@ -65,10 +79,15 @@ class OrderPage(BaseModel):
 
 
 class HistoryEntry(BaseModel):
+    """One entry of the audit timeline; `seq`, `status` and `reason` come from the order's event log."""
+
     at: datetime
     event: str
     actor: str | None
     details: dict[str, Any]
+    seq: int | None = None
+    status: str | None = None
+    reason: str = ""
 
 
 class PositionView(BaseModel):
@@ -104,3 +123,156 @@ class SettlementView(BaseModel):
 class Accepted(BaseModel):
     status: str
     detail: str = ""
+
+
+class FlagView(BaseModel):
+    """Something about the order that needs a person's attention."""
+
+    kind: str
+    message: str
+    at: datetime | None = None
+    ref: str = ""
+
+
+class OrderPublic(BaseModel):
+    """The live order as `GET /orders/{id}` and every action on an order answer with it."""
+
+    order_id: str
+    client_order_id: str
+    fund: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    time_in_force: TimeInForce
+    expire_at: datetime | None
+    notes: str
+    requested_allocations: list[AllocationRequest]
+    status: OrderStatus
+    status_actor: str
+    status_reason: str
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    venue: str | None
+    cl_ord_id: str | None
+    notional: Decimal | None
+    currency: str | None
+    compliance: list[ComplianceResult]
+    override: Override | None
+    approvals: ApprovalState
+    filled_quantity: Decimal
+    leaves_quantity: Decimal
+    average_price: Decimal | None
+    executions: list[Execution]
+    flags: list[FlagView]
+    allocations: list[Allocation]
+    settlements: list[SettlementInstruction]
+    version: int
+
+    @classmethod
+    def from_order(cls, order: Order) -> OrderPublic:
+        """Map the v2 workflow's order to the public view."""
+        request = order.request
+        return cls(
+            order_id=order.order_id,
+            client_order_id=request.client_order_id,
+            fund=request.fund,
+            symbol=request.symbol,
+            side=request.side,
+            quantity=order.terms.quantity,
+            order_type=request.order_type,
+            limit_price=order.terms.limit_price,
+            time_in_force=request.time_in_force,
+            expire_at=request.expire_at,
+            notes=request.notes,
+            requested_allocations=list(request.allocations),
+            status=order.status,
+            status_actor=order.status_actor,
+            status_reason=order.status_reason,
+            created_by=order.created_by,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+            venue=order.venue,
+            cl_ord_id=order.terms.cl_ord_id,
+            notional=order.notional,
+            currency=order.currency,
+            compliance=order.compliance,
+            override=order.override,
+            approvals=order.approvals,
+            filled_quantity=order.filled_quantity,
+            leaves_quantity=order.leaves_quantity,
+            average_price=order.average_price,
+            executions=order.executions,
+            flags=[
+                FlagView(kind=f.kind.value, message=f.message, at=f.at, ref=f.ref)
+                for f in order.flags
+            ],
+            allocations=order.allocations,
+            settlements=order.settlements,
+            version=order.version,
+        )
+
+    @classmethod
+    def from_v1(cls, state: OrderState) -> OrderPublic:
+        """Map a v1 order (still running on the first workflow) to the public view."""
+        override = None
+        if state.override is not None:
+            override = Override(
+                user=str(state.override.get("user", "")),
+                justification=str(state.override.get("justification", "")),
+                at=datetime.fromisoformat(str(state.override["at"])),
+                policy=list(state.override.get("policy", [])),
+            )
+        return cls(
+            **state.model_dump(
+                include={
+                    "order_id",
+                    "client_order_id",
+                    "fund",
+                    "symbol",
+                    "side",
+                    "quantity",
+                    "order_type",
+                    "limit_price",
+                    "time_in_force",
+                    "expire_at",
+                    "notes",
+                    "status",
+                    "status_actor",
+                    "status_reason",
+                    "created_by",
+                    "created_at",
+                    "updated_at",
+                    "venue",
+                    "notional",
+                    "currency",
+                    "compliance",
+                    "approvals",
+                    "filled_quantity",
+                    "leaves_quantity",
+                    "average_price",
+                    "executions",
+                    "allocations",
+                    "settlements",
+                    "version",
+                }
+            ),
+            requested_allocations=state.requested_allocations,
+            cl_ord_id=state.order_id if state.venue else None,
+            override=override,
+            flags=[FlagView(kind=f.split(":", 1)[0], message=f) for f in state.flags],
+        )
+
+
+class ExecutionAnswer(BaseModel):
+    """What the venue learns about its report: taken, a duplicate, and the order as it now stands."""
+
+    status: str
+    detail: str = ""
+    order_status: OrderStatus | None = None
+    filled_quantity: Decimal | None = None
+    leaves_quantity: Decimal | None = None
+    average_price: Decimal | None = None
+    version: int | None = None

@@ -11,7 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, or_
-from sqlmodel import Session, col, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel, col, select
 
 from db.tables import (
     AccountRow,
@@ -19,6 +20,7 @@ from db.tables import (
     ExecutionRow,
     FundRow,
     InstrumentRow,
+    OrderEventRow,
     OrderRow,
     PositionRow,
     SettlementRow,
@@ -35,6 +37,7 @@ from domain.models import (
     Side,
     tidy,
 )
+from domain.order import OrderProjection, OrderSummary
 
 # ---- reference data ---------------------------------------------------------------------------
 
@@ -71,62 +74,168 @@ def reference_prices(session: Session) -> dict[str, Decimal]:
     return {row.symbol: tidy(row.reference_price) for row in session.exec(select(InstrumentRow))}
 
 
+# The type name of the first order workflow, which orders created before v2 still run on.
+V1_WORKFLOW_TYPE = "OrderWorkflow"
+
 # ---- orders -----------------------------------------------------------------------------------
 
 
+def _insert(session: Session, table: type[SQLModel]) -> Any:
+    """Return an INSERT for the session's backend (both know ON CONFLICT; typed Any like its API)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table)
+
+
+def upsert_order_summary(session: Session, summary: OrderSummary) -> bool:
+    """Write the order's row unless the stored one is at this version or newer, in one statement.
+
+    The version test is part of the UPDATE (`ON CONFLICT ... DO UPDATE ... WHERE`), so two
+    writers committing in any order leave the newer version: a row never moves backwards.
+
+    Returns:
+        Whether the row changed.
+    """
+    values = summary.model_dump()
+    values["status"] = summary.status.value
+    insert = _insert(session, OrderRow).values(**values)
+    changed = {k: insert.excluded[k] for k in values if k != "order_id"}
+    statement = insert.on_conflict_do_update(
+        index_elements=["order_id"],
+        set_=changed,
+        where=col(OrderRow.version) < insert.excluded.version,
+    )
+    # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg's is gone once the cursor
+    # closes, and -1 (unknown) would read as "changed".
+    result = session.execute(statement.execution_options(preserve_rowcount=True))
+    rowcount: int = result.rowcount  # type: ignore[attr-defined]
+    return rowcount > 0
+
+
+def project_order(session: Session, projection: OrderProjection) -> None:
+    """Write one projection of an order in one transaction; repeating it changes nothing.
+
+    Events and executions are keyed by (order, seq) and (order, exec id); allocations by
+    (order, account); settlement statuses only move away from "instructed" once confirmed.
+    """
+    summary = projection.summary
+    upsert_order_summary(session, summary)
+    if projection.events:
+        events = _insert(session, OrderEventRow).values(
+            [
+                {
+                    "order_id": summary.order_id,
+                    "seq": e.seq,
+                    "fund": summary.fund,
+                    "at": e.at,
+                    "kind": e.kind.value,
+                    "actor": e.actor,
+                    "status": e.status.value,
+                    "reason": e.reason,
+                    "details": e.details,
+                }
+                for e in projection.events
+            ]
+        )
+        session.execute(events.on_conflict_do_nothing())
+    for execution in projection.executions:
+        _upsert_execution(session, summary.order_id, summary.fund, execution)
+    if projection.allocations:
+        _book(
+            session,
+            summary.order_id,
+            summary.fund,
+            summary.symbol,
+            Side(summary.side),
+            projection.allocations,
+            summary.updated_at,
+        )
+    for instruction in projection.settlements:
+        _set_settlement_status(
+            session,
+            instruction.settlement_id,
+            instruction.status,
+            instruction.status_reason,
+            instruction.status_at or summary.updated_at,
+        )
+    session.commit()
+
+
+def order_route(session: Session, order_id: str) -> tuple[str, str] | None:
+    """Return the order's fund and workflow type, or None when the read model has no such order."""
+    row = session.exec(
+        select(OrderRow.fund, OrderRow.workflow_type).where(OrderRow.order_id == order_id)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def order_status(session: Session, order_id: str) -> tuple[str, bool] | None:
+    """Return the order's projected status and whether anything was filled, or None."""
+    row = session.exec(
+        select(OrderRow.status, col(OrderRow.filled_quantity)).where(OrderRow.order_id == order_id)
+    ).first()
+    return None if row is None else (row[0], Decimal(row[1] or 0) > 0)
+
+
+def order_events(session: Session, order_id: str) -> list[OrderEventRow]:
+    """Return the order's event log in sequence."""
+    return list(
+        session.exec(
+            select(OrderEventRow)
+            .where(OrderEventRow.order_id == order_id)
+            .order_by(col(OrderEventRow.seq))
+        )
+    )
+
+
 def upsert_order(session: Session, state: OrderState) -> bool:
-    """Write the order's row unless the stored one is already at this version or newer.
+    """Write a v1 order's row (and executions) unless the stored row is at this version or newer.
 
     Returns:
         Whether the row changed. Projections retried or delivered late never move an order back.
     """
-    row = session.get(OrderRow, state.order_id)
-    if row is not None and row.version >= state.version:
-        return False
-    values: dict[str, Any] = {
-        "client_order_id": state.client_order_id,
-        "fund": state.fund,
-        "symbol": state.symbol,
-        "side": state.side.value,
-        "quantity": state.quantity,
-        "order_type": state.order_type.value,
-        "limit_price": state.limit_price,
-        "time_in_force": state.time_in_force.value,
-        "status": state.status.value,
-        "created_by": state.created_by,
-        "created_at": state.created_at,
-        "updated_at": state.updated_at,
-        "notional": state.notional,
-        "currency": state.currency,
-        "approval_level": state.approvals.current_level
+    summary = OrderSummary(
+        order_id=state.order_id,
+        client_order_id=state.client_order_id,
+        fund=state.fund,
+        symbol=state.symbol,
+        side=state.side.value,
+        quantity=state.quantity,
+        order_type=state.order_type.value,
+        limit_price=state.limit_price,
+        time_in_force=state.time_in_force.value,
+        status=state.status,
+        created_by=state.created_by,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        notional=state.notional,
+        currency=state.currency,
+        approval_level=state.approvals.current_level
         if state.status is OrderStatus.PENDING_APPROVAL
         else None,
-        "approved_by": ",".join(g.user for g in state.approvals.given),
-        "filled_quantity": state.filled_quantity,
-        "average_price": state.average_price,
-        "venue": state.venue,
-        "version": state.version,
-    }
-    if row is None:
-        session.add(OrderRow(order_id=state.order_id, **values))
-    else:
-        for key, value in values.items():
-            setattr(row, key, value)
-        session.add(row)
-    for execution in state.executions:
-        _upsert_execution(session, state, execution)
+        approved_by=",".join(g.user for g in state.approvals.given),
+        filled_quantity=state.filled_quantity,
+        average_price=state.average_price,
+        venue=state.venue,
+        version=state.version,
+        workflow_type=V1_WORKFLOW_TYPE,
+    )
+    changed = upsert_order_summary(session, summary)
+    if changed:
+        for execution in state.executions:
+            _upsert_execution(session, state.order_id, state.fund, execution)
     session.commit()
-    return True
+    return changed
 
 
-def _upsert_execution(session: Session, state: OrderState, execution: Execution) -> None:
-    if session.get(ExecutionRow, (state.order_id, execution.exec_id)) is not None:
+def _upsert_execution(session: Session, order_id: str, fund: str, execution: Execution) -> None:
+    if session.get(ExecutionRow, (order_id, execution.exec_id)) is not None:
         return
     session.add(
         ExecutionRow(
-            order_id=state.order_id,
+            order_id=order_id,
             exec_id=execution.exec_id,
-            fund=state.fund,
+            fund=fund,
             exec_type=execution.exec_type.value,
             last_quantity=execution.last_quantity,
             last_price=execution.last_price,
@@ -205,18 +314,31 @@ def book_allocations(
     session: Session, state: OrderState, allocations: Iterable[Allocation], booked_at: datetime
 ) -> None:
     """Record the order's allocations (once) and rebuild the positions they touch."""
+    _book(session, state.order_id, state.fund, state.symbol, state.side, allocations, booked_at)
+    session.commit()
+
+
+def _book(
+    session: Session,
+    order_id: str,
+    fund: str,
+    symbol: str,
+    side: Side,
+    allocations: Iterable[Allocation],
+    booked_at: datetime,
+) -> None:
     touched: set[str] = set()
     for allocation in allocations:
         touched.add(allocation.account)
-        if session.get(AllocationRow, (state.order_id, allocation.account)) is not None:
+        if session.get(AllocationRow, (order_id, allocation.account)) is not None:
             continue
         session.add(
             AllocationRow(
-                order_id=state.order_id,
+                order_id=order_id,
                 account=allocation.account,
-                fund=state.fund,
-                symbol=state.symbol,
-                side=state.side.value,
+                fund=fund,
+                symbol=symbol,
+                side=side.value,
                 quantity=allocation.quantity,
                 price=allocation.price,
                 booked_at=booked_at,
@@ -224,8 +346,7 @@ def book_allocations(
         )
     session.flush()
     for account in sorted(touched):
-        _rebuild_position(session, state.fund, account, state.symbol, booked_at)
-    session.commit()
+        _rebuild_position(session, fund, account, symbol, booked_at)
 
 
 def _rebuild_position(session: Session, fund: str, account: str, symbol: str, at: datetime) -> None:
@@ -328,12 +449,18 @@ def set_settlement_status(
     session: Session, settlement_id: str, status: SettlementStatus, reason: str, at: datetime
 ) -> None:
     """Record the back office's answer on an instruction; a confirmed one stays confirmed."""
+    _set_settlement_status(session, settlement_id, status, reason, at)
+    session.commit()
+
+
+def _set_settlement_status(
+    session: Session, settlement_id: str, status: SettlementStatus, reason: str, at: datetime
+) -> None:
     row = session.get(SettlementRow, settlement_id)
     if row is None or row.status == SettlementStatus.CONFIRMED.value:
         return
     row.status, row.status_reason, row.status_at = status.value, reason, at
     session.add(row)
-    session.commit()
 
 
 def get_settlement(session: Session, settlement_id: str) -> SettlementRow | None:

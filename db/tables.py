@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Dialect, Numeric, String
+from sqlalchemy import JSON, Column, DateTime, Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -128,6 +128,24 @@ class OrderRow(SQLModel, table=True):
     average_price: Decimal | None = _decimal(nullable=True)
     venue: str | None = Field(default=None, max_length=32)
     version: int = 0
+    # The Temporal workflow type that runs the order, so the API routes without asking Temporal.
+    workflow_type: str = Field(default="OrderWorkflow", max_length=32)
+
+
+class OrderEventRow(SQLModel, table=True):
+    """One entry of an order's event log: the audit timeline reads these."""
+
+    __tablename__ = "order_events"
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True)
+    fund: str = Field(index=True, max_length=64)
+    at: datetime = _timestamp()
+    kind: str = Field(max_length=32)
+    actor: str = Field(max_length=64)
+    status: str = Field(max_length=32)
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class ExecutionRow(SQLModel, table=True):

@@ -10,3 +10,5 @@ class RefusalType(StrEnum):
     FORBIDDEN = "Forbidden"  # 403: segregation of duties or level not permitted
     INVALID_INPUT = "InvalidInput"  # 422: the request names something that does not exist
     VENUE_REFUSED = "VenueRefused"  # the venue would not take the order
+    DUPLICATE = "Duplicate"  # 200: the same message was already taken; nothing changes
+    EXECUTION_REFUSED = "ExecutionRefused"  # 409: an execution report the order cannot take

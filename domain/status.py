@@ -31,6 +31,36 @@ class OrderEvent(StrEnum):
     SETTLEMENT_INSTRUCTED = "settlement_instructed"
     SETTLED = "settled"
     SETTLEMENT_FAILED = "settlement_failed"
+    # Events that are recorded on the order without changing its status.
+    ORDER_CREATED = "order_created"
+    APPROVAL_GIVEN = "approval_given"
+    APPROVAL_ESCALATED = "approval_escalated"
+    FLAG_RAISED = "flag_raised"
+    EXECUTION_APPLIED = "execution_applied"
+    EXECUTION_REFUSED = "execution_refused"
+    SENT_TO_VENUE = "sent_to_venue"
+    CANCEL_SENT_TO_VENUE = "cancel_sent_to_venue"
+    VENUE_STATUS_CHECKED = "venue_status_checked"
+    SETTLEMENT_ANSWERED = "settlement_answered"
+    ORDER_CLOSED = "order_closed"
+
+
+# Events that change nothing but the order's record: allowed in every status.
+INFORMATIONAL = frozenset(
+    {
+        OrderEvent.ORDER_CREATED,
+        OrderEvent.APPROVAL_GIVEN,
+        OrderEvent.APPROVAL_ESCALATED,
+        OrderEvent.FLAG_RAISED,
+        OrderEvent.EXECUTION_APPLIED,
+        OrderEvent.EXECUTION_REFUSED,
+        OrderEvent.SENT_TO_VENUE,
+        OrderEvent.CANCEL_SENT_TO_VENUE,
+        OrderEvent.VENUE_STATUS_CHECKED,
+        OrderEvent.SETTLEMENT_ANSWERED,
+        OrderEvent.ORDER_CLOSED,
+    }
+)
 
 
 class IllegalTransitionError(ValueError):
@@ -80,6 +110,8 @@ TRANSITIONS: MappingProxyType[tuple[S, OrderEvent], S] = MappingProxyType(
         (S.PENDING_CANCEL, E.VENUE_EXPIRED): S.EXPIRED,
         (S.PENDING_CANCEL, E.CANCEL_REJECTED): S.WORKING,
         (S.PENDING_CANCEL, E.CANCEL_REJECTED_AFTER_FILLS): S.PARTIALLY_FILLED,
+        # The venue refused the order itself while a cancel of it was pending.
+        (S.PENDING_CANCEL, E.VENUE_REJECTED): S.VENUE_REJECTED,
         # Done at the venue with something executed: book it.
         (S.FILLED, E.ALLOCATED): S.ALLOCATED,
         (S.CANCELED, E.ALLOCATED): S.ALLOCATED,
@@ -104,9 +136,13 @@ DONE_AT_VENUE = frozenset({S.FILLED, S.CANCELED, S.EXPIRED, S.VENUE_REJECTED})
 def next_status(status: S, event: OrderEvent) -> S:
     """Return the status an order moves to when `event` happens in `status`.
 
+    Informational events leave the status as it is.
+
     Raises:
         IllegalTransitionError: the event is not allowed in this status.
     """
+    if event in INFORMATIONAL:
+        return status
     try:
         return TRANSITIONS[(status, event)]
     except KeyError:
@@ -115,4 +151,56 @@ def next_status(status: S, event: OrderEvent) -> S:
 
 def allows(status: S, event: OrderEvent) -> bool:
     """Tell whether `event` is allowed in `status`."""
-    return (status, event) in TRANSITIONS
+    return event in INFORMATIONAL or (status, event) in TRANSITIONS
+
+
+# Statuses after which nothing more happens to an order, whatever was filled.
+FINAL = frozenset(
+    {
+        S.COMPLIANCE_REJECTED,
+        S.APPROVAL_REJECTED,
+        S.APPROVAL_EXPIRED,
+        S.VENUE_REJECTED,
+        S.SETTLED,
+    }
+)
+# Done at the venue: final when nothing was executed, otherwise allocation follows.
+_FINAL_WHEN_UNFILLED = frozenset({S.CANCELED, S.EXPIRED})
+
+# How far along its life an order is, for "has it reached this status or a later one?".
+_STAGE: MappingProxyType[S, int] = MappingProxyType(
+    {
+        S.PENDING_COMPLIANCE: 0,
+        S.PENDING_OVERRIDE: 1,
+        S.PENDING_APPROVAL: 2,
+        S.APPROVED: 3,
+        S.RELEASED: 4,
+        S.WORKING: 5,
+        S.PARTIALLY_FILLED: 6,
+        S.PENDING_CANCEL: 6,
+        S.PENDING_REPLACE: 6,
+        S.FILLED: 7,
+        S.CANCELED: 7,
+        S.EXPIRED: 7,
+        S.ALLOCATED: 8,
+        S.SETTLEMENT_PENDING: 9,
+        S.SETTLEMENT_FAILED: 10,
+        S.SETTLED: 10,
+        S.COMPLIANCE_REJECTED: 11,
+        S.APPROVAL_REJECTED: 11,
+        S.APPROVAL_EXPIRED: 11,
+        S.VENUE_REJECTED: 11,
+    }
+)
+
+
+def is_final(status: S, *, filled: bool) -> bool:
+    """Tell whether an order in `status` (with or without executions) has nothing more to do."""
+    return status in FINAL or (status in _FINAL_WHEN_UNFILLED and not filled)
+
+
+def has_reached(status: S, wanted: frozenset[S] | set[S], *, filled: bool) -> bool:
+    """Tell whether `status` is one of `wanted`, later in the life of an order, or final."""
+    if status in wanted or is_final(status, filled=filled):
+        return True
+    return bool(wanted) and _STAGE[status] >= min(_STAGE[w] for w in wanted)

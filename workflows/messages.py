@@ -6,11 +6,14 @@ One model per message, so fields can be added without breaking orders already ru
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from domain.executions import ExecutionReport
+from domain.executions import ExecutionReport, ReportVerdict
 from domain.models import OrderRequest, OrderStatus, SettlementStatus
+from domain.order import Order
 
 
 class OrderTimeouts(BaseModel):
@@ -21,6 +24,34 @@ class OrderTimeouts(BaseModel):
     # After the settlement date passes unconfirmed the order is flagged failed; it still waits
     # this long for a late confirmation before it closes.
     late_settlement_grace: timedelta = timedelta(days=30)
+    # A released order the venue has not acknowledged in this time is flagged, and the venue is
+    # asked for the order's status (v2).
+    venue_ack_timeout: timedelta = timedelta(seconds=60)
+
+
+class VenueCommandKind(StrEnum):
+    SUBMIT = "submit"
+    CANCEL = "cancel"
+    STATUS = "status"
+
+
+class VenueCommand(BaseModel):
+    """Something the venue phase must send, one at a time and in order (v2)."""
+
+    kind: VenueCommandKind
+    venue: str
+    cl_ord_id: str
+    requested_by: str = "system"
+
+
+class CarriedOrder(BaseModel):
+    """What a long-lived order takes into its next run (continue-as-new, v2)."""
+
+    order: Order
+    commands: list[VenueCommand] = Field(default_factory=list)
+    projected_executions: int = 0
+    allocations_projected: bool = False
+    settlement_statuses_projected: dict[str, SettlementStatus] = Field(default_factory=dict)
 
 
 class OrderWorkflowInput(BaseModel):
@@ -29,6 +60,9 @@ class OrderWorkflowInput(BaseModel):
     created_by: str
     back_office_task_queue: str = "back-office"
     timeouts: OrderTimeouts = Field(default_factory=OrderTimeouts)
+    carried: CarriedOrder | None = None
+    # Temporal caps a run at 2,000 Updates; a long-lived order continues as new well before.
+    updates_before_continue_as_new: int = 1500
 
 
 class OrderWorkflowResult(BaseModel):
@@ -82,6 +116,19 @@ class CancelInput(BaseModel):
 class ExecutionReportInput(BaseModel):
     report: ExecutionReport
     reported_by: str
+
+
+class ExecutionReportResult(BaseModel):
+    """The order's one decision about an execution report, as the venue learns it (v2)."""
+
+    verdict: ReportVerdict
+    reason: str = ""
+    field: str | None = None
+    status: OrderStatus
+    filled_quantity: Decimal
+    leaves_quantity: Decimal
+    average_price: Decimal | None
+    version: int
 
 
 class SettlementUpdateInput(BaseModel):

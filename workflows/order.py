@@ -1,61 +1,60 @@
-"""OrderWorkflow: one order's whole life, from creation to settlement, as a durable workflow."""
+"""OrderWorkflow (v2): one order as a phase machine over its event log, with one projector.
+
+Handlers (Updates, Signals) validate, record an event and, where the venue must be told, queue a
+command; they do no I/O. `run()` picks the phase from the status and runs it until the order
+closes. One projector coroutine writes the events not yet projected, with the slim order row,
+through one local activity per batch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.back_office import BackOfficeActivities, InstructSettlementInput
-    from activities.compliance import (
-        ApprovalMatrixInput,
-        ComplianceActivities,
-        ComplianceSnapshotInput,
+    from pydantic import JsonValue
+
+    from activities.back_office import BackOfficeActivities, InstructSettlementsInput
+    from activities.compliance import ComplianceActivities, PreTradeDataInput
+    from activities.projection import ProjectEventsInput, ProjectionActivities
+    from activities.venue import (
+        CancelAtVenueInput,
+        SubmitOrderInput,
+        VenueActivities,
+        VenueOrderStatusInput,
     )
-    from activities.projection import (
-        BookAllocationsInput,
-        ProjectionActivities,
-        ProjectOrderInput,
-        RecordSettlementStatusInput,
-    )
-    from activities.venue import CancelAtVenueInput, SubmitOrderInput, VenueActivities
     from domain.allocation import allocate
     from domain.approvals import required_levels
     from domain.compliance import evaluate, order_notional, worst_outcome
     from domain.errors import RefusalType
-    from domain.executions import ReportVerdict, apply_report_to
+    from domain.executions import ReportVerdict, apply_report
     from domain.ids import settlement_id_for
     from domain.models import (
         ApprovalGiven,
         ComplianceOutcome,
-        Instrument,
-        OrderState,
         OrderStatus,
         SettlementInstruction,
         SettlementStatus,
     )
+    from domain.order import FlagKind, Order, OrderProjection, Override, summarise
     from domain.settlement import settlement_date
-    from domain.status import (
-        AT_VENUE,
-        CLOSED_BY_VENUE,
-        DONE_AT_VENUE,
-        PRE_RELEASE,
-        OrderEvent,
-        allows,
-        next_status,
-    )
+    from domain.status import AT_VENUE, CLOSED_BY_VENUE, PRE_RELEASE, OrderEvent, allows
     from venues.base import VenueOrder
     from workflows.messages import (
         ApproveInput,
         AwaitComplianceInput,
         CancelInput,
+        CarriedOrder,
         ExecutionReportInput,
+        ExecutionReportResult,
         OrderWorkflowInput,
         OrderWorkflowResult,
         OverrideInput,
@@ -63,511 +62,879 @@ with workflow.unsafe.imports_passed_through():
         RejectInput,
         ReleaseInput,
         SettlementUpdateInput,
+        VenueCommand,
+        VenueCommandKind,
     )
 
-# Read-model writes and reference reads: retried until the database is back.
+WORKFLOW_TYPE = "OrderWorkflowV2"
+
+# Read-model writes and reference reads: local, retried until the database is back.
 _LOCAL_IO: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30)),
 }
-# Venue and back-office calls: a few attempts, then the failure surfaces on the order.
-_EXTERNAL: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=5),
+# A venue call: a few quick attempts; then the order is flagged and the venue asked for status.
+_VENUE_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=2), maximum_attempts=3),
 }
+# Settlement instructions: retried until the back office takes them (idempotent by settlement id).
+_BACK_OFFICE: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(minutes=1)),
+}
+_STATUS_CHECK_BACKOFF_MAX = timedelta(minutes=5)
+# Reports whose transact_time is this far from the order's clock are refused as absurd.
+_REPORT_TIME_AHEAD = timedelta(minutes=5)
+_REPORT_TIME_BEHIND = timedelta(days=7)
+# Prices and quantities the read model stores exactly (NUMERIC(38, 12)).
+_MAX_REPORT_VALUE = Decimal("1e15")
+_MAX_REPORT_PLACES = 12
 
 
-# workflow.patched() ids: each marks a change that orders already running must not see.
-_PATCH_CREATE_ANSWERS_AFTER_PROJECTION = "create-answers-after-projection"
+def _inner(err: FailureError) -> BaseException | None:
+    # A failed activity arrives as ActivityError(cause=...); a failed local activity may arrive
+    # as its cause itself (an ApplicationError, a TimeoutError).
+    return err.cause if isinstance(err, ActivityError) else err
 
 
-def _cause(err: ActivityError) -> str:
+def _cause(err: FailureError) -> str:
     """Return the message of what made an activity fail, for people."""
-    return err.cause.message if isinstance(err.cause, FailureError) else str(err)
+    inner = _inner(err)
+    return inner.message if isinstance(inner, FailureError) else str(err)
 
 
-def _refuse(message: str, refusal: RefusalType) -> ApplicationError:
-    return ApplicationError(message, type=refusal, non_retryable=True)
+def _refused_by_venue(err: FailureError) -> bool:
+    inner = _inner(err)
+    return isinstance(inner, ApplicationError) and inner.type == RefusalType.VENUE_REFUSED
 
 
-@workflow.defn
+def _not_cancellation(err: FailureError) -> None:
+    """Let the workflow's own cancellation through an `except FailureError`."""
+    if isinstance(err, CancelledError):
+        raise err
+
+
+def _refuse(message: str, refusal: RefusalType, field: str | None = None) -> ApplicationError:
+    details = (field,) if field else ()
+    return ApplicationError(message, *details, type=refusal, non_retryable=True)
+
+
+def _json_list(values: list[str]) -> list[JsonValue]:
+    return [value for value in values]
+
+
+def _places(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
 class OrderWorkflow:
     """One order: compliance, approvals, release, execution, allocation and settlement.
 
-    Human actions (approve, reject, override, release, cancel) are Updates whose validators refuse
-    what the order's state or segregation of duties forbids; venue and back-office events are
-    Signals; `state` is the live view. Status changes go through the table in `domain.status`.
+    Human actions and execution reports are Updates whose validators refuse what the order's
+    state, segregation of duties or common sense forbid (leaving no history); settlement answers
+    are Signals; `state` is the live view. Status changes go through the table in
+    `domain.status`, each as an event in the order's log.
     """
 
     @workflow.init
     def __init__(self, input: OrderWorkflowInput) -> None:
-        request = input.request
-        now = workflow.now()
         self._input = input
-        self._instrument: Instrument | None = None
-        self._projected_version = 0  # the newest version the read model is known to hold
-        self._state = OrderState(
-            order_id=input.order_id,
-            client_order_id=request.client_order_id,
-            fund=request.fund,
-            symbol=request.symbol,
-            side=request.side,
-            quantity=request.quantity,
-            order_type=request.order_type,
-            limit_price=request.limit_price,
-            time_in_force=request.time_in_force,
-            expire_at=request.expire_at,
-            notes=request.notes,
-            requested_allocations=list(request.allocations),
-            created_by=input.created_by,
-            created_at=now,
-            updated_at=now,
-            leaves_quantity=request.quantity,
-        )
+        carried = input.carried
+        if carried is None:
+            self._order = Order.new(input.order_id, input.request, input.created_by, workflow.now())
+            self._commands: list[VenueCommand] = []
+            self._projected_seq = 0
+            self._projected_executions = 0
+            self._allocations_projected = False
+            self._settlements_projected: dict[str, SettlementStatus] = {}
+        else:
+            self._order = carried.order
+            self._commands = list(carried.commands)
+            pending = [e.seq for e in carried.order.events]
+            self._projected_seq = min(pending) - 1 if pending else carried.order.last_seq
+            self._projected_executions = carried.projected_executions
+            self._allocations_projected = carried.allocations_projected
+            self._settlements_projected = dict(carried.settlement_statuses_projected)
+        self._updates_this_run = 0
+        self._status_checks = 0  # unanswered venue calls in a row, for the back-off
+        self._projector_stopping = False
 
     # ---- the life of the order ----------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: OrderWorkflowInput) -> OrderWorkflowResult:
-        await self._project()
-        if await self._pre_trade_compliance():
-            await self._collect_approvals()
-        if self._state.status is OrderStatus.APPROVED:
-            await workflow.wait_condition(lambda: self._state.status is not OrderStatus.APPROVED)
-        if self._state.status in AT_VENUE:
-            await workflow.wait_condition(lambda: self._state.status in DONE_AT_VENUE)
-        if self._state.status in DONE_AT_VENUE and self._state.filled_quantity > 0:
-            await self._allocate()
-            await self._settle()
+        projector = asyncio.create_task(self._projector())
+        phases: dict[OrderStatus, Callable[[], Awaitable[None]]] = {
+            OrderStatus.PENDING_COMPLIANCE: self._pre_trade,
+            OrderStatus.PENDING_OVERRIDE: self._await_override,
+            OrderStatus.PENDING_APPROVAL: self._await_approvals,
+            OrderStatus.APPROVED: self._await_release,
+            **{status: self._at_venue for status in AT_VENUE},
+            OrderStatus.ALLOCATED: self._instruct_settlement,
+            OrderStatus.SETTLEMENT_PENDING: self._await_settlement,
+            OrderStatus.SETTLEMENT_FAILED: self._await_late_settlement,
+        }
+        while not self._order.closed:
+            if self._should_continue_as_new():
+                await self._continue_as_new(projector)
+            if self._order.is_done:
+                self._close()
+            elif self._order.status in phases:
+                await phases[self._order.status]()
+            else:  # done at the venue with something executed
+                self._allocate()
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return OrderWorkflowResult(order_id=self._state.order_id, status=self._state.status)
+        self._projector_stopping = True
+        await projector
+        return OrderWorkflowResult(order_id=self._order.order_id, status=self._order.status)
 
-    async def _pre_trade_compliance(self) -> bool:
-        """Check the order; return whether it may go on to approval (possibly after an override)."""
+    async def _pre_trade(self) -> None:
+        """Check the order against the fund's rules; decide the approval levels it needs."""
+        order = self._order
         try:
-            snapshot = await workflow.execute_activity_method(
-                ComplianceActivities.compliance_snapshot,
-                ComplianceSnapshotInput(order=self._input.request),
+            data = await workflow.execute_local_activity_method(
+                ComplianceActivities.pre_trade_data,
+                PreTradeDataInput(order=order.request),
                 **_LOCAL_IO,
             )
-        except ActivityError as err:
+        except FailureError as err:
+            _not_cancellation(err)
             # Only a non-retryable refusal gets here (an instrument unknown to reference data):
             # without the data the rules cannot pass, so the order fails compliance.
-            self._transition(
-                OrderEvent.COMPLIANCE_FAILED, reason=f"compliance could not run: {_cause(err)}"
-            )
-            await self._project()
-            return False
-        self._instrument = snapshot.instrument
-        results = evaluate(self._input.request, snapshot)
-        self._state.compliance = results
-        self._state.notional = order_notional(self._input.request, snapshot)
-        self._state.currency = snapshot.instrument.currency
+            if order.status is OrderStatus.PENDING_COMPLIANCE:
+                self._record(
+                    OrderEvent.COMPLIANCE_FAILED, reason=f"compliance could not run: {_cause(err)}"
+                )
+            return
+        if order.status is not OrderStatus.PENDING_COMPLIANCE:
+            return  # canceled while compliance ran: its results no longer matter
+        snapshot = data.snapshot
+        results = evaluate(order.request, snapshot)
+        order.instrument = snapshot.instrument
+        order.compliance = results
+        order.notional = order_notional(order.request, snapshot)
+        order.currency = snapshot.instrument.currency
         outcome = worst_outcome(results)
+        details: dict[str, JsonValue] = {
+            "results": [r.model_dump(mode="json") for r in results],
+            "notional": str(order.notional),
+            "currency": order.currency,
+            "data_taken_at": snapshot.taken_at.isoformat(),
+        }
         if outcome is ComplianceOutcome.FAIL:
             failed = "; ".join(r.message for r in results if r.outcome is ComplianceOutcome.FAIL)
-            self._transition(OrderEvent.COMPLIANCE_FAILED, reason=failed)
-            await self._project()
-            return False
-        matrix = await workflow.execute_activity_method(
-            ComplianceActivities.approval_matrix,
-            ApprovalMatrixInput(fund=self._state.fund),
-            **_LOCAL_IO,
-        )
-        self._state.approvals.required = required_levels(matrix, self._state.notional, results)
-        if outcome is ComplianceOutcome.WARN:
-            self._transition(OrderEvent.COMPLIANCE_WARNED)
-            await self._project()
-            timeouts = self._input.timeouts
-            overridden = await self._wait(
-                lambda: self._state.status is not OrderStatus.PENDING_OVERRIDE,
-                timeouts.approval_expire_after,
-            )
-            if not overridden:
-                self._transition(
-                    OrderEvent.APPROVAL_EXPIRED, reason="no compliance override in time"
-                )
-                await self._project()
-            return self._state.status is OrderStatus.PENDING_APPROVAL
-        self._transition(OrderEvent.COMPLIANCE_PASSED)
-        self._complete_if_no_levels()
-        await self._project()
-        return True
-
-    async def _collect_approvals(self) -> None:
-        """Wait for every level; escalate once when it waits too long, expire in the end."""
+            self._record(OrderEvent.COMPLIANCE_FAILED, reason=failed, details=details)
+            return
+        order.approvals.required = required_levels(data.matrix, order.notional, results)
+        details["approvals_required"] = list(order.approvals.required)
         timeouts = self._input.timeouts
+        now = workflow.now()
+        order.approval_escalate_at = now + timeouts.approval_escalate_after
+        order.approval_expire_at = now + timeouts.approval_expire_after
+        if outcome is ComplianceOutcome.WARN:
+            warned = "; ".join(r.message for r in results if r.outcome is ComplianceOutcome.WARN)
+            self._record(OrderEvent.COMPLIANCE_WARNED, reason=warned, details=details)
+            return
+        self._record(OrderEvent.COMPLIANCE_PASSED, details=details)
+        self._complete_if_no_levels(actor="policy")
+
+    async def _await_override(self) -> None:
+        """Wait for compliance to override the soft breaches; expire when nobody does."""
+        order = self._order
+        if await self._wait_until(
+            lambda: order.status is not OrderStatus.PENDING_OVERRIDE, order.approval_expire_at
+        ):
+            return
+        if self._deadline_passed(order.approval_expire_at):
+            self._record(OrderEvent.APPROVAL_EXPIRED, reason="no compliance override in time")
+
+    async def _await_approvals(self) -> None:
+        """Wait for every level; escalate once when it waits too long, expire in the end."""
+        order = self._order
 
         def decided() -> bool:
-            return self._state.status is not OrderStatus.PENDING_APPROVAL
+            return order.status is not OrderStatus.PENDING_APPROVAL
 
-        if await self._wait(decided, timeouts.approval_escalate_after):
-            return
-        level = self._state.approvals.current_level
-        self._state.flags.append(f"approval_escalated:{level}")
-        self._touch()
-        await self._project()
-        remaining = timeouts.approval_expire_after - timeouts.approval_escalate_after
-        if remaining > timedelta(0) and await self._wait(decided, remaining):
-            return
-        self._transition(OrderEvent.APPROVAL_EXPIRED, reason=f"approval at level {level} expired")
-        await self._project()
-
-    def _complete_if_no_levels(self) -> None:
-        if (
-            self._state.status is OrderStatus.PENDING_APPROVAL
-            and self._state.approvals.current_level is None
-        ):
-            self._transition(OrderEvent.APPROVALS_COMPLETE, actor=self._state.status_actor)
-
-    async def _allocate(self) -> None:
-        assert self._instrument is not None
-        state = self._state
-        assert state.average_price is not None
-        state.allocations = allocate(
-            state.requested_allocations,
-            state.filled_quantity,
-            state.average_price,
-            self._instrument.lot_size,
-        )
-        self._transition(OrderEvent.ALLOCATED)
-        await workflow.execute_activity_method(
-            ProjectionActivities.book_allocations,
-            BookAllocationsInput(
-                state=state, allocations=state.allocations, booked_at=workflow.now()
-            ),
-            **_LOCAL_IO,
-        )
-        await self._project()
-
-    async def _settle(self) -> None:
-        """Instruct the back office per allocation, then wait for every confirmation."""
-        assert self._instrument is not None
-        state = self._state
-        trade_day = max(e.transact_time for e in state.executions if e.last_quantity > 0).date()
-        settle_on = settlement_date(trade_day, self._instrument.asset_class)
-        state.settlements = [
-            SettlementInstruction(
-                settlement_id=settlement_id_for(state.order_id, a.account),
-                order_id=state.order_id,
-                fund=state.fund,
-                account=a.account,
-                symbol=state.symbol,
-                side=state.side,
-                quantity=a.quantity,
-                price=a.price,
-                gross_amount=(a.quantity * a.price).quantize(Decimal("0.01")),
-                currency=self._instrument.currency,
-                trade_date=trade_day,
-                settlement_date=settle_on,
-            )
-            for a in state.allocations
-        ]
-        for instruction in state.settlements:
-            await workflow.execute_activity_method(
-                BackOfficeActivities.instruct_settlement,
-                InstructSettlementInput(instruction=instruction),
-                task_queue=self._input.back_office_task_queue,
-                **_EXTERNAL,
-            )
-        self._transition(OrderEvent.SETTLEMENT_INSTRUCTED)
-        await self._project()
-
-        def all_confirmed() -> bool:
-            return all(s.status is SettlementStatus.CONFIRMED for s in self._state.settlements)
-
-        def any_failed() -> bool:
-            return any(s.status is SettlementStatus.FAILED for s in self._state.settlements)
-
-        # The back office has until the end of the settlement date (UTC).
-        deadline = datetime.combine(settle_on + timedelta(days=1), time(0), tzinfo=UTC)
-        await self._wait(
-            lambda: all_confirmed() or any_failed(),
-            max(deadline - workflow.now(), timedelta(seconds=1)),
-        )
-        if not all_confirmed():
-            if not any_failed():
-                state.flags.append("settlement_not_confirmed_by_settlement_date")
-            self._transition(OrderEvent.SETTLEMENT_FAILED, reason="settlement not confirmed")
-            await self._project()
-            if not await self._wait(all_confirmed, self._input.timeouts.late_settlement_grace):
+        escalated = any(f.kind is FlagKind.APPROVAL_ESCALATED for f in order.flags)
+        if not escalated:
+            if await self._wait_until(decided, order.approval_escalate_at):
                 return
-        self._transition(OrderEvent.SETTLED)
-        await self._project()
+            if not self._deadline_passed(order.approval_escalate_at):
+                return  # woken to continue as new
+            level = order.approvals.current_level or ""
+            order.raise_flag(
+                FlagKind.APPROVAL_ESCALATED,
+                f"approval at level {level} is overdue",
+                at=workflow.now(),
+                ref=level,
+            )
+        if await self._wait_until(decided, order.approval_expire_at):
+            return
+        if self._deadline_passed(order.approval_expire_at):
+            self._record(
+                OrderEvent.APPROVAL_EXPIRED,
+                reason=f"approval at level {order.approvals.current_level} expired",
+            )
+
+    async def _await_release(self) -> None:
+        await self._wait_until(lambda: self._order.status is not OrderStatus.APPROVED, None)
+
+    async def _at_venue(self) -> None:
+        """Send queued venue commands one at a time; chase an acknowledgement that does not come."""
+        order = self._order
+        if self._commands:
+            await self._execute(self._commands.pop(0))
+            return
+        ack_due = order.venue_ack_due_at
+        if await self._wait_until(
+            lambda: (
+                bool(self._commands)
+                or order.status not in AT_VENUE
+                or order.venue_ack_due_at != ack_due
+            ),
+            ack_due,
+        ):
+            return
+        if not self._deadline_passed(order.venue_ack_due_at):
+            return
+        # Released, sent, and still no word from the venue: tell the trader, and ask the venue.
+        order.venue_ack_due_at = None
+        if order.status is OrderStatus.RELEASED and order.venue is not None:
+            order.raise_flag(
+                FlagKind.VENUE_ACK_OVERDUE,
+                f"{order.venue} has not acknowledged the order; asking it for the order's status",
+                at=workflow.now(),
+                ref=order.terms.cl_ord_id,
+            )
+            self._commands.append(self._command(VenueCommandKind.STATUS))
+
+    async def _execute(self, command: VenueCommand) -> None:
+        handlers = {
+            VenueCommandKind.SUBMIT: self._submit,
+            VenueCommandKind.CANCEL: self._cancel_at_venue,
+            VenueCommandKind.STATUS: self._ask_venue_status,
+        }
+        await handlers[command.kind](command)
+
+    async def _submit(self, command: VenueCommand) -> None:
+        order = self._order
+        venue_order = VenueOrder(
+            order_id=order.order_id,
+            cl_ord_id=command.cl_ord_id,
+            fund=order.fund,
+            symbol=order.request.symbol,
+            side=order.request.side,
+            quantity=order.terms.quantity,
+            order_type=order.request.order_type,
+            limit_price=order.terms.limit_price,
+            time_in_force=order.request.time_in_force,
+        )
+        try:
+            await workflow.execute_local_activity_method(
+                VenueActivities.submit_order,
+                SubmitOrderInput(venue=command.venue, order=venue_order),
+                **_VENUE_CALL,
+            )
+        except FailureError as err:
+            _not_cancellation(err)
+            if _refused_by_venue(err):
+                self._record_if_allowed(
+                    OrderEvent.VENUE_REJECTED,
+                    reason=f"venue did not accept the order: {_cause(err)}",
+                )
+            elif order.status in AT_VENUE:
+                # It may have reached the venue: never take a timeout for a rejection.
+                order.raise_flag(
+                    FlagKind.VENUE_UNCONFIRMED,
+                    f"{command.venue} did not confirm the submission ({_cause(err)}); "
+                    "asking it for the order's status",
+                    at=workflow.now(),
+                    ref=command.cl_ord_id,
+                )
+                await self._back_off_then(self._command(VenueCommandKind.STATUS))
+            return
+        self._record(
+            OrderEvent.SENT_TO_VENUE,
+            details={"venue": command.venue, "cl_ord_id": command.cl_ord_id},
+        )
+        if order.status is OrderStatus.RELEASED:
+            order.venue_ack_due_at = workflow.now() + self._input.timeouts.venue_ack_timeout
+
+    async def _cancel_at_venue(self, command: VenueCommand) -> None:
+        order = self._order
+        if order.status is not OrderStatus.PENDING_CANCEL:
+            return  # the venue ended the order before the cancel went out
+        try:
+            await workflow.execute_local_activity_method(
+                VenueActivities.cancel_at_venue,
+                CancelAtVenueInput(
+                    venue=command.venue, order_id=order.order_id, cl_ord_id=command.cl_ord_id
+                ),
+                **_VENUE_CALL,
+            )
+        except FailureError as err:
+            _not_cancellation(err)
+            if order.status is OrderStatus.PENDING_CANCEL:
+                # The request never reached the venue: the order is still working there.
+                order.raise_flag(
+                    FlagKind.CANCEL_NOT_SENT,
+                    f"cancel could not be sent to {command.venue}: {_cause(err)}",
+                    at=workflow.now(),
+                    ref=command.cl_ord_id,
+                )
+                rejected = (
+                    OrderEvent.CANCEL_REJECTED_AFTER_FILLS
+                    if order.filled_quantity > 0
+                    else OrderEvent.CANCEL_REJECTED
+                )
+                self._record(rejected, reason="cancel not sent")
+            return
+        self._record(
+            OrderEvent.CANCEL_SENT_TO_VENUE,
+            actor=command.requested_by,
+            details={"venue": command.venue, "cl_ord_id": command.cl_ord_id},
+        )
+
+    async def _ask_venue_status(self, command: VenueCommand) -> None:
+        order = self._order
+        try:
+            status = await workflow.execute_local_activity_method(
+                VenueActivities.venue_order_status,
+                VenueOrderStatusInput(venue=command.venue, cl_ord_id=command.cl_ord_id),
+                **_VENUE_CALL,
+            )
+        except FailureError as err:
+            _not_cancellation(err)
+            if order.status in AT_VENUE:
+                await self._back_off_then(command)
+            return
+        self._status_checks = 0
+        self._record(OrderEvent.VENUE_STATUS_CHECKED, details=status.model_dump(mode="json"))
+        if order.status is not OrderStatus.RELEASED:
+            return
+        if status.known:
+            order.venue_ack_due_at = workflow.now() + self._input.timeouts.venue_ack_timeout
+        else:
+            # The venue never got it: send it again (the venue is idempotent by ClOrdID).
+            self._commands.insert(0, self._command(VenueCommandKind.SUBMIT))
+
+    async def _back_off_then(self, command: VenueCommand) -> None:
+        """Wait a growing while (less if the venue speaks or a command comes), then queue `command`."""
+        self._status_checks += 1
+        delay = min(
+            timedelta(seconds=5 * 2 ** min(self._status_checks - 1, 10)),
+            _STATUS_CHECK_BACKOFF_MAX,
+        )
+        order = self._order
+        await self._wait_until(
+            lambda: order.status is not OrderStatus.RELEASED or bool(self._commands),
+            workflow.now() + delay,
+        )
+        if order.status is OrderStatus.RELEASED:
+            self._commands.append(command)
+
+    def _allocate(self) -> None:
+        """Split what was executed across the order's accounts (the projector books it)."""
+        order = self._order
+        assert order.instrument is not None
+        assert order.average_price is not None
+        order.allocations = allocate(
+            list(order.request.allocations),
+            order.filled_quantity,
+            order.average_price,
+            order.instrument.lot_size,
+        )
+        self._record(
+            OrderEvent.ALLOCATED,
+            details={"allocations": [a.model_dump(mode="json") for a in order.allocations]},
+        )
+
+    async def _instruct_settlement(self) -> None:
+        """Instruct the back office, per allocation, on its own task queue."""
+        order = self._order
+        instrument = order.instrument
+        assert instrument is not None
+        # The trade date is the day the order's last fill reached us: a venue's clock is bounded
+        # by the report validator, but the OMS's own is the one every order agrees on.
+        assert order.last_fill_at is not None
+        trade_day = order.last_fill_at.date()
+        settle_on = settlement_date(trade_day, instrument.asset_class)
+        if not order.settlements:
+            order.settlements = [
+                SettlementInstruction(
+                    settlement_id=settlement_id_for(order.order_id, a.account),
+                    order_id=order.order_id,
+                    fund=order.fund,
+                    account=a.account,
+                    symbol=order.request.symbol,
+                    side=order.request.side,
+                    quantity=a.quantity,
+                    price=a.price,
+                    gross_amount=(a.quantity * a.price).quantize(Decimal("0.01")),
+                    currency=instrument.currency,
+                    trade_date=trade_day,
+                    settlement_date=settle_on,
+                )
+                for a in order.allocations
+            ]
+        await workflow.execute_activity_method(
+            BackOfficeActivities.instruct_settlements,
+            InstructSettlementsInput(instructions=order.settlements),
+            task_queue=self._input.back_office_task_queue,
+            **_BACK_OFFICE,
+        )
+        self._record(
+            OrderEvent.SETTLEMENT_INSTRUCTED,
+            details={
+                "settlement_ids": [s.settlement_id for s in order.settlements],
+                "trade_date": trade_day.isoformat(),
+                "settlement_date": settle_on.isoformat(),
+            },
+        )
+
+    async def _await_settlement(self) -> None:
+        """Wait for the back office until the end of the settlement date (UTC)."""
+        order = self._order
+        settle_on = max(s.settlement_date for s in order.settlements)
+        deadline = datetime.combine(settle_on + timedelta(days=1), time(0), tzinfo=UTC)
+        if await self._wait_until(lambda: self._all_confirmed() or self._any_failed(), deadline):
+            if self._all_confirmed():
+                self._record(OrderEvent.SETTLED)
+                return
+        elif not self._deadline_passed(deadline):
+            return  # woken to continue as new
+        else:
+            order.raise_flag(
+                FlagKind.SETTLEMENT_NOT_CONFIRMED,
+                f"settlement not confirmed by {settle_on.isoformat()}",
+                at=workflow.now(),
+            )
+        order.settlement_grace_until = workflow.now() + self._input.timeouts.late_settlement_grace
+        self._record(OrderEvent.SETTLEMENT_FAILED, reason="settlement not confirmed")
+
+    async def _await_late_settlement(self) -> None:
+        """A failed settlement still settles if every instruction is confirmed within the grace."""
+        grace = self._order.settlement_grace_until
+        if await self._wait_until(self._all_confirmed, grace):
+            self._record(OrderEvent.SETTLED, reason="confirmed late")
+        elif self._deadline_passed(grace):
+            self._close(reason="settlement not confirmed within the grace period")
+
+    def _all_confirmed(self) -> bool:
+        return all(s.status is SettlementStatus.CONFIRMED for s in self._order.settlements)
+
+    def _any_failed(self) -> bool:
+        return any(s.status is SettlementStatus.FAILED for s in self._order.settlements)
+
+    def _close(self, reason: str = "") -> None:
+        self._record(OrderEvent.ORDER_CLOSED, reason=reason, details={"status": self._order.status})
+        self._order.closed = True
 
     # ---- updates: human actions ---------------------------------------------------------------
 
     @workflow.update
-    async def approve(self, input: ApproveInput) -> OrderState:
+    async def await_compliance(self, input: AwaitComplianceInput) -> Order:
+        """Return the order once pre-trade compliance has decided and the read model shows it."""
+        await workflow.wait_condition(
+            lambda: self._order.status is not OrderStatus.PENDING_COMPLIANCE
+        )
+        return await self._answer()
+
+    @workflow.update
+    async def approve(self, input: ApproveInput) -> Order:
         """Approve the order's current level."""
-        level = self._state.approvals.current_level
+        order = self._order
+        level = order.approvals.current_level
         assert level is not None
         grant = next(g for g in input.grants if g.permission == level)
-        self._state.approvals.given.append(
-            ApprovalGiven(
-                level=level,
-                user=input.user,
-                at=workflow.now(),
-                comment=input.comment,
-                policy=grant.policy,
-            )
+        given = ApprovalGiven(
+            level=level,
+            user=input.user,
+            at=workflow.now(),
+            comment=input.comment,
+            policy=grant.policy,
         )
-        if self._state.approvals.current_level is None:
-            self._transition(OrderEvent.APPROVALS_COMPLETE, actor=input.user)
-        else:
-            self._touch()
-        await self._project()
-        return self._state
+        order.approvals.given.append(given)
+        event = (
+            OrderEvent.APPROVALS_COMPLETE
+            if order.approvals.current_level is None
+            else OrderEvent.APPROVAL_GIVEN
+        )
+        self._record(event, actor=input.user, details=given.model_dump(mode="json"))
+        return await self._answer()
 
     @approve.validator
     def _validate_approve(self, input: ApproveInput) -> None:
         self._require_status(OrderStatus.PENDING_APPROVAL, "approve")
         self._require_decider(input.user, input.grants, "approve it")
-        if any(g.user == input.user for g in self._state.approvals.given):
+        if any(g.user == input.user for g in self._order.approvals.given):
             raise _refuse(
                 f"{input.user} already approved a level of this order", RefusalType.FORBIDDEN
             )
 
     @workflow.update
-    async def reject(self, input: RejectInput) -> OrderState:
+    async def reject(self, input: RejectInput) -> Order:
         """Reject the order at its current level; it ends as approval_rejected."""
-        self._transition(OrderEvent.APPROVAL_REJECTED, reason=input.reason, actor=input.user)
-        await self._project()
-        return self._state
+        level = self._order.approvals.current_level
+        self._record(
+            OrderEvent.APPROVAL_REJECTED,
+            reason=input.reason,
+            actor=input.user,
+            details={"level": level, "policy": self._policy_for(level, input.grants)},
+        )
+        return await self._answer()
 
     @reject.validator
     def _validate_reject(self, input: RejectInput) -> None:
         self._require_status(OrderStatus.PENDING_APPROVAL, "reject")
         if not input.reason.strip():
-            raise _refuse("a rejection needs a reason", RefusalType.INVALID_INPUT)
+            raise _refuse("a rejection needs a reason", RefusalType.INVALID_INPUT, "reason")
         self._require_decider(input.user, input.grants, "reject it (cancel it instead)")
 
     @workflow.update
-    async def override(self, input: OverrideInput) -> OrderState:
+    async def override(self, input: OverrideInput) -> Order:
         """Accept the order's soft compliance breaches, with a written justification."""
-        self._state.override = {
-            "user": input.user,
-            "justification": input.justification,
-            "at": workflow.now().isoformat(),
-            "policy": input.policy,
-        }
-        self._transition(OrderEvent.OVERRIDDEN, actor=input.user)
-        self._complete_if_no_levels()
-        await self._project()
-        return self._state
+        order = self._order
+        order.override = Override(
+            user=input.user,
+            justification=input.justification,
+            at=workflow.now(),
+            policy=input.policy,
+        )
+        self._record(
+            OrderEvent.OVERRIDDEN,
+            actor=input.user,
+            reason=input.justification,
+            details=order.override.model_dump(mode="json"),
+        )
+        self._complete_if_no_levels(actor=input.user)
+        return await self._answer()
 
     @override.validator
     def _validate_override(self, input: OverrideInput) -> None:
         self._require_status(OrderStatus.PENDING_OVERRIDE, "override")
         if not input.justification.strip():
-            raise _refuse("an override needs a justification", RefusalType.INVALID_INPUT)
-        if input.user == self._state.created_by:
+            raise _refuse(
+                "an override needs a justification", RefusalType.INVALID_INPUT, "justification"
+            )
+        if input.user == self._order.created_by:
             raise _refuse("the order's creator cannot override its breaches", RefusalType.FORBIDDEN)
 
     @workflow.update
-    async def release(self, input: ReleaseInput) -> OrderState:
-        """Send the approved order to a venue."""
-        state = self._state
-        state.venue = input.venue
-        self._transition(OrderEvent.RELEASED, actor=input.user)
-        await self._project()
-        order = VenueOrder(
-            order_id=state.order_id,
-            fund=state.fund,
-            symbol=state.symbol,
-            side=state.side,
-            quantity=state.quantity,
-            order_type=state.order_type,
-            limit_price=state.limit_price,
-            time_in_force=state.time_in_force,
+    async def release(self, input: ReleaseInput) -> Order:
+        """Release the approved order to a venue; the venue phase sends it."""
+        order = self._order
+        order.venue = input.venue
+        self._record(
+            OrderEvent.RELEASED,
+            actor=input.user,
+            details={
+                "venue": input.venue,
+                "cl_ord_id": order.terms.cl_ord_id,
+                "policy": _json_list(input.policy),
+            },
         )
-        try:
-            await workflow.execute_activity_method(
-                VenueActivities.submit_order,
-                SubmitOrderInput(venue=input.venue, order=order),
-                **_EXTERNAL,
-            )
-        except ActivityError as err:
-            # The venue never took the order: record why, and end it as rejected by the venue.
-            if state.status is OrderStatus.RELEASED:
-                self._transition(
-                    OrderEvent.VENUE_REJECTED,
-                    reason=f"venue did not accept the order: {_cause(err)}",
-                )
-                await self._project()
-        return self._state
+        self._commands.append(self._command(VenueCommandKind.SUBMIT, input.user))
+        return await self._answer()
 
     @release.validator
     def _validate_release(self, input: ReleaseInput) -> None:
         self._require_status(OrderStatus.APPROVED, "release")
+        if not input.venue.strip():
+            raise _refuse("a release needs a venue", RefusalType.INVALID_INPUT, "venue")
 
     @workflow.update
-    async def cancel(self, input: CancelInput) -> OrderState:
+    async def cancel(self, input: CancelInput) -> Order:
         """Cancel the order: at once before release, through pending_cancel after."""
-        state = self._state
-        if state.status in PRE_RELEASE:
-            self._transition(
-                OrderEvent.CANCELED_BEFORE_RELEASE, reason=input.reason, actor=input.user
+        order = self._order
+        details: dict[str, JsonValue] = {"policy": _json_list(input.policy)}
+        if order.status in PRE_RELEASE:
+            self._record(
+                OrderEvent.CANCELED_BEFORE_RELEASE,
+                reason=input.reason,
+                actor=input.user,
+                details=details,
             )
-            await self._project()
-            return state
-        self._transition(OrderEvent.CANCEL_REQUESTED, reason=input.reason, actor=input.user)
-        await self._project()
-        assert state.venue is not None
-        try:
-            await workflow.execute_activity_method(
-                VenueActivities.cancel_at_venue,
-                CancelAtVenueInput(venue=state.venue, order_id=state.order_id),
-                **_EXTERNAL,
+        else:
+            self._record(
+                OrderEvent.CANCEL_REQUESTED, reason=input.reason, actor=input.user, details=details
             )
-        except ActivityError as err:
-            # The request never reached the venue: the order is still working there.
-            if state.status is OrderStatus.PENDING_CANCEL:
-                state.flags.append(f"cancel_not_sent:{_cause(err)}")
-                rejected = (
-                    OrderEvent.CANCEL_REJECTED_AFTER_FILLS
-                    if state.filled_quantity > 0
-                    else OrderEvent.CANCEL_REJECTED
-                )
-                self._transition(rejected, actor="system")
-                await self._project()
-        return self._state
+            self._commands.append(self._command(VenueCommandKind.CANCEL, input.user))
+        return await self._answer()
 
     @cancel.validator
     def _validate_cancel(self, input: CancelInput) -> None:
-        status = self._state.status
-        if allows(status, OrderEvent.CANCELED_BEFORE_RELEASE) or allows(
-            status, OrderEvent.CANCEL_REQUESTED
+        status = self._order.status
+        if self._order.closed or not (
+            allows(status, OrderEvent.CANCELED_BEFORE_RELEASE)
+            or allows(status, OrderEvent.CANCEL_REQUESTED)
         ):
-            return
-        raise _refuse(
-            f"an order that is {status.value} cannot be canceled", RefusalType.INVALID_STATE
-        )
+            raise _refuse(
+                f"an order that is {status.value} cannot be canceled", RefusalType.INVALID_STATE
+            )
+
+    # ---- updates: the venue -------------------------------------------------------------------
 
     @workflow.update
-    async def await_compliance(self, input: AwaitComplianceInput) -> OrderState:
-        """Return the order once pre-trade compliance has decided (used with update-with-start).
-
-        It answers only once the read model shows the decision too, so the creator's next
-        list or inbox query finds the order as the response describes it.
-        """
-        await workflow.wait_condition(
-            lambda: self._state.status is not OrderStatus.PENDING_COMPLIANCE
+    def execution_report(self, input: ExecutionReportInput) -> ExecutionReportResult:
+        """Apply a venue's execution report and answer with the order's one decision about it."""
+        self._updates_this_run += 1
+        order = self._order
+        report = input.report
+        outcome = apply_report(
+            status=order.status,
+            quantity=order.terms.quantity,
+            filled_quantity=order.filled_quantity,
+            average_price=order.average_price,
+            seen_exec_ids=set(order.exec_ids_seen),
+            report=report,
+            reported_by=input.reported_by,
+            received_at=workflow.now(),
         )
-        if workflow.patched(_PATCH_CREATE_ANSWERS_AFTER_PROJECTION):
-            decided = self._state.version
-            await workflow.wait_condition(lambda: self._projected_version >= decided)
-        return self._state
-
-    # ---- signals: machine events --------------------------------------------------------------
-
-    @workflow.signal
-    async def execution_report(self, input: ExecutionReportInput) -> None:
-        """Apply a venue's execution report; duplicates are ignored, impossible ones flagged."""
-        state = self._state
-        outcome = apply_report_to(state, input.report, input.reported_by, workflow.now())
-        if outcome.verdict is ReportVerdict.DUPLICATE:
-            return
         if outcome.verdict is ReportVerdict.REFUSED:
-            state.flags.append(f"execution_refused:{input.report.exec_id}:{outcome.reason}")
-            self._touch()
-            await self._project()
-            return
-        execution = outcome.execution
-        assert execution is not None
-        state.executions.append(execution)
-        state.filled_quantity = execution.cumulative_quantity
-        state.leaves_quantity = execution.leaves_quantity
-        state.average_price = execution.average_price
-        if outcome.event is not None:
-            # Closing reports give the venue's text; without one, a requested cancel keeps its reason.
-            reason = (
-                (input.report.text or state.status_reason)
-                if outcome.event in CLOSED_BY_VENUE
-                else ""
+            order.refused_reports[report.exec_id] = outcome.reason
+            order.raise_flag(
+                FlagKind.EXECUTION_REFUSED,
+                f"execution report {report.exec_id} refused: {outcome.reason}",
+                at=workflow.now(),
+                ref=report.exec_id,
             )
-            self._transition(outcome.event, reason=reason, actor=input.reported_by)
-        else:
-            self._touch()
-        await self._project()
+        elif outcome.verdict is ReportVerdict.APPLIED:
+            execution = outcome.execution
+            assert execution is not None
+            order.add_execution(execution)
+            details: dict[str, JsonValue] = execution.model_dump(mode="json")
+            if outcome.event is None:
+                self._record(OrderEvent.EXECUTION_APPLIED, actor=input.reported_by, details=details)
+            else:
+                # Closing reports give the venue's text; a requested cancel keeps its reason.
+                reason = (
+                    (report.text or order.status_reason) if outcome.event in CLOSED_BY_VENUE else ""
+                )
+                self._record(outcome.event, actor=input.reported_by, reason=reason, details=details)
+            if order.status is not OrderStatus.RELEASED:
+                order.venue_ack_due_at = None
+        return ExecutionReportResult(
+            verdict=outcome.verdict,
+            reason=outcome.reason,
+            field=outcome.field,
+            status=order.status,
+            filled_quantity=order.filled_quantity,
+            leaves_quantity=order.leaves_quantity,
+            average_price=order.average_price,
+            version=order.version,
+        )
+
+    @execution_report.validator
+    def _validate_execution_report(self, input: ExecutionReportInput) -> None:
+        order = self._order
+        report = input.report
+        if report.exec_id in order.exec_ids_seen:
+            raise _refuse(f"exec_id {report.exec_id} already applied", RefusalType.DUPLICATE)
+        if report.exec_id in order.refused_reports:
+            raise _refuse(
+                order.refused_reports[report.exec_id], RefusalType.EXECUTION_REFUSED, "exec_id"
+            )
+        if order.closed or order.status in PRE_RELEASE:
+            raise _refuse(
+                f"the order is {order.status.value}, not at a venue", RefusalType.INVALID_STATE
+            )
+        now = workflow.now()
+        if not now - _REPORT_TIME_BEHIND <= report.transact_time <= now + _REPORT_TIME_AHEAD:
+            raise _refuse(
+                f"transact_time {report.transact_time.isoformat()} is too far from now "
+                f"({now.isoformat()})",
+                RefusalType.INVALID_INPUT,
+                "transact_time",
+            )
+        for field, value in (
+            ("last_quantity", report.last_quantity),
+            ("last_price", report.last_price),
+        ):
+            if value is None:
+                continue
+            if value >= _MAX_REPORT_VALUE or _places(value) > _MAX_REPORT_PLACES:
+                raise _refuse(
+                    f"{field} {value} is out of range (below {_MAX_REPORT_VALUE:,.0f}, "
+                    f"at most {_MAX_REPORT_PLACES} decimal places)",
+                    RefusalType.INVALID_INPUT,
+                    field,
+                )
+
+    # ---- signals: the back office -------------------------------------------------------------
 
     @workflow.signal
-    async def settlement_update(self, input: SettlementUpdateInput) -> None:
+    def settlement_update(self, input: SettlementUpdateInput) -> None:
         """Record the back office's confirmation or failure of one instruction."""
-        for index, instruction in enumerate(self._state.settlements):
+        order = self._order
+        for index, instruction in enumerate(order.settlements):
             if instruction.settlement_id != input.settlement_id:
                 continue
-            if instruction.status is SettlementStatus.CONFIRMED:
+            if instruction.status is SettlementStatus.CONFIRMED or order.closed:
                 return  # confirmed is final; repeats change nothing
-            self._state.settlements[index] = instruction.model_copy(
+            order.settlements[index] = instruction.model_copy(
                 update={
                     "status": input.status,
                     "status_reason": input.reason,
                     "status_at": input.at,
                 }
             )
-            self._touch()
-            await workflow.execute_activity_method(
-                ProjectionActivities.record_settlement_status,
-                RecordSettlementStatusInput(
-                    settlement_id=input.settlement_id,
-                    status=input.status,
-                    reason=input.reason,
-                    at=input.at,
-                ),
-                **_LOCAL_IO,
+            self._record(
+                OrderEvent.SETTLEMENT_ANSWERED,
+                actor=input.user,
+                reason=input.reason,
+                details={"settlement_id": input.settlement_id, "status": input.status.value},
             )
-            await self._project()
             return
 
     # ---- queries ------------------------------------------------------------------------------
 
     @workflow.query
-    def state(self) -> OrderState:
+    def state(self) -> Order:
         """Return the live order."""
-        return self._state
+        return self._order
+
+    # ---- the projector ------------------------------------------------------------------------
+
+    async def _projector(self) -> None:
+        """Write what is not yet projected, one batch at a time, until the order has closed."""
+        while True:
+            await workflow.wait_condition(
+                lambda: self._has_unprojected() or self._projector_stopping
+            )
+            if not self._has_unprojected():
+                return
+            projection = self._pending_projection()
+            await workflow.execute_local_activity_method(
+                ProjectionActivities.project_events,
+                ProjectEventsInput(projection=projection),
+                **_LOCAL_IO,
+            )
+            self._projected_seq = max(self._projected_seq, projection.summary.version)
+            self._projected_executions += len(projection.executions)
+            self._allocations_projected |= bool(projection.allocations)
+            for instruction in projection.settlements:
+                self._settlements_projected[instruction.settlement_id] = instruction.status
+
+    def _has_unprojected(self) -> bool:
+        return self._order.last_seq > self._projected_seq
+
+    def _pending_projection(self) -> OrderProjection:
+        order = self._order
+        new_executions = order.execution_count - self._projected_executions
+        return OrderProjection(
+            summary=summarise(order, WORKFLOW_TYPE),
+            events=[e for e in order.events if e.seq > self._projected_seq],
+            executions=order.executions[-new_executions:] if new_executions > 0 else [],
+            allocations=order.allocations if not self._allocations_projected else [],
+            settlements=[
+                s
+                for s in order.settlements
+                if s.status is not SettlementStatus.INSTRUCTED
+                and self._settlements_projected.get(s.settlement_id) is not s.status
+            ],
+        )
+
+    async def _answer(self) -> Order:
+        """Return the order to the caller once the read model shows this change."""
+        self._updates_this_run += 1
+        seq = self._order.last_seq
+        await workflow.wait_condition(lambda: self._projected_seq >= seq)
+        return self._order.without_events()
+
+    # ---- continue-as-new ----------------------------------------------------------------------
+
+    def _should_continue_as_new(self) -> bool:
+        return (
+            workflow.info().is_continue_as_new_suggested()
+            or self._updates_this_run >= self._input.updates_before_continue_as_new
+        )
+
+    async def _continue_as_new(self, projector: asyncio.Task[None]) -> None:
+        """Finish the handlers, flush the projector, and go on in a new run with the order."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._projector_stopping = True
+        await projector
+        carried = CarriedOrder(
+            order=self._order.carried(self._projected_seq),
+            commands=self._commands,
+            projected_executions=self._projected_executions,
+            allocations_projected=self._allocations_projected,
+            settlement_statuses_projected=self._settlements_projected,
+        )
+        workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
 
     # ---- helpers ------------------------------------------------------------------------------
 
+    def _record(
+        self,
+        event: OrderEvent,
+        *,
+        reason: str = "",
+        actor: str = "system",
+        details: dict[str, JsonValue] | None = None,
+    ) -> None:
+        self._order.record(event, at=workflow.now(), actor=actor, reason=reason, details=details)
+
+    def _record_if_allowed(self, event: OrderEvent, *, reason: str = "") -> None:
+        """Record a system event if the status still allows it (a person may have acted first)."""
+        if allows(self._order.status, event):
+            self._record(event, reason=reason)
+
+    def _complete_if_no_levels(self, actor: str) -> None:
+        order = self._order
+        if order.status is OrderStatus.PENDING_APPROVAL and order.approvals.current_level is None:
+            self._record(OrderEvent.APPROVALS_COMPLETE, actor=actor, reason="no approval required")
+
+    def _command(self, kind: VenueCommandKind, requested_by: str = "system") -> VenueCommand:
+        order = self._order
+        assert order.venue is not None
+        return VenueCommand(
+            kind=kind, venue=order.venue, cl_ord_id=order.terms.cl_ord_id, requested_by=requested_by
+        )
+
     def _require_status(self, status: OrderStatus, action: str) -> None:
-        if self._state.status is not status:
+        if self._order.status is not status or self._order.closed:
             raise _refuse(
-                f"cannot {action} an order that is {self._state.status.value} (needs {status.value})",
+                f"cannot {action} an order that is {self._order.status.value} (needs {status.value})",
                 RefusalType.INVALID_STATE,
             )
 
     def _require_decider(self, user: str, grants: list[PolicyGrant], action: str) -> None:
         """Refuse the order's creator, and anyone not granted the level now pending."""
-        level = self._state.approvals.current_level
-        if user == self._state.created_by:
+        level = self._order.approvals.current_level
+        if user == self._order.created_by:
             raise _refuse(f"the order's creator cannot {action}", RefusalType.FORBIDDEN)
         if not any(g.permission == level for g in grants):
             raise _refuse(
-                f"{user} may not decide level {level} in {self._state.fund}", RefusalType.FORBIDDEN
+                f"{user} may not decide level {level} in {self._order.fund}", RefusalType.FORBIDDEN
             )
 
-    def _transition(self, event: OrderEvent, *, reason: str = "", actor: str = "system") -> None:
-        self._state.status = next_status(self._state.status, event)
-        self._state.status_actor = actor
-        self._state.status_reason = reason
-        self._touch()
-
-    def _touch(self) -> None:
-        self._state.version += 1
-        self._state.updated_at = workflow.now()
-
-    async def _project(self) -> None:
-        snapshot = self._state.model_copy(deep=True)
-        await workflow.execute_activity_method(
-            ProjectionActivities.project_order, ProjectOrderInput(state=snapshot), **_LOCAL_IO
-        )
-        self._projected_version = max(self._projected_version, snapshot.version)
-
     @staticmethod
-    async def _wait(condition: Callable[[], bool], within: timedelta) -> bool:
-        """Wait for `condition` up to `within`; return whether it came true."""
-        try:
-            await workflow.wait_condition(condition, timeout=within)
-        except TimeoutError:
-            return False
-        return True
+    def _policy_for(level: str | None, grants: list[PolicyGrant]) -> list[JsonValue]:
+        return next((_json_list(g.policy) for g in grants if g.permission == level), [])
+
+    def _deadline_passed(self, deadline: datetime | None) -> bool:
+        return deadline is not None and workflow.now() >= deadline
+
+    async def _wait_until(self, condition: Callable[[], bool], deadline: datetime | None) -> bool:
+        """Wait for `condition`, the deadline, or a reason to continue as new; return `condition()`.
+
+        The condition is tested after the wait whatever woke it, so a timer that fires in the
+        same workflow task as the Update that made it true still counts the Update.
+        """
+
+        def woken() -> bool:
+            return condition() or self._should_continue_as_new()
+
+        if deadline is None:
+            await workflow.wait_condition(woken)
+        else:
+            remaining = deadline - workflow.now()
+            if remaining > timedelta(0):
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(woken, timeout=remaining)
+        return condition()

@@ -1,39 +1,85 @@
-"""Execution reports from venues, delivered to the order workflow as Signals."""
+"""Execution reports from venues: an Update on the order, whose answer is the one decision."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 
-from api.deps import ServicesDep, UserDep
-from api.errors import ApiError
-from api.order_access import visible_order
-from api.schemas import Accepted
-from domain.executions import ExecutionReport, ReportVerdict, apply_report_to
-from workflows.messages import ExecutionReportInput
+from api.deps import Services, ServicesDep, UserDep
+from api.errors import ApiError, from_update_failure
+from api.order_access import OrderRef, locate, order_handle, query_order
+from api.schemas import ExecutionAnswer
+from domain.errors import RefusalType
+from domain.executions import ExecutionReport, ReportVerdict, apply_report
+from workflows.messages import ExecutionReportInput, ExecutionReportResult
 from workflows.order import OrderWorkflow
 
 router = APIRouter(prefix="/executions", tags=["executions"])
 
 
-@router.post("", status_code=202, response_model=Accepted)
+@router.post("", status_code=202, response_model=ExecutionAnswer)
 async def post_execution(
     report: ExecutionReport, response: Response, services: ServicesDep, user: UserDep
-) -> Accepted:
-    """Take one execution report: 202 when passed to the order, 200 for a duplicate exec_id.
+) -> ExecutionAnswer:
+    """Take one execution report: 202 when taken, 200 for a duplicate exec_id, 409 when refused.
 
-    A report the order cannot accept (overfill, wrong state) is still delivered, so the order
-    records and flags it, and the venue gets 409 with the reason.
+    A refused report (overfill, a report the order's status does not take) is recorded on the
+    order once, and the venue gets 409 with the reason; sending it again gets the same answer.
     """
-    handle, state = await visible_order(services, user, report.order_id, ("executions", "create"))
-    outcome = apply_report_to(state, report, user, datetime.now(UTC))
+    ref = await locate(services, user, report.order_id, ("executions", "create"))
+    update = ExecutionReportInput(report=report, reported_by=user)
+    if ref.is_v1:
+        return await _report_to_v1(services, ref, update, response)
+    handle = order_handle(services, ref.order_id)
+    try:
+        result = await handle.execute_update(OrderWorkflow.execution_report, update)
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.type == RefusalType.DUPLICATE:
+            response.status_code = 200
+            return ExecutionAnswer(status="duplicate", detail=cause.message)
+        raise from_update_failure(err) from err
+    return _answer(result, response)
+
+
+def _answer(result: ExecutionReportResult, response: Response) -> ExecutionAnswer:
+    if result.verdict is ReportVerdict.REFUSED:
+        raise ApiError(409, "execution_refused", result.reason, result.field)
+    if result.verdict is ReportVerdict.DUPLICATE:
+        response.status_code = 200
+    return ExecutionAnswer(
+        status="accepted" if result.verdict is ReportVerdict.APPLIED else "duplicate",
+        detail=result.reason,
+        order_status=result.status,
+        filled_quantity=result.filled_quantity,
+        leaves_quantity=result.leaves_quantity,
+        average_price=result.average_price,
+        version=result.version,
+    )
+
+
+async def _report_to_v1(
+    services: Services, ref: OrderRef, update: ExecutionReportInput, response: Response
+) -> ExecutionAnswer:
+    """Deliver a report to an order still on the first workflow, which takes reports as Signals."""
+    order = await query_order(services, ref.order_id, ref.workflow_type)
+    outcome = apply_report(
+        status=order.status,
+        quantity=order.quantity,
+        filled_quantity=order.filled_quantity,
+        average_price=order.average_price,
+        seen_exec_ids={e.exec_id for e in order.executions},
+        report=update.report,
+        reported_by=update.reported_by,
+        received_at=datetime.now(UTC),
+    )
     if outcome.verdict is ReportVerdict.DUPLICATE:
         response.status_code = 200
-        return Accepted(status="duplicate", detail=outcome.reason)
-    await handle.signal(
-        OrderWorkflow.execution_report, ExecutionReportInput(report=report, reported_by=user)
-    )
+        return ExecutionAnswer(status="duplicate", detail=outcome.reason)
+    await order_handle(services, ref.order_id).signal("execution_report", update)
     if outcome.verdict is ReportVerdict.REFUSED:
         raise ApiError(409, "execution_refused", outcome.reason, outcome.field)
-    return Accepted(status="accepted")
+    return ExecutionAnswer(status="accepted")

@@ -1,7 +1,8 @@
-"""Orders: create, read, list, history, and the human actions (Updates) on one order."""
+"""Orders: create, read (live, or long-polled), list, history, and the human actions (Updates)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Annotated
 
@@ -11,22 +12,25 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from activities.compliance import load_approval_matrix
 from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
 from api.errors import ApiError, invalid
 from api.history import render_history
 from api.order_access import (
+    OrderRef,
+    locate,
     order_handle,
-    read_state,
+    query_order,
     readable_funds,
     require,
     run_update,
-    visible_order,
 )
 from api.schemas import (
     ApproveBody,
     CancelBody,
     HistoryEntry,
     OrderPage,
+    OrderPublic,
     OrderSummary,
     OverrideBody,
     RejectBody,
@@ -35,6 +39,8 @@ from api.schemas import (
 from db import queries
 from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
+from domain.order import Order
+from domain.status import has_reached
 from workflows.messages import (
     ApproveInput,
     AwaitComplianceInput,
@@ -46,9 +52,13 @@ from workflows.messages import (
     RejectInput,
     ReleaseInput,
 )
-from workflows.order import OrderWorkflow
+from workflows.order import WORKFLOW_TYPE, OrderWorkflow
 
 router = APIRouter(prefix="/orders", tags=["orders"])
+
+# A long-poll waits at most this long, and looks at the read model this often (growing).
+MAX_WAIT_SECONDS = 60
+_POLL_FIRST, _POLL_MAX = 0.05, 0.5
 
 
 def normalise_order(
@@ -83,13 +93,13 @@ def normalise_order(
     return body.model_copy(update={"allocations": default})
 
 
-@router.post("", status_code=201, response_model=OrderState)
+@router.post("", status_code=201, response_model=OrderPublic)
 async def create_order(
     body: OrderRequest,
     response: Response,
     services: ServicesDep,
     user: UserDep,
-) -> OrderState:
+) -> OrderPublic:
     """Create an order; the same client_order_id again returns the existing order (200) or 409."""
     request = await run_db(services, lambda session: normalise_order(body, services, session, user))
     order_id = order_id_for(request.fund, request.client_order_id)
@@ -102,10 +112,11 @@ async def create_order(
         timeouts=OrderTimeouts(
             approval_escalate_after=timedelta(seconds=settings.approval_escalate_after_seconds),
             approval_expire_after=timedelta(seconds=settings.approval_expire_after_seconds),
+            venue_ack_timeout=timedelta(seconds=settings.venue_ack_timeout_seconds),
         ),
     )
-    # Update-with-start: one round trip starts the order and answers once compliance has decided,
-    # so the caller sees the rule results (and a hard breach) in the response.
+    # Update-with-start: one round trip starts the order and answers once compliance has decided
+    # and the read model shows it, so the caller sees the rule results in the response.
     start = WithStartWorkflowOperation(
         OrderWorkflow.run,
         workflow_input,
@@ -116,20 +127,36 @@ async def create_order(
         static_summary=f"{request.side.value} {request.quantity} {request.symbol} for {request.fund} by {user}",
     )
     try:
-        return await services.temporal.execute_update_with_start_workflow(
+        order = await services.temporal.execute_update_with_start_workflow(
             OrderWorkflow.await_compliance, AwaitComplianceInput(), start_workflow_operation=start
         )
     except WorkflowAlreadyStartedError:
-        existing = await read_state(order_handle(services, order_id))
-        if existing.request().same_order_as(request):
-            response.status_code = 200
-            return existing
-        raise ApiError(
-            409,
-            "duplicate_client_order_id",
-            f"client_order_id {request.client_order_id} is already used in {request.fund} by a different order",
-            "client_order_id",
-        ) from None
+        return await _existing_order(services, order_id, request, response)
+    return OrderPublic.from_order(order)
+
+
+async def _existing_order(
+    services: Services, order_id: str, request: OrderRequest, response: Response
+) -> OrderPublic:
+    """Answer a repeated create: the same order (200) if the body is the same, else 409."""
+    route = await run_db(services, lambda session: queries.order_route(session, order_id))
+    workflow_type = route[1] if route else WORKFLOW_TYPE
+    handle = order_handle(services, order_id)
+    if workflow_type == queries.V1_WORKFLOW_TYPE:
+        state = await handle.query("state", result_type=OrderState)
+        same, public = state.request().same_order_as(request), OrderPublic.from_v1(state)
+    else:
+        order = await handle.query("state", result_type=Order)
+        same, public = order.request.same_order_as(request), OrderPublic.from_order(order)
+    if same:
+        response.status_code = 200
+        return public
+    raise ApiError(
+        409,
+        "duplicate_client_order_id",
+        f"client_order_id {request.client_order_id} is already used in {request.fund} by a different order",
+        "client_order_id",
+    )
 
 
 @router.get("", response_model=OrderPage)
@@ -139,10 +166,10 @@ def list_orders(
     user: UserDep,
     fund: str | None = None,
     status: OrderStatus | None = None,
-    symbol: str | None = None,
-    created_by: str | None = None,
+    symbol: Annotated[str | None, Query(max_length=32)] = None,
+    created_by: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> OrderPage:
     """List orders from the read model, newest first, in the funds the caller may read."""
     funds = readable_funds(services, session, user, "orders", fund)
@@ -161,97 +188,160 @@ def list_orders(
     )
 
 
-@router.get("/{order_id}", response_model=OrderState)
-async def get_order(order_id: str, services: ServicesDep, user: UserDep) -> OrderState:
-    """The live order, from its workflow."""
-    _, state = await visible_order(services, user, order_id)
-    return state
+def _parse_statuses(text: str) -> frozenset[OrderStatus]:
+    wanted = set()
+    for name in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            wanted.add(OrderStatus(name))
+        except ValueError:
+            raise invalid("wait_for", f"unknown status {name!r}") from None
+    if not wanted:
+        raise invalid("wait_for", "name at least one status")
+    return frozenset(wanted)
+
+
+async def _wait_in_read_model(
+    services: Services, order_id: str, wanted: frozenset[OrderStatus], within: float
+) -> None:
+    """Return once the read model shows the order at one of `wanted`, later, or final; or at timeout.
+
+    The read model is polled (cheap, indexed by order id) rather than the workflow: a Query per
+    poll would cost the worker a workflow task each time.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    interval = _POLL_FIRST
+    while True:
+        row = await run_db(services, lambda session: queries.order_status(session, order_id))
+        if row is not None:
+            status, filled = row
+            if has_reached(OrderStatus(status), wanted, filled=filled):
+                return
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        await asyncio.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, _POLL_MAX)
+
+
+@router.get("/{order_id}", response_model=OrderPublic)
+async def get_order(
+    order_id: str,
+    services: ServicesDep,
+    user: UserDep,
+    wait_for: Annotated[str | None, Query(max_length=400)] = None,
+    wait_seconds: Annotated[float, Query(alias="timeout", gt=0, le=MAX_WAIT_SECONDS)] = 30,
+) -> OrderPublic:
+    """The live order, from its workflow; with `wait_for`, once it reaches one of those statuses."""
+    wanted = _parse_statuses(wait_for) if wait_for is not None else None
+    ref = await locate(services, user, order_id)
+    if wanted is not None:
+        await _wait_in_read_model(services, ref.order_id, wanted, wait_seconds)
+    return await query_order(services, ref.order_id, ref.workflow_type)
 
 
 @router.get("/{order_id}/history", response_model=None)
 async def order_history(
     order_id: str, services: ServicesDep, user: UserDep, format: str | None = None
 ) -> list[HistoryEntry] | Response:
-    """The audit timeline rendered from the workflow's event history (`?format=temporal`: raw)."""
+    """The audit timeline from the order's event log (`?format=temporal`: the raw history)."""
     if format not in (None, "temporal"):
         raise invalid("format", "format must be 'temporal' or absent")
-    handle, state = await visible_order(services, user, order_id)
-    require(services, user, state.fund, "orders", "history")
-    history = await handle.fetch_history()
-    if format == "temporal":
-        return Response(content=history.to_json(), media_type="application/json")
-    return await render_history(history, services.temporal.data_converter)
+    ref = await locate(services, user, order_id)
+    require(services, user, ref.fund, "orders", "history")
+    if format == "temporal" or ref.is_v1:
+        history = await order_handle(services, ref.order_id).fetch_history()
+        if format == "temporal":
+            return Response(content=history.to_json(), media_type="application/json")
+        return await render_history(history, services.temporal.data_converter)
+    rows = await run_db(services, lambda session: queries.order_events(session, ref.order_id))
+    return [
+        HistoryEntry(
+            at=row.at,
+            event=row.kind,
+            actor=row.actor,
+            details=row.details,
+            seq=row.seq,
+            status=row.status,
+            reason=row.reason,
+        )
+        for row in rows
+    ]
 
 
-@router.post("/{order_id}/approve", response_model=OrderState)
+@router.post("/{order_id}/approve", response_model=OrderPublic)
 async def approve_order(
     order_id: str, body: ApproveBody, services: ServicesDep, user: UserDep
-) -> OrderState:
+) -> OrderPublic:
     """Approve the order's current level."""
-    handle, state = await visible_order(services, user, order_id)
-    grants = _approval_grants(services, user, state)
-    update = ApproveInput(user=user, comment=body.comment, grants=grants)
-    return await run_update(state, lambda: handle.execute_update(OrderWorkflow.approve, update))
+    ref = await locate(services, user, order_id)
+    update = ApproveInput(
+        user=user, comment=body.comment, grants=_approval_grants(services, user, ref)
+    )
+    return await run_update(services, ref, "approve", update)
 
 
-@router.post("/{order_id}/reject", response_model=OrderState)
+@router.post("/{order_id}/reject", response_model=OrderPublic)
 async def reject_order(
     order_id: str, body: RejectBody, services: ServicesDep, user: UserDep
-) -> OrderState:
+) -> OrderPublic:
     """Reject the order at its current level."""
-    handle, state = await visible_order(services, user, order_id)
-    grants = _approval_grants(services, user, state)
-    update = RejectInput(user=user, reason=body.reason, grants=grants)
-    return await run_update(state, lambda: handle.execute_update(OrderWorkflow.reject, update))
+    ref = await locate(services, user, order_id)
+    update = RejectInput(
+        user=user, reason=body.reason, grants=_approval_grants(services, user, ref)
+    )
+    return await run_update(services, ref, "reject", update)
 
 
-@router.post("/{order_id}/override", response_model=OrderState)
+@router.post("/{order_id}/override", response_model=OrderPublic)
 async def override_order(
     order_id: str, body: OverrideBody, services: ServicesDep, user: UserDep
-) -> OrderState:
+) -> OrderPublic:
     """Accept the order's soft compliance breaches (compliance only)."""
-    handle, state = await visible_order(services, user, order_id)
-    grant = require(services, user, state.fund, "orders", "override")
+    ref = await locate(services, user, order_id)
+    grant = require(services, user, ref.fund, "orders", "override")
     update = OverrideInput(user=user, justification=body.justification, policy=grant.policy)
-    return await run_update(state, lambda: handle.execute_update(OrderWorkflow.override, update))
+    return await run_update(services, ref, "override", update)
 
 
-@router.post("/{order_id}/release", response_model=OrderState)
+@router.post("/{order_id}/release", response_model=OrderPublic)
 async def release_order(
     order_id: str, services: ServicesDep, user: UserDep, body: ReleaseBody | None = None
-) -> OrderState:
-    """Send an approved order to a venue (traders only)."""
-    handle, state = await visible_order(services, user, order_id)
-    grant = require(services, user, state.fund, "orders", "release")
+) -> OrderPublic:
+    """Release an approved order to a venue (traders only)."""
+    ref = await locate(services, user, order_id)
+    grant = require(services, user, ref.fund, "orders", "release")
     venue = (body.venue if body else None) or services.settings.default_venue
     if venue not in services.settings.known_venues:
         raise invalid(
             "venue", f"unknown venue {venue}; known: {', '.join(services.settings.known_venues)}"
         )
     update = ReleaseInput(user=user, venue=venue, policy=grant.policy)
-    return await run_update(state, lambda: handle.execute_update(OrderWorkflow.release, update))
+    return await run_update(services, ref, "release", update)
 
 
-@router.post("/{order_id}/cancel", response_model=OrderState)
+@router.post("/{order_id}/cancel", response_model=OrderPublic)
 async def cancel_order(
     order_id: str, services: ServicesDep, user: UserDep, body: CancelBody | None = None
-) -> OrderState:
+) -> OrderPublic:
     """Cancel: at once before release, through pending_cancel after."""
-    handle, state = await visible_order(services, user, order_id)
-    grant = require(services, user, state.fund, "orders", "cancel")
+    ref = await locate(services, user, order_id)
+    grant = require(services, user, ref.fund, "orders", "cancel")
     update = CancelInput(user=user, reason=body.reason if body else "", policy=grant.policy)
-    return await run_update(state, lambda: handle.execute_update(OrderWorkflow.cancel, update))
+    return await run_update(services, ref, "cancel", update)
 
 
-def _approval_grants(services: ServicesDep, user: str, state: OrderState) -> list[PolicyGrant]:
-    """Return the approval levels of this order the caller holds, with the policy that grants each."""
+def _approval_grants(services: Services, user: str, ref: OrderRef) -> list[PolicyGrant]:
+    """Return the approval levels the caller holds in the order's fund, with the policy of each.
+
+    The order decides which level is pending; the API only says which levels this person holds.
+    """
+    matrix = load_approval_matrix(services.settings.policies_dir)
     grants = []
-    for level in state.approvals.required:
-        grant = services.authorizer.check(user, state.fund, "approvals", level)
+    for level in dict.fromkeys(lvl.level for lvl in matrix.levels):
+        grant = services.authorizer.check(user, ref.fund, "approvals", level)
         if grant is not None:
             grants.append(PolicyGrant(permission=level, policy=grant.policy))
     if not grants:
-        raise ApiError(
-            403, "forbidden", f"{user} may not approve orders of this size in {state.fund}"
-        )
+        raise ApiError(403, "forbidden", f"{user} may not approve orders in {ref.fund}")
     return grants

@@ -14,7 +14,6 @@ from api.schemas import Accepted, SettlementFailBody, SettlementView
 from db import queries
 from domain.models import SettlementStatus
 from workflows.messages import SettlementUpdateInput
-from workflows.order import OrderWorkflow
 
 router = APIRouter(prefix="/settlements", tags=["settlements"])
 
@@ -54,7 +53,8 @@ async def _answer(
         settlement_id=settlement_id, status=status, reason=reason, user=user, at=datetime.now(UTC)
     )
     try:
-        await order_handle(services, row.order_id).signal(OrderWorkflow.settlement_update, update)
+        # v1 and v2 orders both take the answer as the signal "settlement_update".
+        await order_handle(services, row.order_id).signal("settlement_update", update)
     except RPCError as err:
         if err.status is RPCStatusCode.NOT_FOUND:  # the order has closed
             raise ApiError(

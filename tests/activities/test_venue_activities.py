@@ -1,85 +1,165 @@
-"""VenueActivities with the real simulator, reporting into a sink that records what it is sent."""
+"""VenueActivities with the real simulator on a real database, reporting into a recording sink."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import Engine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-import worker
-from activities.venue import CancelAtVenueInput, SubmitOrderInput, VenueActivities
-from db.engine import SessionFactory
+from activities.venue import (
+    CancelAtVenueInput,
+    SubmitOrderInput,
+    VenueActivities,
+    VenueOrderStatusInput,
+)
+from db import simulators
+from db.engine import SessionFactory, create_schema
+from db.simulators import SimVenueOrderRow
 from domain.executions import ExecutionReport
 from domain.models import ExecType, OrderType, Side, TimeInForce
-from venues.base import VenueOrder
+from venues.base import VenueOrder, VenueOrderStatus
+from venues.manual import ManualVenue
 from venues.simulator import PriceSource, SimulatedVenue, fill_price
 
-DELAY = 0.04
+DELAY = 0.02
 LISTINGS = {
     "AAPL": (Decimal("230.5"), Decimal(1)),
     "EURUSD": (Decimal("1.085"), Decimal(1000)),
 }
 
 
-class RecordingSink:
-    """Where the simulator's execution reports go: kept, in arrival order."""
+@pytest.fixture
+def sessions(sessions: SessionFactory, engine: Engine) -> SessionFactory:
+    """The shared read model, with the simulator's table whichever module made it first."""
+    create_schema(engine)
+    return sessions
 
-    def __init__(self) -> None:
+
+class RecordingSink:
+    """The OMS as the venue sees it: keeps every report it takes, in arrival order.
+
+    It can be made to fail (`failures` calls raise, as an unreachable OMS would), or to hang on
+    a report as an OMS the worker dies talking to: `hang_before` (exec ids it never takes) or
+    `hang_after` (exec ids it takes but never answers).
+    """
+
+    def __init__(
+        self,
+        *,
+        failures: int = 0,
+        hang_before: frozenset[str] = frozenset(),
+        hang_after: frozenset[str] = frozenset(),
+    ) -> None:
         self.reports: list[ExecutionReport] = []
         self.reporters: set[str] = set()
+        self.attempts = 0
+        self.failures = failures
+        self.hang_before = hang_before
+        self.hang_after = hang_after
+        self.hanging = asyncio.Event()
 
     async def report(self, report: ExecutionReport, reported_by: str) -> None:
+        self.attempts += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("OMS unreachable")
+        if report.exec_id in self.hang_before:
+            await self._hang()
         self.reports.append(report)
         self.reporters.add(reported_by)
+        if report.exec_id in self.hang_after:
+            await self._hang()
 
-    def exec_types(self) -> list[ExecType]:
-        return [r.exec_type for r in self.reports]
+    async def _hang(self) -> None:
+        self.hanging.set()
+        await asyncio.Event().wait()  # never answers; ends only when the worker stops
+
+    def of(self, order: VenueOrder) -> list[ExecutionReport]:
+        return [r for r in self.reports if r.order_id == order.order_id]
 
 
 @dataclass
 class Venue:
+    """A simulator, the activities in front of it, and where its reports went."""
+
     sink: RecordingSink
     simulator: SimulatedVenue
-    activities: VenueActivities
-    env: ActivityEnvironment
+    sessions: SessionFactory
+    activities: VenueActivities = field(init=False)
+    env: ActivityEnvironment = field(default_factory=ActivityEnvironment)
+
+    def __post_init__(self) -> None:
+        self.activities = VenueActivities({"simulator": self.simulator, "manual": ManualVenue()})
 
     async def submit(self, order: VenueOrder, venue: str = "simulator") -> None:
         await self.env.run(self.activities.submit_order, SubmitOrderInput(venue=venue, order=order))
 
-    async def cancel(self, order_id: str, venue: str = "simulator") -> None:
+    async def cancel(self, order: VenueOrder, venue: str = "simulator") -> None:
         await self.env.run(
-            self.activities.cancel_at_venue, CancelAtVenueInput(venue=venue, order_id=order_id)
+            self.activities.cancel_at_venue,
+            CancelAtVenueInput(venue=venue, order_id=order.order_id, cl_ord_id=order.cl_ord_id),
         )
+
+    async def status(self, cl_ord_id: str, venue: str = "simulator") -> VenueOrderStatus:
+        result: VenueOrderStatus = await self.env.run(
+            self.activities.venue_order_status,
+            VenueOrderStatusInput(venue=venue, cl_ord_id=cl_ord_id),
+        )
+        return result
+
+    def row(self, order: VenueOrder) -> SimVenueOrderRow:
+        with self.sessions() as session:
+            row = simulators.venue_order(session, order.cl_ord_id)
+        assert row is not None
+        return row
+
+    def settled(self, order: VenueOrder) -> bool:
+        """Whether the simulator has nothing more to do for the order (every report is out)."""
+        row = self.row(order)
+        return row.next_step_at is None and row.lease_owner is None
 
 
 @asynccontextmanager
-async def open_venue(prices: PriceSource, delay: float = DELAY) -> AsyncIterator[Venue]:
-    sink = RecordingSink()
-    simulator = SimulatedVenue(sink, prices, delay_seconds=delay)
+async def running(simulator: SimulatedVenue) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the simulator's loop for the block, and stop it as a worker shutting down would."""
+    task = asyncio.create_task(simulator.run())
     try:
-        yield Venue(
-            sink, simulator, VenueActivities({simulator.name: simulator}), ActivityEnvironment()
-        )
+        yield task
     finally:
-        await simulator.close()
+        task.cancel()
+        await asyncio.wait({task})
+
+
+@asynccontextmanager
+async def open_venue(
+    sessions: SessionFactory,
+    prices: PriceSource = LISTINGS.get,
+    *,
+    delay: float = DELAY,
+    sink: RecordingSink | None = None,
+    lease_seconds: float = 10.0,
+) -> AsyncIterator[Venue]:
+    sink = sink or RecordingSink()
+    simulator = SimulatedVenue(
+        sink, prices, sessions, delay_seconds=delay, lease_seconds=lease_seconds
+    )
+    venue = Venue(sink, simulator, sessions)
+    async with running(simulator):
+        yield venue
 
 
 @pytest.fixture
-async def venue() -> AsyncIterator[Venue]:
-    async with open_venue(LISTINGS.get) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def slow_venue() -> AsyncIterator[Venue]:
-    async with open_venue(LISTINGS.get, delay=0.3) as opened:
+async def venue(sessions: SessionFactory) -> AsyncIterator[Venue]:
+    async with open_venue(sessions) as opened:
         yield opened
 
 
@@ -91,8 +171,10 @@ def venue_order(
     limit_price: str | None = "229.75",
     side: Side = Side.BUY,
 ) -> VenueOrder:
+    order_id = f"ord_t{uuid.uuid4().hex[:16]}"
     return VenueOrder(
-        order_id=f"ord_t{uuid.uuid4().hex[:16]}",
+        order_id=order_id,
+        cl_ord_id=f"{order_id}-1",
         fund="fund-alpha",
         symbol=symbol,
         side=side,
@@ -103,51 +185,60 @@ def venue_order(
     )
 
 
-async def refusal(call: Awaitable[None]) -> ApplicationError:
+def exec_ids(order: VenueOrder, *numbers: int) -> list[str]:
+    return [f"SIM-{order.cl_ord_id}-{n}" for n in numbers]
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10) -> None:
+    """Wait for `condition`, however slow the machine (a hang guard, not a timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never came true"
+        await asyncio.sleep(0.01)
+
+
+async def refusal(call: Awaitable[object]) -> ApplicationError:
     with pytest.raises(ApplicationError) as refused:
         await call
     assert refused.value.non_retryable is True
     return refused.value
 
 
-async def filled_by(venue: Venue, order: VenueOrder, delay: float = DELAY) -> list[ExecutionReport]:
-    """Wait until the simulator has acknowledged and filled the order (or given up)."""
-    for _ in range(500):  # up to 10 s on a loaded machine; usually three delays
-        if len(venue.sink.reports) >= 3:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(delay * 1.5)  # room for a report that should not come
-    return [r for r in venue.sink.reports if r.order_id == order.order_id]
+async def done(venue: Venue, order: VenueOrder) -> list[ExecutionReport]:
+    """Wait until the simulator has nothing more to send for the order; return its reports."""
+    await eventually(lambda: venue.settled(order))
+    return venue.sink.of(order)
 
 
 async def test_a_limit_order_is_acknowledged_then_filled_in_two_at_the_limit(venue: Venue) -> None:
     order = venue_order()
     await venue.submit(order)
-    await venue.submit(order)  # a resend (retried activity) is recognised by its ClOrdID
-    assert venue.sink.reports == []  # the venue answers later, not within the call
 
-    reports = await filled_by(venue, order)
+    reports = await done(venue, order)
 
     assert [r.exec_type for r in reports] == [ExecType.NEW, ExecType.TRADE, ExecType.TRADE]
     new, *trades = reports
-    assert (new.last_quantity, new.last_price) == (Decimal(0), None)
+    assert (new.last_quantity, new.last_price, new.text) == (Decimal(0), None, "accepted")
     assert [t.last_quantity for t in trades] == [Decimal(500), Decimal(501)]
     assert sum(t.last_quantity for t in trades) == order.quantity
     assert {t.last_price for t in trades} == {Decimal("229.75")}
-    assert [r.exec_id for r in reports] == [f"SIM-{order.order_id}-{n}" for n in (1, 2, 3)]
+    assert [r.exec_id for r in reports] == exec_ids(order, 1, 2, 3)
     assert venue.sink.reporters == {"sim-venue"}
     assert all(r.transact_time.utcoffset() is not None for r in reports)
-
-    await venue.submit(order)  # once the order is done, a resend still creates nothing
-    await asyncio.sleep(DELAY * 2)
-    assert len(venue.sink.reports) == 3
+    row = venue.row(order)
+    assert (row.state, row.filled, row.next_exec, row.submissions) == (
+        "filled",
+        order.quantity,
+        4,
+        1,
+    )
 
 
 async def test_a_market_order_fills_at_the_reference_price(venue: Venue) -> None:
     order = venue_order(quantity="300", order_type=OrderType.MARKET, limit_price=None)
     await venue.submit(order)
 
-    reports = await filled_by(venue, order)
+    reports = await done(venue, order)
 
     assert [r.exec_type for r in reports] == [ExecType.NEW, ExecType.TRADE, ExecType.TRADE]
     assert [r.last_quantity for r in reports[1:]] == [Decimal(150), Decimal(150)]
@@ -158,10 +249,262 @@ async def test_fills_respect_the_lot_size(venue: Venue) -> None:
     order = venue_order(symbol="EURUSD", quantity="2500", limit_price="1.0849")
     await venue.submit(order)
 
-    reports = await filled_by(venue, order)
+    reports = await done(venue, order)
 
     assert [r.last_quantity for r in reports] == [Decimal(0), Decimal(1000), Decimal(1500)]
     assert {r.last_price for r in reports[1:]} == {Decimal("1.0849")}
+
+
+async def test_an_order_smaller_than_two_lots_fills_at_once(venue: Venue) -> None:
+    order = venue_order(symbol="EURUSD", quantity="1000", limit_price="1.09")
+
+    await venue.submit(order)
+
+    reports = await done(venue, order)
+    assert [(r.exec_type, r.last_quantity) for r in reports] == [
+        (ExecType.NEW, Decimal(0)),
+        (ExecType.TRADE, Decimal(1000)),
+    ]
+    assert [r.exec_id for r in reports] == exec_ids(order, 1, 2)
+
+
+async def test_a_resent_order_is_counted_answered_ok_and_reported_once(
+    sessions: SessionFactory,
+) -> None:
+    listings = dict(LISTINGS)
+    async with open_venue(sessions, listings.get) as venue:
+        order = venue_order()
+        await venue.submit(order)
+        await venue.submit(order)  # a retried activity: recognised by its ClOrdID
+        reports = await done(venue, order)
+
+        # Even once the venue no longer lists the symbol, a resend of a known ClOrdID is OK.
+        del listings["AAPL"]
+        await venue.submit(order)
+
+        assert venue.row(order).submissions == 3
+        assert venue.settled(order)
+        assert [r.exec_id for r in venue.sink.of(order)] == exec_ids(order, 1, 2, 3)
+        assert reports == venue.sink.of(order)
+        with sessions() as session:
+            rows = [r for r in simulators.venue_orders(session) if r.order_id == order.order_id]
+        assert [r.cl_ord_id for r in rows] == [order.cl_ord_id]
+
+
+async def test_concurrent_submissions_of_one_cl_ord_id_make_one_order(venue: Venue) -> None:
+    order = venue_order()
+
+    await asyncio.gather(*(venue.submit(order) for _ in range(6)))
+
+    reports = await done(venue, order)
+    assert venue.row(order).submissions == 6
+    assert [r.exec_id for r in reports] == exec_ids(order, 1, 2, 3)
+
+
+async def test_recording_a_cl_ord_id_twice_keeps_one_row_that_counts_both(
+    sessions: SessionFactory,
+) -> None:
+    order = venue_order()
+    row = SimVenueOrderRow(
+        cl_ord_id=order.cl_ord_id,
+        order_id=order.order_id,
+        fund=order.fund,
+        symbol=order.symbol,
+        side=order.side.value,
+        quantity=order.quantity,
+        order_type=order.order_type.value,
+        limit_price=order.limit_price,
+        time_in_force=order.time_in_force.value,
+        reference_price=Decimal("230.5"),
+        lot_size=Decimal(1),
+        state="new",
+        received_at=datetime.now(UTC),
+    )
+
+    with sessions() as session:
+        first = simulators.record_submission(session, row)
+    with sessions() as session:
+        second = simulators.record_submission(session, row)
+
+    assert (first, second) == (True, False)
+    with sessions() as session:
+        [stored] = [r for r in simulators.venue_orders(session) if r.order_id == order.order_id]
+    assert (stored.cl_ord_id, stored.submissions, stored.quantity) == (
+        order.cl_ord_id,
+        2,
+        Decimal(1001),
+    )
+
+
+async def test_a_new_cl_ord_id_for_the_same_order_is_a_new_venue_order(venue: Venue) -> None:
+    first = venue_order(quantity="10")
+    second = first.model_copy(update={"cl_ord_id": f"{first.order_id}-2"})
+
+    await venue.submit(first)
+    await venue.submit(second)
+
+    await eventually(lambda: venue.settled(first) and venue.settled(second))
+    by_exec = {r.exec_id: r for r in venue.sink.of(first)}
+    assert sorted(by_exec) == sorted(exec_ids(first, 1, 2, 3) + exec_ids(second, 1, 2, 3))
+
+
+async def test_an_order_survives_the_simulator_that_received_it(sessions: SessionFactory) -> None:
+    order = venue_order()
+    # The first simulator's OMS takes the acknowledgement, then never answers the first fill:
+    # the worker is stopped with that report in flight.
+    dying = RecordingSink(hang_before=frozenset(exec_ids(order, 2)))
+    async with open_venue(sessions, sink=dying, lease_seconds=0.2) as first:
+        await first.submit(order)
+        await eventually(dying.hanging.is_set)
+    assert [r.exec_id for r in dying.reports] == exec_ids(order, 1)
+
+    # A new worker on the same database carries on; the lease of the dead one runs out.
+    async with open_venue(sessions, lease_seconds=0.2) as second:
+        await eventually(lambda: second.settled(order))
+
+    delivered = dying.reports + second.sink.reports
+    assert [r.exec_id for r in delivered] == exec_ids(order, 1, 2, 3)
+    assert [r.exec_type for r in delivered] == [ExecType.NEW, ExecType.TRADE, ExecType.TRADE]
+    assert sum(r.last_quantity for r in delivered) == order.quantity
+
+
+async def test_a_report_taken_but_not_recorded_is_sent_again_with_the_same_exec_id(
+    sessions: SessionFactory,
+) -> None:
+    order = venue_order(quantity="10")
+    # The worker dies after the OMS took the first fill but before the step was recorded.
+    dying = RecordingSink(hang_after=frozenset(exec_ids(order, 2)))
+    async with open_venue(sessions, sink=dying, lease_seconds=0.2) as first:
+        await first.submit(order)
+        await eventually(dying.hanging.is_set)
+
+    async with open_venue(sessions, lease_seconds=0.2) as second:
+        await eventually(lambda: second.settled(order))
+
+    # At least once: the fill comes again under the same exec id, which the OMS recognises
+    # as a repeat; nothing is missing and no other id is invented.
+    assert [r.exec_id for r in dying.reports] == exec_ids(order, 1, 2)
+    assert [r.exec_id for r in second.sink.reports] == exec_ids(order, 2, 3)
+    first_fill, resent = dying.reports[1], second.sink.reports[0]
+    assert (resent.last_quantity, resent.last_price) == (
+        first_fill.last_quantity,
+        first_fill.last_price,
+    )
+
+
+async def test_reports_the_oms_could_not_take_are_sent_again_in_order(
+    sessions: SessionFactory,
+) -> None:
+    sink = RecordingSink(failures=3)
+    async with open_venue(sessions, sink=sink) as venue:
+        order = venue_order()
+        await venue.submit(order)
+
+        reports = await done(venue, order)
+
+    assert sink.attempts == 3 + 3
+    assert [r.exec_id for r in reports] == exec_ids(order, 1, 2, 3)
+    assert [r.exec_type for r in reports] == [ExecType.NEW, ExecType.TRADE, ExecType.TRADE]
+
+
+async def test_two_simulators_on_one_database_report_each_step_once(
+    sessions: SessionFactory,
+) -> None:
+    orders = [venue_order(quantity=str(10 + n)) for n in range(5)]
+    async with open_venue(sessions) as one, open_venue(sessions) as other:
+        for n, order in enumerate(orders):
+            await (one if n % 2 else other).submit(order)
+        await eventually(lambda: all(one.settled(order) for order in orders))
+
+    for order in orders:
+        delivered = sorted(
+            (r.exec_id for r in one.sink.of(order) + other.sink.of(order)),
+            key=lambda exec_id: int(exec_id.rsplit("-", 1)[1]),
+        )
+        assert delivered == exec_ids(order, 1, 2, 3)
+
+
+async def test_cancelling_an_order_before_it_is_filled_reports_it_canceled(
+    sessions: SessionFactory,
+) -> None:
+    async with open_venue(sessions, delay=2) as venue:  # the fills would be seconds away
+        order = venue_order()
+        await venue.submit(order)
+        await venue.cancel(order)
+
+        [canceled] = await done(venue, order)  # answered at once, not after the delay
+
+        assert (canceled.exec_type, canceled.exec_id) == (ExecType.CANCELED, *exec_ids(order, 1))
+        assert (canceled.order_id, canceled.last_quantity) == (order.order_id, Decimal(0))
+        assert await venue.status(order.cl_ord_id) == VenueOrderStatus(
+            cl_ord_id=order.cl_ord_id, known=True, state="canceled", filled_quantity=Decimal(0)
+        )
+
+        # A repeated cancel (a retried activity) is answered already: no second report, so the
+        # order is not flagged for a reject it never asked for.
+        await venue.cancel(order)
+        assert venue.settled(order)
+        assert [r.exec_type for r in venue.sink.of(order)] == [ExecType.CANCELED]
+
+
+async def test_cancelling_a_filled_order_is_rejected_as_too_late(venue: Venue) -> None:
+    order = venue_order()
+    await venue.submit(order)
+    await done(venue, order)
+
+    await venue.cancel(order)
+    reports = await done(venue, order)
+    await venue.cancel(order)  # a repeat: already answered
+
+    assert [r.exec_type for r in reports] == [
+        ExecType.NEW,
+        ExecType.TRADE,
+        ExecType.TRADE,
+        ExecType.CANCEL_REJECTED,
+    ]
+    assert reports[-1].text == "too late to cancel: order is done"
+    assert reports[-1].exec_id == exec_ids(order, 4)[0]
+    assert venue.settled(order)
+    assert len(venue.sink.of(order)) == 4
+    assert (await venue.status(order.cl_ord_id)).state == "filled"
+
+
+async def test_orders_of_v1_workflows_are_known_by_their_order_id(
+    sessions: SessionFactory,
+) -> None:
+    """Orders started before ClOrdIDs were apart send none: their order id is their ClOrdID."""
+    fields = venue_order().model_dump(exclude={"cl_ord_id"})
+    order = VenueOrder(**fields)
+    async with open_venue(sessions, delay=2) as venue:
+        await venue.submit(order)
+        await venue.env.run(
+            venue.activities.cancel_at_venue,
+            CancelAtVenueInput(venue="simulator", order_id=order.order_id),
+        )
+
+        [canceled] = await done(venue, order)
+
+    assert order.cl_ord_id == order.order_id
+    assert (canceled.exec_type, canceled.exec_id) == (
+        ExecType.CANCELED,
+        f"SIM-{order.order_id}-1",
+    )
+
+
+async def test_order_status_says_whether_the_venue_has_the_cl_ord_id(venue: Venue) -> None:
+    order = venue_order(quantity="40")
+
+    assert await venue.status(order.cl_ord_id) == VenueOrderStatus(
+        cl_ord_id=order.cl_ord_id, known=False
+    )
+    await venue.submit(order)
+    received = await venue.status(order.cl_ord_id)
+    await done(venue, order)
+
+    assert (received.known, received.state in {"new", "working", "filled"}) == (True, True)
+    assert await venue.status(order.cl_ord_id) == VenueOrderStatus(
+        cl_ord_id=order.cl_ord_id, known=True, state="filled", filled_quantity=Decimal(40)
+    )
 
 
 async def test_an_unlisted_symbol_is_refused_for_good(venue: Venue) -> None:
@@ -171,84 +514,67 @@ async def test_an_unlisted_symbol_is_refused_for_good(venue: Venue) -> None:
 
     assert refused.type == "VenueRefused"
     assert "NOPE" in refused.message
-    await asyncio.sleep(DELAY * 2)
-    assert venue.sink.reports == []
+    assert (await venue.status(order.cl_ord_id)).known is False
 
 
 async def test_an_unknown_venue_is_refused_for_good(venue: Venue) -> None:
     order = venue_order()
 
-    submitted = await refusal(venue.submit(order, venue="nyse"))
-    canceled = await refusal(venue.cancel(order.order_id, venue="nyse"))
+    refusals = [
+        await refusal(venue.submit(order, venue="nyse")),
+        await refusal(venue.cancel(order, venue="nyse")),
+        await refusal(venue.status(order.cl_ord_id, venue="nyse")),
+    ]
 
-    assert (submitted.type, canceled.type) == ("VenueRefused", "VenueRefused")
-    assert "nyse" in submitted.message
-    await asyncio.sleep(DELAY * 2)
-    assert venue.sink.reports == []
+    assert {r.type for r in refusals} == {"VenueRefused"}
+    assert all("nyse" in r.message for r in refusals)
 
 
 async def test_cancelling_an_order_the_venue_never_saw_is_refused(venue: Venue) -> None:
-    refused = await refusal(venue.cancel("ord_unknown"))
+    order = venue_order()
+
+    refused = await refusal(venue.cancel(order))
 
     assert refused.type == "VenueRefused"
-    assert venue.sink.reports == []
+    assert (await venue.status(order.cl_ord_id)).known is False
 
 
-async def test_cancelling_a_working_order_reports_it_canceled(slow_venue: Venue) -> None:
-    order = venue_order()
-    await slow_venue.submit(order)
-    await slow_venue.cancel(order.order_id)
-
-    assert slow_venue.sink.exec_types() == [ExecType.CANCELED]
-    await asyncio.sleep(0.4)  # past the acknowledgement the simulator would have sent
-    [canceled] = slow_venue.sink.reports
-    assert (canceled.order_id, canceled.last_quantity) == (order.order_id, Decimal(0))
-
-    # A repeated cancel (a retried activity) is answered already: no second report, so the
-    # order is not flagged for a reject it never asked for.
-    await slow_venue.cancel(order.order_id)
-    assert slow_venue.sink.exec_types() == [ExecType.CANCELED]
-
-
-async def test_cancelling_a_filled_order_is_rejected_as_too_late(venue: Venue) -> None:
-    order = venue_order()
+async def test_cancelling_with_another_orders_cl_ord_id_is_refused(venue: Venue) -> None:
+    order, other = venue_order(), venue_order()
     await venue.submit(order)
-    await filled_by(venue, order)
 
-    await venue.cancel(order.order_id)
+    refused = await refusal(
+        venue.env.run(
+            venue.activities.cancel_at_venue,
+            CancelAtVenueInput(
+                venue="simulator", order_id=other.order_id, cl_ord_id=order.cl_ord_id
+            ),
+        )
+    )
 
-    assert venue.sink.exec_types() == [
-        ExecType.NEW,
-        ExecType.TRADE,
-        ExecType.TRADE,
-        ExecType.CANCEL_REJECTED,
-    ]
-    assert "too late" in venue.sink.reports[-1].text
-
-
-async def test_worker_price_source_reads_the_read_model(sessions: SessionFactory) -> None:
-    prices = worker.price_source(sessions)
-
-    assert prices("AAPL") == (Decimal("230.5"), Decimal(1))
-    assert prices("EURUSD") == (Decimal("1.085"), Decimal(1000))
-    assert prices("NOPE") is None
+    assert refused.type == "VenueRefused"
+    assert venue.row(order).cancel_requested is False
 
 
-async def test_the_simulator_fills_at_the_read_model_reference_price(
-    sessions: SessionFactory,
-) -> None:
-    async with open_venue(worker.price_source(sessions)) as venue:
-        order = venue_order(quantity="10", order_type=OrderType.MARKET, limit_price=None)
-        await venue.submit(order)
-        await venue.submit(order)
+async def test_the_manual_venue_takes_everything_and_knows_every_order(venue: Venue) -> None:
+    order = venue_order()
 
-        reports = await filled_by(venue, order)
+    await venue.submit(order, venue="manual")
+    await venue.cancel(order, venue="manual")
 
-        assert [r.exec_type for r in reports] == [ExecType.NEW, ExecType.TRADE, ExecType.TRADE]
-        assert [(r.last_quantity, r.last_price) for r in reports[1:]] == [
-            (Decimal(5), Decimal("230.5")),
-            (Decimal(5), Decimal("230.5")),
-        ]
+    assert await venue.status(order.cl_ord_id, venue="manual") == VenueOrderStatus(
+        cl_ord_id=order.cl_ord_id, known=True, state="manual"
+    )
+
+
+async def test_close_stops_the_loop(sessions: SessionFactory) -> None:
+    simulator = SimulatedVenue(RecordingSink(), LISTINGS.get, sessions, delay_seconds=DELAY)
+    task = asyncio.create_task(simulator.run())
+    await asyncio.sleep(0)  # let the loop start
+
+    await simulator.close()
+
+    assert task.cancelled()
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -47,15 +46,13 @@ class Stack:
     async def wait_for_status(
         self, user: str, order_id: str, *statuses: str, within: float = 20
     ) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
-            response = await self.call(user, "GET", f"/orders/{order_id}")
-            order: dict[str, Any] = response.json()
-            if order.get("status") in statuses:
-                return order
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"order stayed {order.get('status')}; wanted {statuses}")
-            await asyncio.sleep(0.1)
+        """Long-poll the order until it reaches one of `statuses` (or later); fail otherwise."""
+        path = f"/orders/{order_id}?wait_for={','.join(statuses)}&timeout={within}"
+        response = await self.call(user, "GET", path)
+        order: dict[str, Any] = response.json()
+        if order.get("status") not in statuses:
+            raise AssertionError(f"order is {order.get('status')}; wanted {statuses}")
+        return order
 
 
 @pytest.fixture(scope="session")

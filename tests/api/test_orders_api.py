@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
 from domain.ids import order_id_for, order_workflow_id
 from tests.api.conftest import Stack
 from tests.workflows.test_replay import HISTORIES
 from workflows.order import OrderWorkflow
+from workflows.order_v1 import OrderWorkflowV1
 
 
 def order_body(**overrides: Any) -> dict[str, Any]:
@@ -49,8 +51,23 @@ async def assert_no_workflow(stack: Stack, fund: str, client_order_id: str) -> N
     handle = stack.env.client.get_workflow_handle(
         order_workflow_id(order_id_for(fund, client_order_id))
     )
-    with pytest.raises(RPCError):
+    with pytest.raises(RPCError) as missing:
         await handle.describe()
+    assert missing.value.status is RPCStatusCode.NOT_FOUND
+
+
+async def closed_history(stack: Stack, order_id: str, within: float = 20) -> list[dict[str, Any]]:
+    """Return the order's audit timeline once it shows the order closed (its last event)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        history: list[dict[str, Any]] = (
+            await stack.call("cora", "GET", f"/orders/{order_id}/history")
+        ).json()
+        if history and history[-1]["event"] == "order_closed":
+            return history
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"order never closed; history ends {history[-1:]}")
+        await asyncio.sleep(0.05)
 
 
 async def test_the_story_from_post_to_settled(stack: Stack) -> None:
@@ -97,32 +114,21 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
         o["order_id"] for o in (await stack.call("bob", "GET", "/orders")).json()["items"]
     ]
 
-    history = (await stack.call("cora", "GET", f"/orders/{order_id}/history")).json()
+    history = await closed_history(stack, order_id)
     events = [(h["event"], h["actor"]) for h in history]
-    assert ("order_created", "alice") in events
-    assert ("approved", "dana") in events
+    assert events[0] == ("order_created", "alice")
+    assert [h["seq"] for h in history] == list(range(1, len(history) + 1))
+    assert ("approvals_complete", "dana") in events
     assert ("released", "tom") in events
-    assert ("execution_report", "sim-venue") in events
-    assert ("settlement_update", "betty") in events
-    assert events[-1] == ("order_closed", "system")
-    statuses = [
-        (h["details"]["status"], h["actor"]) for h in history if h["event"] == "status_changed"
-    ]
-    assert statuses[:3] == [
-        ("pending_compliance", "system"),
-        ("pending_approval", "system"),
-        ("approved", "dana"),
-    ]
-    assert statuses[-1] == ("settled", "system")
-    compliance = next(h for h in history if h["event"] == "compliance_evaluated")
+    assert ("venue_accepted", "sim-venue") in events
+    assert ("settlement_answered", "betty") in events
+    assert events[-2:] == [("settled", "system"), ("order_closed", "system")]
+    statuses = [h["status"] for h in history]
+    assert statuses[:4] == ["pending_compliance", "pending_approval", "approved", "released"]
+    compliance = next(h for h in history if h["event"] == "compliance_passed")
     assert [r["outcome"] for r in compliance["details"]["results"]] == ["pass", "pass"]
-    approved_entry = next(h for h in history if h["event"] == "approved")
-    assert approved_entry["details"]["grants"][0]["policy"] == [
-        "desk_head",
-        "*",
-        "approvals",
-        "desk_head",
-    ]
+    approved_entry = next(h for h in history if h["event"] == "approvals_complete")
+    assert approved_entry["details"]["policy"] == ["desk_head", "*", "approvals", "desk_head"]
     assert (
         await stack.call("cora", "GET", f"/orders/{order_id}/history?format=xml")
     ).status_code == 422
@@ -130,12 +136,12 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
     raw = await stack.call("cora", "GET", f"/orders/{order_id}/history?format=temporal")
     assert raw.status_code == 200 and "events" in raw.json()
     # The order as the API made it (update-with-start, HTTP callbacks) replays deterministically.
-    history = WorkflowHistory.from_json(order_workflow_id(order_id), raw.text)
+    recorded = WorkflowHistory.from_json(order_workflow_id(order_id), raw.text)
     await Replayer(
-        workflows=[OrderWorkflow], data_converter=pydantic_data_converter
-    ).replay_workflow(history)
+        workflows=[OrderWorkflow, OrderWorkflowV1], data_converter=pydantic_data_converter
+    ).replay_workflow(recorded)
     if os.environ.get("OMS_RECORD_HISTORIES"):
-        (HISTORIES / "order_created_over_http_settled.json").write_text(raw.text)
+        (HISTORIES / "v2_order_created_over_http_settled.json").write_text(raw.text)
 
     positions = (await stack.call("mike", "GET", "/positions?fund=fund-alpha")).json()
     assert any(p["account"] == "alpha-main" and p["symbol"] == "AAPL" for p in positions)
@@ -274,7 +280,7 @@ async def test_execution_reports_from_a_venue(stack: Stack) -> None:
             "exec_type": exec_type,
             "last_quantity": qty,
             "last_price": price,
-            "transact_time": "2026-11-26T15:00:00+00:00",
+            "transact_time": datetime.now(UTC).isoformat(),
         }
 
     # Only a venue may report; whoever lacks that right sees no order at all.
@@ -294,6 +300,20 @@ async def test_execution_reports_from_a_venue(stack: Stack) -> None:
     )
     assert overfill.status_code == 409 and "overfill" in overfill.json()["error"]["message"]
     assert overfill.json()["error"]["field"] == "last_quantity"
+    # The same refused report again: the same answer, and still recorded on the order once.
+    again = await stack.call(
+        "sim-venue", "POST", "/executions", report("x-3", "trade", "70", "230")
+    )
+    assert again.status_code == 409 and "overfill" in again.json()["error"]["message"]
+    # A transact_time far from now is refused before it reaches the order's state.
+    absurd = await stack.call(
+        "sim-venue",
+        "POST",
+        "/executions",
+        {**report("x-9", "trade", "1", "230"), "transact_time": "9999-12-31T23:59:59+00:00"},
+    )
+    assert (absurd.status_code, absurd.json()["error"]["field"]) == (422, "transact_time")
+    assert (await stack.call("alice", "GET", f"/orders/{order_id}")).status_code == 200
     naive = await stack.call(
         "sim-venue",
         "POST",
@@ -308,12 +328,16 @@ async def test_execution_reports_from_a_venue(stack: Stack) -> None:
         {**report("x-5", "new"), "order_id": "ord_ffffffffffffffffffff"},
     )
     assert missing.status_code == 404
-    assert (
-        await stack.call("sim-venue", "POST", "/executions", report("x-6", "trade", "60", "231"))
-    ).status_code == 202
+    # Two fills racing for the last 60: the order decides once, and each venue call learns it.
+    racing = await asyncio.gather(
+        stack.call("sim-venue", "POST", "/executions", report("x-6", "trade", "60", "231")),
+        stack.call("sim-venue", "POST", "/executions", report("x-7", "trade", "60", "231")),
+    )
+    assert sorted(r.status_code for r in racing) == [202, 409]
     filled = await stack.wait_for_status("alice", order_id, "settled")
     assert filled["average_price"] == "230.6"
-    assert any(flag.startswith("execution_refused:x-3") for flag in filled["flags"])
+    refused_refs = [f["ref"] for f in filled["flags"] if f["kind"] == "execution_refused"]
+    assert sorted(refused_refs) == ["x-3", "x-6" if racing[0].status_code == 409 else "x-7"]
 
 
 async def test_read_endpoints_respect_funds(stack: Stack) -> None:

@@ -7,13 +7,24 @@ import itertools
 import pytest
 
 from domain.models import OrderStatus
-from domain.status import TRANSITIONS, IllegalTransitionError, OrderEvent, allows, next_status
+from domain.status import (
+    INFORMATIONAL,
+    TRANSITIONS,
+    IllegalTransitionError,
+    OrderEvent,
+    allows,
+    has_reached,
+    is_final,
+    next_status,
+)
 
 S = OrderStatus
 E = OrderEvent
+# Events that move the status (the rest are recorded on the order and change no status).
+MOVES = [event for event in E if event not in INFORMATIONAL]
 
 LEGAL = sorted(TRANSITIONS.items())
-ILLEGAL = [pair for pair in itertools.product(S, E) if pair not in TRANSITIONS]
+ILLEGAL = [pair for pair in itertools.product(S, MOVES) if pair not in TRANSITIONS]
 
 TERMINAL = [
     S.COMPLIANCE_REJECTED,
@@ -57,6 +68,7 @@ EXPECTED: dict[tuple[OrderStatus, OrderEvent], OrderStatus] = {
     (S.PENDING_CANCEL, E.VENUE_EXPIRED): S.EXPIRED,
     (S.PENDING_CANCEL, E.CANCEL_REJECTED): S.WORKING,
     (S.PENDING_CANCEL, E.CANCEL_REJECTED_AFTER_FILLS): S.PARTIALLY_FILLED,
+    (S.PENDING_CANCEL, E.VENUE_REJECTED): S.VENUE_REJECTED,
     (S.FILLED, E.ALLOCATED): S.ALLOCATED,
     (S.CANCELED, E.ALLOCATED): S.ALLOCATED,
     (S.EXPIRED, E.ALLOCATED): S.ALLOCATED,
@@ -103,13 +115,21 @@ def test_illegal_transition_error_is_a_value_error() -> None:
 
 
 def test_every_pair_is_legal_or_illegal() -> None:
-    assert len(LEGAL) + len(ILLEGAL) == len(S) * len(E)
+    assert len(LEGAL) + len(ILLEGAL) == len(S) * len(MOVES)
     assert ILLEGAL  # the generated table is not empty
+    assert not any(event in INFORMATIONAL for _, event in TRANSITIONS)
+
+
+@pytest.mark.parametrize("status", list(S), ids=lambda s: s.value)
+def test_informational_events_keep_the_status(status: OrderStatus) -> None:
+    for event in INFORMATIONAL:
+        assert allows(status, event)
+        assert next_status(status, event) is status
 
 
 @pytest.mark.parametrize("status", TERMINAL, ids=lambda s: s.value)
 def test_terminal_status_accepts_no_event(status: OrderStatus) -> None:
-    for event in E:
+    for event in MOVES:
         assert not allows(status, event)
         with pytest.raises(IllegalTransitionError):
             next_status(status, event)
@@ -121,3 +141,39 @@ def test_terminal_statuses_are_only_targets() -> None:
     for status in TERMINAL:
         assert status not in sources
         assert status in targets
+
+
+@pytest.mark.parametrize(
+    ("status", "filled", "final"),
+    [
+        (S.SETTLED, True, True),
+        (S.COMPLIANCE_REJECTED, False, True),
+        (S.VENUE_REJECTED, False, True),
+        (S.CANCELED, False, True),
+        (S.CANCELED, True, False),  # canceled with fills: allocation follows
+        (S.EXPIRED, True, False),
+        (S.SETTLEMENT_FAILED, True, False),  # a late confirmation may still settle it
+        (S.WORKING, False, False),
+    ],
+)
+def test_final_statuses(status: OrderStatus, filled: bool, final: bool) -> None:
+    assert is_final(status, filled=filled) is final
+
+
+@pytest.mark.parametrize(
+    ("status", "wanted", "filled", "reached"),
+    [
+        (S.APPROVED, {S.APPROVED}, False, True),
+        (S.WORKING, {S.APPROVED}, False, True),  # a later status counts
+        (S.PENDING_APPROVAL, {S.APPROVED}, False, False),
+        (S.SETTLED, {S.FILLED}, True, True),
+        (S.APPROVAL_REJECTED, {S.SETTLED}, False, True),  # final: nothing more will come
+        (S.CANCELED, {S.SETTLED}, False, True),
+        (S.CANCELED, {S.SETTLED}, True, False),  # canceled with fills goes on to settle
+        (S.PARTIALLY_FILLED, {S.FILLED, S.CANCELED}, True, False),
+    ],
+)
+def test_has_reached(
+    status: OrderStatus, wanted: set[OrderStatus], filled: bool, reached: bool
+) -> None:
+    assert has_reached(status, wanted, filled=filled) is reached

@@ -17,9 +17,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.back_office import SimulatedBackOffice
 from config import Settings
-from db.engine import SessionFactory
+from db.engine import SessionFactory, create_schema, make_engine, session_factory
+from domain.executions import ExecutionReport
 from domain.ids import order_id_for, order_workflow_id
-from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
+from domain.models import AllocationRequest, OrderRequest, OrderStatus
+from domain.order import Order
 from venues.sinks import TemporalCallbacks
 from worker import build_back_office_worker, build_orders_worker
 from workflows.messages import OrderTimeouts, OrderWorkflowInput
@@ -46,6 +48,7 @@ class Desk:
         fund: str = "fund-alpha",
         manual_back_office: bool = False,
         timeouts: OrderTimeouts | None = None,
+        workflow_fields: dict[str, Any] | None = None,
         **fields: Any,
     ) -> OrderHandle:
         allocations = fields.pop(
@@ -75,15 +78,14 @@ class Desk:
                 created_by=created_by,
                 back_office_task_queue=queue,
                 timeouts=timeouts or OrderTimeouts(),
+                **(workflow_fields or {}),
             ),
             id=order_workflow_id(order_id),
             task_queue=self.settings.orders_task_queue,
         )
 
 
-async def wait_for_status(
-    handle: OrderHandle, *statuses: OrderStatus, within: float = 15
-) -> OrderState:
+async def wait_for_status(handle: OrderHandle, *statuses: OrderStatus, within: float = 15) -> Order:
     """Poll the live state (without skipping time) until the order reaches one of `statuses`."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
@@ -95,32 +97,64 @@ async def wait_for_status(
         await asyncio.sleep(0.05)
 
 
+class ServerClockCallbacks:
+    """The simulators' way back, stamping reports with the test server's (skipped) clock.
+
+    A venue's clock agrees with ours; on the time-skipping server "ours" runs years ahead, and
+    the order refuses reports from too far in its past.
+    """
+
+    def __init__(self, inner: TemporalCallbacks, env: WorkflowEnvironment) -> None:
+        self._inner = inner
+        self._env = env
+
+    async def report(self, report: ExecutionReport, reported_by: str) -> None:
+        now = await self._env.get_current_time()
+        await self._inner.report(report.model_copy(update={"transact_time": now}), reported_by)
+
+    async def settlement_confirmed(self, settlement_id: str, order_id: str, user: str) -> None:
+        await self._inner.settlement_confirmed(settlement_id, order_id, user)
+
+
 @pytest.fixture(scope="session")
 async def desk(
-    time_skipping_env: WorkflowEnvironment, sqlite_sessions: SessionFactory
+    time_skipping_env: WorkflowEnvironment,
+    sqlite_sessions: SessionFactory,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Desk]:
     suffix = uuid.uuid4().hex[:8]
     settings = Settings(
         orders_task_queue=f"orders-{suffix}",
         back_office_task_queue=f"back-office-{suffix}",
         simulator_fill_delay_seconds=0.05,
+        worker_max_concurrent_activities=8,
     )
     client = time_skipping_env.client
-    callbacks = TemporalCallbacks(client)
-    back_office = SimulatedBackOffice(callbacks, user="betty", delay_seconds=0.05)
+    callbacks = ServerClockCallbacks(TemporalCallbacks(client), time_skipping_env)
+    back_office = SimulatedBackOffice(callbacks, sqlite_sessions, user="betty", delay_seconds=0.05)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         orders_worker, simulator = build_orders_worker(
             client, settings, sqlite_sessions, callbacks, executor
         )
-        simulated_bo = build_back_office_worker(client, settings, sqlite_sessions, back_office)
+        simulated_bo = build_back_office_worker(client, settings, sqlite_sessions)
+        # Instructions on this queue go to books the simulated back office does not read, so
+        # nobody confirms them: tests answer by hand.
+        manual_books = make_engine(f"sqlite:///{tmp_path_factory.mktemp('manual-bo') / 'bo.db'}")
+        create_schema(manual_books)
         manual_settings = settings.model_copy(
             update={"back_office_task_queue": f"manual-bo-{suffix}"}
         )
-        manual_bo = build_back_office_worker(client, manual_settings, sqlite_sessions, None)
+        manual_bo = build_back_office_worker(client, manual_settings, session_factory(manual_books))
+        loops = [
+            asyncio.create_task(simulator.run()),
+            asyncio.create_task(back_office.run()),
+        ]
         async with orders_worker, simulated_bo, manual_bo:
             yield Desk(client, time_skipping_env, settings, manual_settings.back_office_task_queue)
-        await simulator.close()
-        await back_office.close()
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        manual_books.dispose()
 
 
 SHORT_APPROVALS = OrderTimeouts(

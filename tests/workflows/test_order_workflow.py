@@ -1,4 +1,4 @@
-"""OrderWorkflow on the real time-skipping server, with real activities, simulators and read model."""
+"""OrderWorkflow (v2) on the real time-skipping server, with real activities, simulators and read model."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from temporalio.exceptions import ApplicationError
 from domain.errors import RefusalType
 from domain.executions import ExecutionReport
 from domain.models import AllocationRequest, AssetClass, ExecType, OrderStatus, SettlementStatus
+from domain.order import FlagKind
 from domain.settlement import settlement_date
 from tests.workflows.conftest import SHORT_APPROVALS, Desk, OrderHandle, wait_for_status
 from workflows.messages import (
     ApproveInput,
     CancelInput,
     ExecutionReportInput,
+    ExecutionReportResult,
     OverrideInput,
     PolicyGrant,
     RejectInput,
@@ -42,24 +44,44 @@ async def refusal_of(handle: OrderHandle, update: object, arg: object) -> Applic
     return cause
 
 
-async def report(
-    handle: OrderHandle, exec_id: str, exec_type: ExecType, qty: str = "0", price: str | None = None
-) -> None:
-    state = await handle.query(OrderWorkflow.state)
-    await handle.signal(
-        OrderWorkflow.execution_report,
-        ExecutionReportInput(
-            report=ExecutionReport(
-                order_id=state.order_id,
-                exec_id=exec_id,
-                exec_type=exec_type,
-                last_quantity=Decimal(qty),
-                last_price=Decimal(price) if price else None,
-                transact_time=datetime.now(UTC),
-            ),
-            reported_by="sim-venue",
+def report_input(
+    order_id: str,
+    exec_id: str,
+    exec_type: ExecType,
+    qty: str = "0",
+    price: str | None = None,
+    transact_time: datetime | None = None,
+) -> ExecutionReportInput:
+    return ExecutionReportInput(
+        report=ExecutionReport(
+            order_id=order_id,
+            exec_id=exec_id,
+            exec_type=exec_type,
+            last_quantity=Decimal(qty),
+            last_price=Decimal(price) if price else None,
+            transact_time=transact_time or datetime.now(UTC),
         ),
+        reported_by="sim-venue",
     )
+
+
+async def report(
+    desk: Desk,
+    handle: OrderHandle,
+    exec_id: str,
+    exec_type: ExecType,
+    qty: str = "0",
+    price: str | None = None,
+) -> ExecutionReportResult | ApplicationError:
+    """Send a report as the venue would (on the server's clock); return the verdict or refusal."""
+    now = await desk.env.get_current_time()
+    update = report_input(handle.id.removeprefix("order:"), exec_id, exec_type, qty, price, now)
+    try:
+        return await handle.execute_update(OrderWorkflow.execution_report, update)
+    except WorkflowUpdateFailedError as failure:
+        if not isinstance(failure.cause, ApplicationError):
+            raise
+        return failure.cause
 
 
 async def test_order_goes_from_creation_to_settled(desk: Desk) -> None:
@@ -167,7 +189,7 @@ async def test_soft_breach_waits_for_a_compliance_override(desk: Desk) -> None:
         OverrideInput(user="cora", justification="index rebalance, pre-agreed"),
     )
     assert state.status is OrderStatus.PENDING_APPROVAL
-    assert state.override is not None and state.override["user"] == "cora"
+    assert state.override is not None and state.override.user == "cora"
     assert state.approvals.required == ["desk_head", "cio"]
     await handle.execute_update(
         OrderWorkflow.reject, RejectInput(user="dana", reason="too big", grants=[DESK_HEAD])
@@ -203,7 +225,7 @@ async def test_unapproved_order_escalates_then_expires(desk: Desk) -> None:
     await desk.env.sleep(timedelta(minutes=90))
     state = await handle.query(OrderWorkflow.state)
     assert state.status is OrderStatus.PENDING_APPROVAL  # never approved by default
-    assert "approval_escalated:desk_head" in state.flags
+    assert [(f.kind, f.ref) for f in state.flags] == [(FlagKind.APPROVAL_ESCALATED, "desk_head")]
     await desk.env.sleep(timedelta(minutes=45))
     assert (await handle.result()).status is OrderStatus.APPROVAL_EXPIRED
 
@@ -218,17 +240,25 @@ async def _approved(desk: Desk, **kwargs: object) -> OrderHandle:
 async def test_manual_fills_dedupe_refuse_overfill_and_average(desk: Desk) -> None:
     handle = await _approved(desk, quantity="1000", manual_back_office=True)
     await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
-    await report(handle, "m-1", ExecType.NEW)
-    await report(handle, "m-2", ExecType.TRADE, "400", "230")
-    await report(handle, "m-2", ExecType.TRADE, "400", "230")  # duplicate: ignored
-    await report(handle, "m-3", ExecType.TRADE, "700", "231")  # would overfill: refused, flagged
+    await report(desk, handle, "m-1", ExecType.NEW)
+    await report(desk, handle, "m-2", ExecType.TRADE, "400", "230")
+    duplicate = await report(desk, handle, "m-2", ExecType.TRADE, "400", "230")
+    assert isinstance(duplicate, ApplicationError) and duplicate.type == RefusalType.DUPLICATE
+    # Refused, and flagged once.
+    overfill = await report(desk, handle, "m-3", ExecType.TRADE, "700", "231")
+    assert isinstance(overfill, ExecutionReportResult)
+    assert (overfill.verdict.value, overfill.field) == ("refused", "last_quantity")
+    again = await report(desk, handle, "m-3", ExecType.TRADE, "700", "231")
+    assert isinstance(again, ApplicationError) and again.type == RefusalType.EXECUTION_REFUSED
+    assert "overfill" in again.message
     state = await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
-    await report(handle, "m-4", ExecType.TRADE, "600", "231")
+    await report(desk, handle, "m-4", ExecType.TRADE, "600", "231")
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
     assert state.filled_quantity == Decimal(1000)
     assert state.average_price == Decimal("230.6")
     assert [e.exec_id for e in state.executions] == ["m-1", "m-2", "m-4"]
-    assert any(f.startswith("execution_refused:m-3:overfill") for f in state.flags)
+    refused = [f for f in state.flags if f.kind is FlagKind.EXECUTION_REFUSED]
+    assert [f.ref for f in refused] == ["m-3"] and "overfill" in refused[0].message
 
     (instruction,) = state.settlements
     fail = SettlementUpdateInput(
@@ -254,7 +284,7 @@ async def test_unconfirmed_settlement_fails_after_settlement_date(desk: Desk) ->
         allocations=[AllocationRequest(account="alpha-main", quantity=Decimal(1000000))],
     )
     await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
-    await report(handle, "fx-1", ExecType.TRADE, "1000000", "1.0850")
+    await report(desk, handle, "fx-1", ExecType.TRADE, "1000000", "1.0850")
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
     (instruction,) = state.settlements
     assert instruction.settlement_date == settlement_date(
@@ -262,7 +292,7 @@ async def test_unconfirmed_settlement_fails_after_settlement_date(desk: Desk) ->
     )
     await desk.env.sleep(timedelta(days=6))
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_FAILED)
-    assert "settlement_not_confirmed_by_settlement_date" in state.flags
+    assert [f.kind for f in state.flags] == [FlagKind.SETTLEMENT_NOT_CONFIRMED]
     await handle.signal(
         OrderWorkflow.settlement_update,
         SettlementUpdateInput(
@@ -278,14 +308,14 @@ async def test_unconfirmed_settlement_fails_after_settlement_date(desk: Desk) ->
 async def test_cancel_after_release_goes_through_pending_cancel(desk: Desk) -> None:
     handle = await _approved(desk, quantity="1000", manual_back_office=True)
     await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
-    await report(handle, "c-1", ExecType.NEW)
-    await report(handle, "c-2", ExecType.TRADE, "200", "230")
+    await report(desk, handle, "c-1", ExecType.NEW)
+    await report(desk, handle, "c-2", ExecType.TRADE, "200", "230")
     await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
     state = await handle.execute_update(
         OrderWorkflow.cancel, CancelInput(user="tom", reason="market moved")
     )
     assert state.status is OrderStatus.PENDING_CANCEL
-    await report(handle, "c-3", ExecType.CANCELED)
+    await report(desk, handle, "c-3", ExecType.CANCELED)
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
     assert state.status_reason == ""  # allocation and settlement carry no reason of their own
     assert [(a.account, a.quantity) for a in state.allocations] == [("alpha-main", Decimal(200))]
@@ -297,9 +327,11 @@ async def test_venue_that_does_not_exist_rejects_the_release(desk: Desk) -> None
     state = await handle.execute_update(
         OrderWorkflow.release, ReleaseInput(user="tom", venue="nowhere")
     )
-    assert state.status is OrderStatus.VENUE_REJECTED
-    assert "unknown venue" in state.status_reason
+    # The venue phase sends it while the answer waits for the read model: either may come first.
+    assert state.status in (OrderStatus.RELEASED, OrderStatus.VENUE_REJECTED)
     assert (await handle.result()).status is OrderStatus.VENUE_REJECTED
+    state = await handle.query(OrderWorkflow.state)
+    assert "unknown venue" in state.status_reason
 
 
 async def test_order_for_an_instrument_without_reference_data_fails_compliance(desk: Desk) -> None:
@@ -321,7 +353,7 @@ async def test_released_order_can_be_canceled_before_the_venue_acknowledges(desk
     assert state.status is OrderStatus.PENDING_CANCEL
     again = await refusal_of(handle, OrderWorkflow.cancel, CancelInput(user="tom", reason="again"))
     assert again.type == RefusalType.INVALID_STATE
-    await report(handle, "r-1", ExecType.CANCELED)
+    await report(desk, handle, "r-1", ExecType.CANCELED)
     assert (await handle.result()).status is OrderStatus.CANCELED
     state = await handle.query(OrderWorkflow.state)
     assert (state.status_reason, state.status_actor) == ("wrong account", "sim-venue")

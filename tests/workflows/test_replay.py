@@ -1,7 +1,9 @@
 """Determinism: recorded order histories replay against today's workflow code.
 
-`OMS_RECORD_HISTORIES=1 make test PYTEST_ARGS=tests/workflows/test_replay.py` (re)records the
-checked-in history from a fresh run; do that only for a deliberate, patched change.
+Histories of both workflow types are kept: `order_*.json` were recorded on the first workflow
+(v1, type `OrderWorkflow`), which orders started before v2 still run on; `v2_*.json` on v2.
+`OMS_RECORD_HISTORIES=1 make test PYTEST_ARGS=tests/workflows/test_replay.py` (re)records the v2
+histories from a fresh run; do that only for a deliberate, patched change.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from domain.models import AllocationRequest, OrderStatus
 from tests.workflows.conftest import SHORT_APPROVALS, Desk, wait_for_status
 from workflows.messages import ApproveInput, OverrideInput, PolicyGrant, ReleaseInput
 from workflows.order import OrderWorkflow
+from workflows.order_v1 import OrderWorkflowV1
 
 HISTORIES = Path(__file__).parent / "histories"
 RECORDED = sorted(HISTORIES.glob("*.json"))
 
 
 def _replayer() -> Replayer:
-    return Replayer(workflows=[OrderWorkflow], data_converter=pydantic_data_converter)
+    return Replayer(
+        workflows=[OrderWorkflow, OrderWorkflowV1], data_converter=pydantic_data_converter
+    )
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
@@ -58,7 +63,7 @@ async def test_fresh_run_replays(desk: Desk) -> None:
     await handle.result()
     history = await handle.fetch_history()
     await _replayer().replay_workflow(history)
-    _record_if_asked("order_settled_two_accounts", history)
+    _record_if_asked("v2_order_settled_two_accounts", history)
 
 
 async def test_fresh_override_escalation_and_expiry_replays(desk: Desk) -> None:
@@ -71,7 +76,7 @@ async def test_fresh_override_escalation_and_expiry_replays(desk: Desk) -> None:
     assert (await handle.result()).status is OrderStatus.APPROVAL_EXPIRED
     history = await handle.fetch_history()
     await _replayer().replay_workflow(history)
-    _record_if_asked("order_overridden_escalated_expired", history)
+    _record_if_asked("v2_order_overridden_escalated_expired", history)
 
 
 def _record_if_asked(name: str, history: WorkflowHistory) -> None:

@@ -1,0 +1,246 @@
+"""The simulators' own books: the simulated venue's orders, and what the simulated back office reads.
+
+A simulator keeps here everything a crash must not lose, so a restarted worker (or another one on
+the same database) picks up where the last one stopped. Every write is a single conditional
+statement, safe when two simulators share the database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Index, Insert, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from db.tables import SettlementRow, _decimal, _timestamp
+from domain.models import SettlementStatus
+
+
+class SimVenueOrderRow(SQLModel, table=True):
+    """One order the simulated venue received, keyed by its ClOrdID, and how far it has got.
+
+    `next_step_at` is when the simulator next has something to report (None: nothing more);
+    `lease_owner` and `lease_until` say which simulator is reporting on it right now, so two
+    simulators on one database never report on the same order at once.
+    """
+
+    __tablename__ = "sim_venue_orders"
+    # The loop's poll: due steps, most overdue first.
+    __table_args__ = (Index("ix_sim_venue_orders_next_step_at", "next_step_at"),)
+
+    cl_ord_id: str = Field(primary_key=True, max_length=128)
+    order_id: str = Field(index=True, max_length=64)
+    fund: str = Field(max_length=64)
+    symbol: str = Field(max_length=32)
+    side: str = Field(max_length=16)
+    quantity: Decimal = _decimal()
+    order_type: str = Field(max_length=16)
+    limit_price: Decimal | None = _decimal(nullable=True)
+    time_in_force: str = Field(max_length=8)
+    # The listing as it was when the order arrived, so a restarted simulator fills at the same price.
+    reference_price: Decimal = _decimal()
+    lot_size: Decimal = _decimal()
+    state: str = Field(max_length=16)
+    filled: Decimal = _decimal(default=Decimal(0))
+    next_exec: int = 1
+    cancel_requested: bool = False
+    cancel_answered: bool = False
+    next_step_at: datetime | None = _timestamp(nullable=True)
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = _timestamp(nullable=True)
+    submissions: int = 1
+    received_at: datetime = _timestamp()
+
+
+def _insert(session: Session, table: type[SQLModel]) -> Insert:
+    """Return an INSERT for the session's backend, which both know to make conditional."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table)
+
+
+def count_resubmission(session: Session, cl_ord_id: str) -> bool:
+    """Count one more submission of a known ClOrdID; returns whether the ClOrdID was known."""
+    result = session.exec(
+        update(SimVenueOrderRow)
+        .where(col(SimVenueOrderRow.cl_ord_id) == cl_ord_id)
+        .values(submissions=col(SimVenueOrderRow.submissions) + 1)
+    )
+    session.commit()
+    return bool(result.rowcount)
+
+
+def record_submission(session: Session, order: SimVenueOrderRow) -> bool:
+    """Store a newly received order, or count a resubmission if it is there already.
+
+    One statement (INSERT ... ON CONFLICT DO UPDATE), so two concurrent submissions of one
+    ClOrdID leave one row that counts both.
+
+    Returns:
+        Whether the order was new.
+    """
+    values: dict[str, Any] = order.model_dump()
+    insert = _insert(session, SimVenueOrderRow).values(**values)
+    statement = insert.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["cl_ord_id"],
+        set_={"submissions": col(SimVenueOrderRow.submissions) + 1},
+    ).returning(col(SimVenueOrderRow.submissions))
+    submissions = session.exec(statement).scalar_one()
+    session.commit()
+    return bool(submissions == 1)
+
+
+def venue_order(session: Session, cl_ord_id: str) -> SimVenueOrderRow | None:
+    """Return the simulated venue's order of a ClOrdID, if it ever received it."""
+    return session.get(SimVenueOrderRow, cl_ord_id)
+
+
+def venue_orders(session: Session) -> list[SimVenueOrderRow]:
+    """Return every order the simulated venue received, oldest first."""
+    query = select(SimVenueOrderRow).order_by(
+        col(SimVenueOrderRow.received_at), col(SimVenueOrderRow.cl_ord_id)
+    )
+    return list(session.exec(query))
+
+
+def request_cancel(
+    session: Session, order_id: str, cl_ord_id: str, now: datetime
+) -> SimVenueOrderRow | None:
+    """Record a cancel request (once) and make it due now.
+
+    A repeated request changes nothing: a venue answers a ClOrdID's cancel once.
+
+    Returns:
+        The order as it stands, or None if the venue has no such ClOrdID for `order_id`.
+    """
+    session.exec(
+        update(SimVenueOrderRow)
+        .where(
+            col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
+            col(SimVenueOrderRow.order_id) == order_id,
+            col(SimVenueOrderRow.cancel_requested).is_(False),
+        )
+        .values(cancel_requested=True, next_step_at=now)
+    )
+    session.commit()
+    row = session.get(SimVenueOrderRow, cl_ord_id)
+    return row if row is not None and row.order_id == order_id else None
+
+
+def due_venue_orders(session: Session, now: datetime, owner: str, limit: int) -> list[str]:
+    """Return the ClOrdIDs with a step due by `now` that no other simulator holds, most overdue first."""
+    query = (
+        select(SimVenueOrderRow.cl_ord_id)
+        .where(
+            col(SimVenueOrderRow.next_step_at).is_not(None),
+            col(SimVenueOrderRow.next_step_at) <= now,
+            _free_or_held_by(owner, now),
+        )
+        .order_by(col(SimVenueOrderRow.next_step_at))
+        .limit(limit)
+    )
+    return list(session.exec(query))
+
+
+def _free_or_held_by(owner: str, now: datetime) -> Any:
+    return or_(
+        col(SimVenueOrderRow.lease_until).is_(None),
+        col(SimVenueOrderRow.lease_until) < now,
+        col(SimVenueOrderRow.lease_owner) == owner,
+    )
+
+
+def claim_venue_order(
+    session: Session, cl_ord_id: str, *, owner: str, now: datetime, lease_until: datetime
+) -> SimVenueOrderRow | None:
+    """Take the lease on an order whose step is due; returns the order as it stands, or None.
+
+    None when the step is no longer due or another simulator holds an unexpired lease.
+    """
+    result = session.exec(
+        update(SimVenueOrderRow)
+        .where(
+            col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
+            col(SimVenueOrderRow.next_step_at).is_not(None),
+            col(SimVenueOrderRow.next_step_at) <= now,
+            _free_or_held_by(owner, now),
+        )
+        .values(lease_owner=owner, lease_until=lease_until)
+    )
+    if not result.rowcount:
+        session.rollback()
+        return None
+    row = session.get(SimVenueOrderRow, cl_ord_id)
+    session.commit()
+    return row
+
+
+def record_venue_step(
+    session: Session,
+    cl_ord_id: str,
+    *,
+    reported_exec: int,
+    next_exec: int,
+    state: str,
+    filled: Decimal,
+    cancel_answered: bool,
+    next_step_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Record a step whose report was delivered, and release the lease.
+
+    The step is recorded only if the order's exec sequence is still `reported_exec`, so a step
+    another simulator recorded first is never recorded twice. A cancel request that arrived while
+    the report was on its way stays due at once.
+
+    Returns:
+        Whether the step was recorded.
+    """
+    result = session.exec(
+        update(SimVenueOrderRow)
+        .where(
+            col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
+            col(SimVenueOrderRow.next_exec) == reported_exec,
+        )
+        .values(
+            next_exec=next_exec,
+            state=state,
+            filled=filled,
+            cancel_answered=cancel_answered,
+            next_step_at=next_step_at,
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+    recorded = bool(result.rowcount)
+    if recorded and not cancel_answered:
+        session.exec(
+            update(SimVenueOrderRow)
+            .where(
+                col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
+                col(SimVenueOrderRow.cancel_requested).is_(True),
+                col(SimVenueOrderRow.cancel_answered).is_(False),
+            )
+            .values(next_step_at=now)
+        )
+    session.commit()
+    return recorded
+
+
+def instructions_awaiting_confirmation(
+    session: Session, instructed_before: datetime, limit: int
+) -> list[tuple[str, str]]:
+    """Return `(settlement_id, order_id)` of instructions still unconfirmed, oldest first."""
+    query = (
+        select(SettlementRow.settlement_id, SettlementRow.order_id)
+        .where(
+            col(SettlementRow.status) == SettlementStatus.INSTRUCTED.value,
+            col(SettlementRow.instructed_at) <= instructed_before,
+        )
+        .order_by(col(SettlementRow.instructed_at))
+        .limit(limit)
+    )
+    return [(settlement_id, order_id) for settlement_id, order_id in session.exec(query)]

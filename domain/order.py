@@ -1,0 +1,307 @@
+"""The order as the v2 workflow holds it: the request as sent, current terms, status, and its event log.
+
+Every change to an order appends an `OrderEventRecord` (sequence number, time, kind, actor,
+reason, details); the status follows from the transition table in `domain.status`. The event
+log is what the read model projects and what the audit timeline shows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from domain.models import (
+    Allocation,
+    ApprovalState,
+    ComplianceResult,
+    Execution,
+    Instrument,
+    OrderRequest,
+    OrderStatus,
+    SettlementInstruction,
+)
+from domain.status import INFORMATIONAL, OrderEvent, is_final, next_status
+
+# A long-lived order carries only its newest executions into a new run (continue-as-new); the
+# read model keeps them all, and the exec ids seen are always carried for duplicate detection.
+EXECUTIONS_CARRIED = 50
+
+
+class FlagKind(StrEnum):
+    """Why an order needs a person's attention."""
+
+    APPROVAL_ESCALATED = "approval_escalated"
+    EXECUTION_REFUSED = "execution_refused"
+    VENUE_UNCONFIRMED = "venue_unconfirmed"
+    VENUE_ACK_OVERDUE = "venue_ack_overdue"
+    CANCEL_NOT_SENT = "cancel_not_sent"
+    SETTLEMENT_NOT_CONFIRMED = "settlement_not_confirmed"
+
+
+class Flag(BaseModel):
+    """Something about the order a trader or compliance should look at."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: FlagKind
+    message: str
+    at: datetime
+    ref: str = Field(default="", description="What the flag is about: a level, an exec id, ...")
+
+
+class Override(BaseModel):
+    """A compliance officer's acceptance of the order's soft breaches."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user: str
+    justification: str
+    at: datetime
+    policy: list[str] = Field(default_factory=list)
+
+
+class OrderEventRecord(BaseModel):
+    """One entry of the order's event log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int = Field(ge=1)
+    at: datetime
+    kind: OrderEvent
+    actor: str
+    status: OrderStatus = Field(description="The order's status after this event.")
+    reason: str = ""
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class Terms(BaseModel):
+    """What the order currently asks of the venue, and the ClOrdID chain that carried it there."""
+
+    quantity: Decimal
+    limit_price: Decimal | None
+    cl_ord_id: str
+    previous_cl_ord_ids: list[str] = Field(default_factory=list)
+
+
+class Order(BaseModel):
+    """The live order: request as sent, current terms, status, and the event log."""
+
+    order_id: str
+    request: OrderRequest
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    terms: Terms
+    status: OrderStatus = OrderStatus.PENDING_COMPLIANCE
+    status_actor: str = ""
+    status_reason: str = ""
+    venue: str | None = None
+    instrument: Instrument | None = None
+    notional: Decimal | None = None
+    currency: str | None = None
+    compliance: list[ComplianceResult] = Field(default_factory=list)
+    override: Override | None = None
+    approvals: ApprovalState = Field(default_factory=ApprovalState)
+    approval_escalate_at: datetime | None = None
+    approval_expire_at: datetime | None = None
+    filled_quantity: Decimal = Decimal(0)
+    leaves_quantity: Decimal = Decimal(0)
+    average_price: Decimal | None = None
+    executions: list[Execution] = Field(default_factory=list)
+    execution_count: int = 0
+    last_fill_at: datetime | None = Field(default=None, description="When the last fill arrived.")
+    exec_ids_seen: list[str] = Field(default_factory=list)
+    refused_reports: dict[str, str] = Field(
+        default_factory=dict, description="exec_id -> why the report was refused (once each)."
+    )
+    flags: list[Flag] = Field(default_factory=list)
+    allocations: list[Allocation] = Field(default_factory=list)
+    settlements: list[SettlementInstruction] = Field(default_factory=list)
+    venue_ack_due_at: datetime | None = None
+    settlement_grace_until: datetime | None = None
+    closed: bool = Field(default=False, description="Nothing more will happen to the order.")
+    events: list[OrderEventRecord] = Field(
+        default_factory=list, description="The log, or after continue-as-new its unprojected tail."
+    )
+    last_seq: int = 0
+
+    @classmethod
+    def new(cls, order_id: str, request: OrderRequest, created_by: str, at: datetime) -> Order:
+        """Return a just-created order, its creation recorded as the first event."""
+        order = cls(
+            order_id=order_id,
+            request=request,
+            created_by=created_by,
+            created_at=at,
+            updated_at=at,
+            terms=Terms(
+                quantity=request.quantity, limit_price=request.limit_price, cl_ord_id=order_id
+            ),
+            leaves_quantity=request.quantity,
+        )
+        order.record(
+            OrderEvent.ORDER_CREATED,
+            at=at,
+            actor=created_by,
+            details={"request": request.model_dump(mode="json")},
+        )
+        return order
+
+    @property
+    def version(self) -> int:
+        """Return the order's version: the sequence number of its latest event."""
+        return self.last_seq
+
+    @property
+    def fund(self) -> str:
+        return self.request.fund
+
+    @property
+    def is_done(self) -> bool:
+        """Tell whether the order's status leaves nothing more to do but close it."""
+        return is_final(self.status, filled=self.filled_quantity > 0)
+
+    def without_events(self) -> Order:
+        """Return a copy without the event log (an answer to a person need not carry it)."""
+        return self.model_copy(update={"events": []})
+
+    def record(
+        self,
+        kind: OrderEvent,
+        *,
+        at: datetime,
+        actor: str = "system",
+        reason: str = "",
+        details: dict[str, JsonValue] | None = None,
+    ) -> OrderEventRecord:
+        """Append an event and apply it to the status.
+
+        Raises:
+            IllegalTransitionError: the event is not allowed in the order's status.
+        """
+        status = next_status(self.status, kind)
+        event = OrderEventRecord(
+            seq=self.last_seq + 1,
+            at=at,
+            kind=kind,
+            actor=actor,
+            status=status,
+            reason=reason,
+            details=details or {},
+        )
+        self.events.append(event)
+        self.last_seq = event.seq
+        self.updated_at = at
+        if kind not in INFORMATIONAL:
+            self.status, self.status_actor, self.status_reason = status, actor, reason
+        return event
+
+    def raise_flag(self, kind: FlagKind, message: str, *, at: datetime, ref: str = "") -> Flag:
+        """Flag the order for attention and record that as an event."""
+        flag = Flag(kind=kind, message=message, at=at, ref=ref)
+        self.flags.append(flag)
+        self.record(
+            OrderEvent.FLAG_RAISED,
+            at=at,
+            reason=message,
+            details={"flag": kind.value, "ref": ref},
+        )
+        return flag
+
+    def add_execution(self, execution: Execution) -> None:
+        """Keep an applied execution and the order's filled, leaves and average price from it."""
+        self.executions.append(execution)
+        self.execution_count += 1
+        self.exec_ids_seen.append(execution.exec_id)
+        self.filled_quantity = execution.cumulative_quantity
+        self.leaves_quantity = execution.leaves_quantity
+        self.average_price = execution.average_price
+        if execution.last_quantity > 0:
+            self.last_fill_at = execution.received_at
+
+    def carried(self, projected_seq: int) -> Order:
+        """Return the order as a new run carries it: the unprojected events, the newest executions."""
+        return self.model_copy(
+            update={
+                "events": [e for e in self.events if e.seq > projected_seq],
+                "executions": self.executions[-EXECUTIONS_CARRIED:],
+            },
+            deep=True,
+        )
+
+
+class OrderSummary(BaseModel):
+    """The slim order row that lists, searches and inboxes read (the read model's `orders`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str
+    client_order_id: str
+    fund: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    order_type: str
+    limit_price: Decimal | None
+    time_in_force: str
+    status: OrderStatus
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    notional: Decimal | None
+    currency: str | None
+    approval_level: str | None
+    approved_by: str
+    filled_quantity: Decimal
+    average_price: Decimal | None
+    venue: str | None
+    version: int
+    workflow_type: str
+
+
+def summarise(order: Order, workflow_type: str) -> OrderSummary:
+    """Return the slim row of `order` as the read model stores it."""
+    request = order.request
+    return OrderSummary(
+        order_id=order.order_id,
+        client_order_id=request.client_order_id,
+        fund=request.fund,
+        symbol=request.symbol,
+        side=request.side.value,
+        quantity=order.terms.quantity,
+        order_type=request.order_type.value,
+        limit_price=order.terms.limit_price,
+        time_in_force=request.time_in_force.value,
+        status=order.status,
+        created_by=order.created_by,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+        notional=order.notional,
+        currency=order.currency,
+        approval_level=order.approvals.current_level
+        if order.status is OrderStatus.PENDING_APPROVAL
+        else None,
+        approved_by=",".join(g.user for g in order.approvals.given),
+        filled_quantity=order.filled_quantity,
+        average_price=order.average_price,
+        venue=order.venue,
+        version=order.version,
+        workflow_type=workflow_type,
+    )
+
+
+class OrderProjection(BaseModel):
+    """What one projection writes in one transaction: the slim row and what is new since the last."""
+
+    summary: OrderSummary
+    events: list[OrderEventRecord] = Field(default_factory=list)
+    executions: list[Execution] = Field(default_factory=list)
+    allocations: list[Allocation] = Field(
+        default_factory=list, description="Booked (with positions) when present; idempotent."
+    )
+    settlements: list[SettlementInstruction] = Field(
+        default_factory=list, description="Instructions whose status changed."
+    )
