@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     known_venues: list[str] = Field(default_factory=lambda: ["simulator", "manual"])
     simulator_fill_delay_seconds: float = 0.2
     simulator_identity: str = "sim-venue"
+    # How long the simulated venue holds an order while reporting on it; after a worker dies,
+    # its successor waits this long before it takes the dead one's orders over.
+    simulator_lease_seconds: float = Field(default=10.0, gt=0)
     back_office_simulator: bool = True
     back_office_identity: str = "betty"
     back_office_confirm_delay_seconds: float = 0.2

@@ -95,6 +95,7 @@ def build_orders_worker(
         sessions,
         delay_seconds=settings.simulator_fill_delay_seconds,
         identity=settings.simulator_identity,
+        lease_seconds=settings.simulator_lease_seconds,
     )
     projection = ProjectionActivities(sessions)
     compliance = ComplianceActivities(sessions, settings.policies_dir)
@@ -139,7 +140,13 @@ def build_back_office_worker(
 
 async def run_workers(settings: Settings, queues: Sequence[str] = QUEUES) -> None:
     """Run the workers of `queues` until cancelled; simulators report back through the HTTP API."""
-    engine = make_engine(settings.resolved_database_url)
+    # One connection per activity thread, and a few for the simulators' loops.
+    engine = make_engine(
+        settings.resolved_database_url,
+        pool_size=settings.worker_max_concurrent_activities + 4,
+        max_overflow=4,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     create_schema(engine)
     sessions = session_factory(engine)
     client = await connect(settings)

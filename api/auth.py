@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,14 @@ class Authorizer:
         self._enforcer = casbin.Enforcer(
             str(policies_dir / "model.conf"), str(policies_dir / "policy.csv")
         )
+        # Casbin parses matchers with `ast` on every call, which is not safe across threads on
+        # CPython 3.11 ("AST constructor recursion depth mismatch" under load): one at a time.
+        self._lock = threading.Lock()
 
     def check(self, user: str, fund: str, obj: str, action: str) -> Grant | None:
         """Return the grant when `user` may do `action` on `obj` in `fund`, else None."""
-        allowed, rule = self._enforcer.enforce_ex(user, fund, obj, action)
+        with self._lock:
+            allowed, rule = self._enforcer.enforce_ex(user, fund, obj, action)
         return Grant(policy=list(rule)) if allowed else None
 
     def funds_allowed(self, user: str, funds: Iterable[str], obj: str, action: str) -> list[str]:

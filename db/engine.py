@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 # Importing these registers their tables on SQLModel.metadata, so create_schema makes them.
@@ -90,16 +91,24 @@ def _add_missing_columns(engine: Engine) -> None:
             for column in table.columns:
                 if column.name in present:
                     continue
+                # Processes starting together may race to add it: PostgreSQL can say so in the
+                # statement; SQLite serialises writers, and a loser's error is caught below.
+                guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
                 ddl = (
                     f"ALTER TABLE {preparer.format_table(table)} "
-                    f"ADD COLUMN {preparer.format_column(column)} "
+                    f"ADD COLUMN {guard}{preparer.format_column(column)} "
                     f"{column.type.compile(dialect=engine.dialect)}"
                 )
                 default = getattr(column.default, "arg", None)
                 if isinstance(default, str | int) and not isinstance(default, bool):
                     literal = f"'{default}'" if isinstance(default, str) else str(default)
                     ddl += f" NOT NULL DEFAULT {literal}"
-                connection.execute(text(ddl))
+                try:
+                    with connection.begin_nested():
+                        connection.execute(text(ddl))
+                except OperationalError as exc:
+                    if "duplicate column" not in str(exc).lower():
+                        raise
 
 
 def session_factory(engine: Engine) -> SessionFactory:
