@@ -1,55 +1,57 @@
-"""Order lifecycle throughput and latency, against the real Temporal dev server.
+"""Order lifecycle throughput and latency against two references, on one real Temporal dev server.
 
-What is measured
-    N orders driven concurrently (at most C in flight, one asyncio.Semaphore) through the public
-    HTTP API of an in-process OMS (API + both workers, `devserver.running_oms`) on a real Temporal
-    dev server with a SQLite read model, each the whole story of API.md:
+What is measured, in one run, on one dev server (in-memory), in this order:
 
-        POST /orders (alice)  ->  approve (dana)  ->  release (tom)  ->  poll GET /orders/{id}
-        (alice, every ~50 ms)  until the order is `settled`.
+1.  The trivial reference (`bench.reference.TrivialWorkflow`): N workflows of one trivial
+    activity, C at a time (`execute_workflow`), on a worker and task queue of their own.
+2.  The same-interaction reference (`bench.reference.InteractionWorkflow`): N workflows that
+    take an order's messages and do nothing else: update-with-start answered at once, the
+    approve and release Updates, the venue's three execution reports as Updates (one after
+    the other) and one Signal per settlement instruction, sent straight through the Temporal
+    client as the API, the venue and the back office would. Its rate is the ceiling for an
+    order's shape of interaction.
+3.  The lifecycle: N orders, C at a time, through the public HTTP API of an in-process OMS
+    (API, both workers and both simulators, `devserver.running_oms`, SQLite read model):
 
-    Per order the bench records, with `time.perf_counter`:
+        POST /orders (alice) -> approve (dana) -> release (tom) to the simulator
+        -> GET /orders/{id}?wait_for=settled (alice's long-poll) until it answers settled
 
-    - create            POST /orders latency. It includes pre-trade compliance, because the API
-                        starts the order with update-with-start and answers once compliance has
-                        decided (the response already says `pending_approval`).
-    - approve           POST /orders/{id}/approve latency (a workflow Update).
-    - release           POST /orders/{id}/release latency (a workflow Update that sends the
-                        order to the venue).
-    - release->settled  from the release response to the first poll that sees `settled`: venue
-                        ack and two fills (three simulated fill delays), allocation, positions,
-                        settlement instructions and their confirmation (one simulated back-office
-                        delay). It is quantised by the poll interval plus a query's latency,
-                        which is printed too: "(each poll GET)", over every poll of every order.
-    - total             POST sent -> settled seen.
+    The order is 100 AAPL split over two accounts, so it has two settlement instructions,
+    as the reference has two settlement Signals.
 
-    Then, on the same dev server, the reference: a trivial workflow that runs one trivial activity,
-    on its own worker and task queue, N of them at the same concurrency via `execute_workflow`.
+Per phase it prints the rate, latency percentiles, the mean history of a workflow (events,
+workflow tasks, activities, local activities, Updates, Signals, timers) and where the CPU went:
+cores busy per thread group of this process and of the Temporal server (from /proc). Then the
+two ratios: lifecycle orders/s / trivial workflows/s and / same-interaction workflows/s.
 
 How to read it
-    - orders/s is settled orders / wall time of the whole batch (including the polling load the
-      clients put on the API: one workflow Query per order per poll).
-    - Percentiles are nearest-rank over the orders (no interpolation): below 100 orders p99 is
-      the maximum, so read p99/max at small N as "the worst one", not as a tail estimate.
-    - The simulated market and back-office delays are a floor on release->settled
-      (3 x fill delay + 1 x confirm delay); they are printed with the results, compare like with
-      like. Lower them with --fill-delay/--confirm-delay to see the orchestration cost alone.
-    - The ratio OMS orders/s / trivial workflows/s says how much heavier an order is than the
-      cheapest thing Temporal can do on this machine; the event counts of one order's history are
-      printed to show why (activities, updates, signals).
-    - One warm-up order and one warm-up trivial workflow run first and are not counted, so the
-      figures exclude first-use costs (sandbox module loading, connection set-up).
-    - Everything (API, both workers, simulators, this load generator) shares one process and
-      one event loop, as in `oms dev`: on a small machine that process, not the Temporal server,
-      is usually what saturates. Compare runs on the same machine only.
-    - Stage percentiles are over settled orders. An order that fails (an HTTP error, a timeout
-      of 120 s per order, or still unfinished when the whole phase's budget of 120 s + 1 s per
-      order runs out) is listed under FAILED with the step it was in; warnings and errors logged
-      by the OMS and the Temporal core during the run are counted at the end. Any failure makes
-      the exit status 1, so a broken lifecycle never passes as a slow one.
+    - Rates are completed workflows / wall time of the batch. One warm-up of each runs first,
+      uncounted: the figures exclude first-use costs (the sandbox's first import, connections).
+    - The lifecycle stages: create = POST /orders (update-with-start; answers once compliance
+      has decided and the read model shows it), approve and release (Updates), release->settled
+      = release answered -> long-poll answered `settled` (three simulated venue delays, two
+      settlement instructions and one simulated back-office delay; the long-poll's own read-model
+      polling, 50 ms growing to 500 ms, quantises it), total = POST sent -> settled seen.
+    - Percentiles are nearest-rank: below 100 orders p99 is the worst order.
+    - Everything (API, workers, simulators, this load) shares one process and one event loop,
+      as in `oms dev`; the CPU lines say whether that process or the server is saturated.
+    - A failure (an HTTP error, 120 s per order, or the phase's budget) is listed with the step
+      it was in, and makes the exit status 1.
 
-Run: `python -m bench.lifecycle [--orders N] [--concurrency C] [--fill-delay S] [--confirm-delay S]`
-(`make bench`). Nothing is downloaded: the dev server is the `temporal` CLI next to this Python.
+Options
+    --profile       profile every Python thread of the lifecycle phase (cProfile, thread CPU
+                    time): a split by thread and by kind of code, inclusive time of entry points
+                    (workflow activations, sandbox, casbin, ...), top 25 functions. Profiling
+                    slows the OMS down: read the shares, not the rate.
+    --runner        `sandbox` (worker.workflow_runner(), the default: the sandbox with our
+                    modules passed through) or `unsandboxed` (UnsandboxedWorkflowRunner), for the
+                    OMS workers and both references alike.
+    --max-concurrent-activities   Settings.worker_max_concurrent_activities for the OMS workers.
+    --experiment    named changes monkeypatched into this process only (bench/experiments.py),
+                    to measure a proposal before anyone edits the OMS. Printed as EXPERIMENT.
+
+Run: `python -m bench.lifecycle [--orders N] [--concurrency C] [...]` (`make bench`). Nothing is
+downloaded: the dev server is the `temporal` CLI next to this Python.
 """
 
 from __future__ import annotations
@@ -60,104 +62,57 @@ import collections
 import contextlib
 import logging
 import math
-import re
 import socket
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from temporalio import activity, workflow
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 
-# The workflow below is defined in this module, so the sandbox re-imports the module when it
-# validates the workflow: everything that is not Temporal passes through unchanged.
-with workflow.unsafe.imports_passed_through():
-    import httpx
-    from pydantic import BaseModel
-    from temporalio.api.enums.v1 import EventType
-    from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
-    from temporalio.runtime import (
-        LogForwardingConfig,
-        LoggingConfig,
-        Runtime,
-        TelemetryConfig,
-        TelemetryFilter,
-    )
-    from temporalio.testing import WorkflowEnvironment
-    from temporalio.worker import Worker
+import worker as oms_worker
+from api.tokens import issue_token
+from bench import experiments
+from bench.measure import (
+    VARYING,
+    LogCounter,
+    Probe,
+    RpcTimes,
+    bounded,
+    format_counts,
+    mean_history_counts,
+    route_logs,
+    stats_header,
+    stats_row,
+)
+from bench.profiling import AllThreadsProfiler, ProfileReport
+from bench.reference import PhaseResult, order_request, run_interaction, run_trivial
+from config import Settings
+from db.demo import load_demo_data
+from db.engine import create_schema, make_engine, session_factory
+from devserver import running_oms
+from domain.ids import order_workflow_id
 
-    from api.tokens import issue_token
-    from config import Settings
-    from db.demo import load_demo_data
-    from db.engine import create_schema, make_engine, session_factory
-    from devserver import running_oms
-    from domain.ids import order_workflow_id
-
-POLL_INTERVAL_SECONDS = 0.05
 ORDER_TIMEOUT_SECONDS = 120.0
-HTTP_TIMEOUT_SECONDS = 60.0
+LONG_POLL_SECONDS = 30
+HTTP_TIMEOUT_SECONDS = LONG_POLL_SECONDS + 30.0
 TEARDOWN_SECONDS = 30.0
 STAGES = ("create", "approve", "release", "release->settled", "total")
-
-T = TypeVar("T")
-
-
-# --- the reference: the cheapest workflow worth measuring --------------------------------------
+FAILED_STATUSES = frozenset({"settlement_failed", "venue_rejected", "canceled", "expired"})
+TARGET_TRIVIAL, TARGET_INTERACTION = 0.25, 0.6
 
 
-class TrivialInput(BaseModel):
-    """Input of the trivial workflow and its activity."""
-
-    name: str
-
-
-@activity.defn
-async def trivial_activity(input: TrivialInput) -> str:
-    """Return a greeting; does no I/O."""
-    return f"hello {input.name}"
-
-
-@workflow.defn
-class TrivialWorkflow:
-    """Run one trivial activity and return its result."""
-
-    @workflow.run
-    async def run(self, input: TrivialInput) -> str:
-        return await workflow.execute_activity(
-            trivial_activity, input, start_to_close_timeout=timedelta(seconds=30)
-        )
-
-
-# --- figures -----------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Return the nearest-rank percentile `pct` (0 < pct <= 100) of `values`."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def stats_row(label: str, seconds: Sequence[float]) -> str:
-    ms = [s * 1000 for s in seconds]
-    cells = [percentile(ms, p) for p in (50, 95, 99)] + [max(ms) if ms else math.nan]
-    return f"  {label:<18}" + "".join(f"{c:>10.1f}" for c in cells) + f"{len(ms):>7}"
-
-
-def stats_header() -> str:
-    return (
-        f"  {'stage (ms)':<18}"
-        + "".join(f"{h:>10}" for h in ("p50", "p95", "p99", "max"))
-        + (f"{'n':>7}")
-    )
+# --- the lifecycle -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -169,65 +124,7 @@ class OrderTiming:
     step: str = "waiting for a slot"
     last_status: str = ""
     failure: str = ""
-    poll_latencies: list[float] = field(default_factory=list)
-
-
-class LogCounter(logging.Handler):
-    """Count WARNING and above by logger and message shape, keeping one example of each."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.example: dict[str, str] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = (record.getMessage().splitlines() or [""])[0]
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            message += f" [{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}]"
-        shape = _VARYING.sub("#", message)[:90]
-        key = f"{record.levelname} {record.name}: {shape}"
-        self.counts[key] += 1
-        self.example.setdefault(key, message[:300])
-
-
-_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\b(?:ord_)?[0-9a-f]{20,}\b|\d+(?:\.\d+)?")
-
-
-def route_logs(counter: LogCounter) -> None:
-    """Count warnings (Python's and the Temporal core's) and still show them on stderr."""
-    logging.getLogger().addHandler(counter)
-    shown = logging.StreamHandler(sys.stderr)
-    shown.setLevel(logging.WARNING)
-    logging.getLogger().addHandler(shown)
-    # The core (Rust) side of the SDK logs to stdout unless forwarded; forward it to Python so
-    # it is counted with the rest and stays out of the printed figures.
-    core = logging.getLogger("temporal-core")
-    Runtime.set_default(
-        Runtime(
-            telemetry=TelemetryConfig(
-                logging=LoggingConfig(
-                    filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-                    forwarding=LogForwardingConfig(
-                        logger=core,
-                        append_target_to_name=False,
-                        prepend_target_on_message=False,
-                        append_log_fields_to_message=True,
-                    ),
-                )
-            )
-        )
-    )
-
-
-# --- the OMS run -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    long_polls: int = 0
 
 
 class Driver:
@@ -242,9 +139,16 @@ class Driver:
         }
 
     async def _call(
-        self, user: str, method: str, path: str, body: dict[str, Any] | None = None
+        self,
+        user: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
     ) -> httpx.Response:
-        return await self._http.request(method, path, json=body, headers=self._headers[user])
+        return await self._http.request(
+            method, path, json=body, params=params, headers=self._headers[user]
+        )
 
     async def one_order(self, index: int, timing: OrderTiming) -> None:
         """Drive order `index` from POST to settled, filling `timing`; never raises."""
@@ -259,15 +163,9 @@ class Driver:
             timing.failure = f"{type(exc).__name__} in {timing.step}: {str(exc)[:200]}"
 
     async def _story(self, index: int, timing: OrderTiming) -> None:
-        body = {
-            "client_order_id": f"bench-{self._run_id}-{index}",
-            "fund": "fund-alpha",
-            "symbol": "AAPL",
-            "side": "buy",
-            "quantity": 100,
-            "order_type": "market",
-            "time_in_force": "day",
-        }
+        body = order_request(f"bench-{self._run_id}-{index}").model_dump(
+            mode="json", exclude_defaults=True
+        )
         timing.step = "POST /orders"
         started = time.perf_counter()
         created = await self._call("alice", "POST", "/orders", body)
@@ -294,13 +192,12 @@ class Driver:
             timing.last_status = response.json().get("status", "")
         released = time.perf_counter()
 
-        timing.step = "polling GET /orders/{id}"
+        timing.step = "long-poll GET /orders/{id}?wait_for=settled"
+        wait = {"wait_for": "settled", "timeout": str(LONG_POLL_SECONDS)}
         while True:
-            await asyncio.sleep(POLL_INTERVAL_SECONDS)
-            asked = time.perf_counter()
-            polled = await self._call("alice", "GET", f"/orders/{order_id}")
+            polled = await self._call("alice", "GET", f"/orders/{order_id}", params=wait)
             seen = time.perf_counter()
-            timing.poll_latencies.append(seen - asked)
+            timing.long_polls += 1
             if polled.status_code != 200:
                 timing.failure = f"GET /orders/{{id}} -> {polled.status_code} {polled.text[:200]}"
                 return
@@ -309,91 +206,96 @@ class Driver:
                 timing.stages["release->settled"] = seen - released
                 timing.stages["total"] = seen - started
                 return
-            if timing.last_status in ("settlement_failed", "venue_rejected", "canceled"):
+            if timing.last_status in FAILED_STATUSES:
                 timing.failure = f"order ended {timing.last_status}"
                 return
 
 
-async def bounded(
-    count: int, concurrency: int, job: Callable[[int], Awaitable[T]], budget: float
-) -> tuple[list[T | None], float]:
-    """Run `job(0..count-1)`, at most `concurrency` in flight, for at most `budget` seconds.
-
-    Return each job's result (None when it raised or was still running at the budget, and was
-    cancelled) and the wall time.
-    """
-    gate = asyncio.Semaphore(concurrency)
-
-    async def gated(index: int) -> T:
-        async with gate:
-            return await job(index)
-
-    started = time.perf_counter()
-    tasks = [asyncio.create_task(gated(i)) for i in range(count)]
-    _, pending = await asyncio.wait(tasks, timeout=budget)
-    wall = time.perf_counter() - started
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return [
-        None if task.cancelled() or task.exception() is not None else task.result()
-        for task in tasks
-    ], wall
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
-async def history_counts(client: Client, workflow_id: str) -> dict[str, int]:
-    """Count the events of one workflow's history that say what it cost."""
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
-    kinds = collections.Counter(event.event_type for event in history.events)
-    return {
-        "events": len(history.events),
-        "workflow tasks": kinds[EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED],
-        "activities": kinds[EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED],
-        "updates": kinds[EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED],
-        "signals": kinds[EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED],
-        "timers": kinds[EventType.EVENT_TYPE_TIMER_STARTED],
-    }
-
-
-def format_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{value} {name}" for name, value in counts.items()) or "unavailable"
-
-
-def phase_budget(orders: int) -> float:
-    """Seconds the OMS phase may take before unfinished orders are abandoned (and reported)."""
-    return ORDER_TIMEOUT_SECONDS + orders * 1.0
+def phase_budget(count: int) -> float:
+    """Seconds a phase may take before unfinished work is abandoned (and reported)."""
+    return ORDER_TIMEOUT_SECONDS + count * 1.0
 
 
 @dataclass
-class OmsResult:
+class LifecycleResult:
     wall: float
     budget: float
     timings: list[OrderTiming]
-    history: dict[str, int]
-    teardown: str = ""
+    probe: Probe
+    history: dict[str, float]
+    histories_read: int
+    teardown: str
+    profile: ProfileReport | None = None
 
     @property
     def settled(self) -> list[OrderTiming]:
         return [t for t in self.timings if "total" in t.stages and not t.failure]
 
+    @property
+    def rate(self) -> float:
+        return len(self.settled) / self.wall if self.wall > 0 else math.nan
 
-async def run_oms(
-    env: WorkflowEnvironment, args: argparse.Namespace, data_dir: Path, log_counter: LogCounter
-) -> OmsResult:
+
+@contextlib.contextmanager
+def read_model_url(server_url: str) -> Iterator[str]:
+    """Yield a fresh database's URL on the PostgreSQL server `server_url`, dropped afterwards.
+
+    An empty `server_url` yields "" (SQLite in the run's data directory).
+    """
+    if not server_url:
+        yield ""
+        return
+    admin_url = make_url(server_url)
+    name = f"oms_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def oms_settings(
+    args: argparse.Namespace, data_dir: Path, temporal_address: str, database_url: str
+) -> Settings:
     suffix = uuid.uuid4().hex[:8]
-    port = free_port()
-    settings = Settings(
+    return Settings(
         data_dir=data_dir,
-        database_url="",
-        temporal_address=env.client.service_client.config.target_host,
+        database_url=database_url,
+        temporal_address=temporal_address,
         api_host="127.0.0.1",
-        api_port=port,
+        api_port=free_port(),
         orders_task_queue=f"bench-orders-{suffix}",
         back_office_task_queue=f"bench-back-office-{suffix}",
         simulator_fill_delay_seconds=args.fill_delay,
         back_office_confirm_delay_seconds=args.confirm_delay,
         back_office_simulator=True,
         jwt_secret=f"bench-secret-{suffix}-long-enough-for-hs256",
+        worker_max_concurrent_activities=args.max_concurrent_activities,
+    )
+
+
+async def run_lifecycle(
+    env: WorkflowEnvironment,
+    args: argparse.Namespace,
+    data_dir: Path,
+    log_counter: LogCounter,
+    profiler: AllThreadsProfiler | None,
+    database_url: str,
+    rpc: RpcTimes,
+) -> LifecycleResult:
+    settings = oms_settings(
+        args, data_dir, env.client.service_client.config.target_host, database_url
     )
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)
@@ -407,18 +309,26 @@ async def run_oms(
     )
     budget = phase_budget(args.orders)
     timings = [OrderTiming() for _ in range(args.orders)]
-    counts: dict[str, int] = {}
+    probe = Probe(rpc)
+    history: dict[str, float] = {}
+    read = 0
+    report: ProfileReport | None = None
     stack = contextlib.AsyncExitStack()
-    await stack.enter_async_context(running_oms(settings, env.client))
+    if profiler is not None:
+        profiler.start()  # before the OMS starts its threads, so that each gets a profiler
     try:
+        # The API's client is timed; the workers connect on their own.
+        await stack.enter_async_context(running_oms(settings, rpc.client(env.client)))
         # uvicorn configures its loggers at start-up, dropping handlers added before.
         logging.getLogger("uvicorn").addHandler(log_counter)
         http = await stack.enter_async_context(
             httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT_SECONDS, limits=limits
+                base_url=f"http://127.0.0.1:{settings.api_port}",
+                timeout=HTTP_TIMEOUT_SECONDS,
+                limits=limits,
             )
         )
-        driver = Driver(http, settings.jwt_secret, suffix)
+        driver = Driver(http, settings.jwt_secret, uuid.uuid4().hex[:8])
         warm = OrderTiming()
         await driver.one_order(-1, warm)
         if warm.failure:
@@ -427,21 +337,26 @@ async def run_oms(
         async def order(index: int) -> None:
             await driver.one_order(index, timings[index])
 
+        if profiler is not None:
+            profiler.reset()
+        probe.begin()
         _, wall = await bounded(args.orders, args.concurrency, order, budget)
+        await probe.end()
+        if profiler is not None:
+            report = profiler.stop()
+            profiler = None
         for timing in timings:
             if not timing.failure and "total" not in timing.stages:
                 timing.failure = (
                     f"unfinished at the {budget:.0f} s budget, in {timing.step}"
                     f" (last status {timing.last_status or 'none'})"
                 )
-        sample = next((t.order_id for t in timings if "total" in t.stages), warm.order_id)
-        with contextlib.suppress(Exception):
-            counts = await asyncio.wait_for(
-                history_counts(env.client, order_workflow_id(sample)), 30
-            )
+        ids = [order_workflow_id(t.order_id) for t in timings if "total" in t.stages]
+        history, read = await mean_history_counts(env.client, ids)
     finally:
+        if profiler is not None:
+            profiler.stop()
         logging.getLogger("uvicorn").removeHandler(log_counter)
-        teardown = ""
         started = time.perf_counter()
         try:
             # uvicorn waits for every request in flight; one stuck on Temporal would hang here.
@@ -453,33 +368,127 @@ async def run_oms(
             )
         else:
             teardown = f"API and workers stopped in {time.perf_counter() - started:.1f} s"
-    return OmsResult(wall, budget, timings, counts, teardown)
+    return LifecycleResult(wall, budget, timings, probe, history, read, teardown, report)
 
 
-async def run_trivial(
-    env: WorkflowEnvironment, args: argparse.Namespace
-) -> tuple[float, list[float], dict[str, int]]:
-    suffix = uuid.uuid4().hex[:8]
-    queue = f"bench-trivial-{suffix}"
+# --- reports -----------------------------------------------------------------------------------
 
-    async def one(index: int) -> float:
-        started = time.perf_counter()
-        await env.client.execute_workflow(
-            TrivialWorkflow.run,
-            TrivialInput(name=str(index)),
-            id=f"bench-trivial-{suffix}-{index}",
-            task_queue=queue,
-        )
-        return time.perf_counter() - started
 
-    async with Worker(
-        env.client, task_queue=queue, workflows=[TrivialWorkflow], activities=[trivial_activity]
-    ):
-        await one(-1)
-        results, wall = await bounded(args.orders, args.concurrency, one, phase_budget(args.orders))
-    latencies = [r for r in results if r is not None]
-    counts = await history_counts(env.client, f"bench-trivial-{suffix}-0")
-    return wall, latencies, counts
+def report_lifecycle(args: argparse.Namespace, result: LifecycleResult) -> None:
+    """Print the lifecycle's figures (as soon as they exist, so a later failure cannot lose them)."""
+    settled = result.settled
+    floor = 3 * args.fill_delay + args.confirm_delay
+    polls = sum(t.long_polls for t in settled)
+    lines = [
+        "",
+        "Lifecycle: POST /orders -> approve -> release -> settled (HTTP API, in-process OMS)",
+        f"  orders / in flight  {args.orders} / {args.concurrency}",
+        f"  simulated latency   venue {args.fill_delay * 1000:.0f} ms per report (ack, 2 fills),"
+        f" back office {args.confirm_delay * 1000:.0f} ms;"
+        f" floor on release->settled {floor * 1000:.0f} ms",
+        f"  settled             {len(settled)}/{args.orders} in {result.wall:.2f} s"
+        f" (budget {result.budget:.0f} s)",
+        f"  orders per second   {result.rate:.2f}",
+        f"  long-polls          {polls / max(1, len(settled)):.1f} per order"
+        f" (GET ?wait_for=settled&timeout={LONG_POLL_SECONDS})",
+        stats_header() + "  (settled orders)",
+    ]
+    lines += [stats_row(stage, [t.stages[stage] for t in settled]) for stage in STAGES]
+    lines.append(
+        f"  per order           {format_counts(result.history)}"
+        f" (mean of {result.histories_read} histories)"
+    )
+    lines += result.probe.lines(len(settled))
+    lines.append(f"  teardown            {result.teardown}")
+    failures = [t for t in result.timings if t.failure]
+    if failures:
+        lines.append(f"  FAILED              {len(failures)} orders:")
+        reasons = collections.Counter(VARYING.sub("#", t.failure) for t in failures)
+        lines.extend(f"    {n} x {reason}" for reason, n in reasons.most_common(10))
+    print("\n".join(lines), flush=True)
+
+
+def report_reference(
+    title: str, args: argparse.Namespace, result: PhaseResult, probe: Probe
+) -> None:
+    rate = len(result.latencies) / result.wall if result.wall > 0 else math.nan
+    lines = [
+        "",
+        title,
+        f"  workflows           {len(result.latencies)}/{result.count} in {result.wall:.2f} s,"
+        f" {args.concurrency} in flight",
+        f"  workflows per sec   {rate:.2f}",
+        stats_header(),
+        stats_row("start -> result", result.latencies),
+        f"  per workflow        {format_counts(result.history)}"
+        f" (mean of {result.histories_read} histories)",
+    ]
+    lines += probe.lines(len(result.latencies))
+    print("\n".join(lines), flush=True)
+
+
+def rate_of(result: PhaseResult) -> float:
+    return len(result.latencies) / result.wall if result.wall > 0 else math.nan
+
+
+def report_summary(
+    args: argparse.Namespace,
+    lifecycle: LifecycleResult,
+    trivial: PhaseResult,
+    interaction: PhaseResult,
+    runner: str,
+) -> None:
+    settled = lifecycle.settled
+    trivial_rate, interaction_rate = rate_of(trivial), rate_of(interaction)
+    to_trivial = lifecycle.rate / trivial_rate if trivial_rate else math.nan
+    to_interaction = lifecycle.rate / interaction_rate if interaction_rate else math.nan
+
+    def p(stage: str, pct: float) -> str:
+        values = sorted(t.stages[stage] for t in settled)
+        if not values:
+            return "-"
+        rank = max(1, math.ceil(pct / 100 * len(values)))
+        return f"{values[rank - 1] * 1000:.0f}"
+
+    def wft(history: dict[str, float]) -> str:
+        if not history:
+            return "-"
+        return f"{history['events']:.0f} / {history['workflow tasks']:.1f}"
+
+    changes = [f"runner={runner}"]
+    changes += [f"EXPERIMENT {name}" for name in args.experiment]
+    lines = [
+        "",
+        f"Summary ({args.orders} each, {args.concurrency} in flight; {', '.join(changes)})",
+        "  | workflow | per s | p50 / p99 ms | events / workflow tasks per workflow |",
+        "  |---|---|---|---|",
+        f"  | order lifecycle | {lifecycle.rate:.2f} | {p('total', 50)} / {p('total', 99)}"
+        f" | {wft(lifecycle.history)} |",
+        f"  | same-interaction reference | {interaction_rate:.2f} |"
+        f" {_ms(interaction.latencies, 50)} / {_ms(interaction.latencies, 99)}"
+        f" | {wft(interaction.history)} |",
+        f"  | trivial reference | {trivial_rate:.2f} |"
+        f" {_ms(trivial.latencies, 50)} / {_ms(trivial.latencies, 99)}"
+        f" | {wft(trivial.history)} |",
+        "",
+        "  lifecycle stages p50 / p99 (ms): "
+        + ", ".join(f"{stage} {p(stage, 50)} / {p(stage, 99)}" for stage in STAGES),
+        "",
+        f"  lifecycle / trivial          = {lifecycle.rate:.2f} / {trivial_rate:.2f}"
+        f" = {to_trivial:.3f}   (target >= {TARGET_TRIVIAL})"
+        f" {'met' if to_trivial >= TARGET_TRIVIAL else 'NOT MET'}",
+        f"  lifecycle / same-interaction = {lifecycle.rate:.2f} / {interaction_rate:.2f}"
+        f" = {to_interaction:.3f}   (target >= {TARGET_INTERACTION})"
+        f" {'met' if to_interaction >= TARGET_INTERACTION else 'NOT MET'}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _ms(latencies: Sequence[float], pct: float) -> str:
+    if not latencies:
+        return "-"
+    ordered = sorted(latencies)
+    return f"{ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1] * 1000:.0f}"
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -488,9 +497,9 @@ async def run_trivial(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.lifecycle",
-        description="Order lifecycle throughput/latency vs a trivial workflow, on a dev server.",
+        description="Order lifecycle vs a trivial and a same-interaction workflow, on one dev server.",
     )
-    parser.add_argument("--orders", type=int, default=50, help="orders (and trivial workflows)")
+    parser.add_argument("--orders", type=int, default=50, help="orders (and of each reference)")
     parser.add_argument("--concurrency", type=int, default=25, help="in flight at most")
     parser.add_argument(
         "--fill-delay", type=float, default=0.05, help="simulated venue delay per report (s)"
@@ -498,95 +507,71 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--confirm-delay", type=float, default=0.05, help="simulated back-office delay (s)"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the lifecycle (every Python thread)"
+    )
+    parser.add_argument(
+        "--runner",
+        choices=("sandbox", "unsandboxed"),
+        default="sandbox",
+        help="workflow runner of the OMS workers and the references",
+    )
+    parser.add_argument(
+        "--max-concurrent-activities",
+        type=int,
+        default=Settings.model_fields["worker_max_concurrent_activities"].default,
+        help="Settings.worker_max_concurrent_activities for the OMS workers",
+    )
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        choices=sorted(experiments.EXPERIMENTS),
+        help="monkeypatch a proposed change into this process (repeatable); see bench/experiments.py",
+    )
+    parser.add_argument(
+        "--postgres",
+        default="",
+        metavar="URL",
+        help="read model on this PostgreSQL server (a database of its own, dropped after);"
+        " default SQLite",
+    )
+    parser.add_argument(
+        "--lifecycle-only", action="store_true", help="skip the two references (quick experiments)"
+    )
     args = parser.parse_args(argv)
-    if args.orders < 1 or args.concurrency < 1:
-        parser.error("--orders and --concurrency must be at least 1")
+    if args.orders < 1 or args.concurrency < 1 or args.max_concurrent_activities < 1:
+        parser.error("--orders, --concurrency and --max-concurrent-activities must be at least 1")
     if args.fill_delay < 0 or args.confirm_delay < 0:
         parser.error("delays cannot be negative")
     return args
 
 
-def oms_rate(oms: OmsResult) -> float:
-    return len(oms.settled) / oms.wall
-
-
-def report_oms(args: argparse.Namespace, oms: OmsResult) -> None:
-    """Print the OMS figures (as soon as they exist, so a later failure cannot lose them)."""
-    settled = oms.settled
-    floor = 3 * args.fill_delay + args.confirm_delay
-    polls = sum(len(t.poll_latencies) for t in oms.timings)
-    lines = [
-        "",
-        "OMS order lifecycle: POST /orders -> approve -> release -> settled (HTTP, real dev server)",
-        f"  orders              {args.orders}",
-        f"  concurrency         {args.concurrency}",
-        f"  simulated latency   venue fill delay {args.fill_delay * 1000:.0f} ms (x3: ack, 2 fills),"
-        f" back-office confirm delay {args.confirm_delay * 1000:.0f} ms;"
-        f" floor on release->settled {floor * 1000:.0f} ms",
-        f"  poll interval       {POLL_INTERVAL_SECONDS * 1000:.0f} ms (GET /orders/{{id}}, a Query)",
-        f"  settled             {len(settled)}/{args.orders}",
-        f"  wall time           {oms.wall:.2f} s (budget {oms.budget:.0f} s)",
-        f"  orders per second   {oms_rate(oms):.2f}",
-        f"  status polls        {polls} x GET /orders/{{id}} ({polls / oms.wall:.0f}/s,"
-        f" {polls / max(1, len(oms.timings)):.1f} per order), part of the load measured",
-        stats_header() + "  (settled orders)",
-    ]
-    lines += [stats_row(stage, [t.stages[stage] for t in settled]) for stage in STAGES]
-    lines.append(stats_row("(each poll GET)", [s for t in settled for s in t.poll_latencies]))
-    lines.append(f"  one order's history {format_counts(oms.history)}")
-    lines.append(f"  teardown            {oms.teardown}")
-    failures = [t for t in oms.timings if t.failure]
-    if failures:
-        lines.append(f"  FAILED              {len(failures)} orders:")
-        reasons = collections.Counter(_VARYING.sub("#", t.failure) for t in failures)
-        lines.extend(f"    {n} x {reason}" for reason, n in reasons.most_common(10))
-    print("\n".join(lines), flush=True)
-
-
-def report_trivial(
-    args: argparse.Namespace, trivial: tuple[float, list[float], dict[str, int]]
-) -> float:
-    """Print the reference's figures; return its workflows per second."""
-    wall, latencies, counts = trivial
-    rate = len(latencies) / wall
-    lines = [
-        "",
-        "Reference: trivial workflow, one trivial activity (execute_workflow, own worker/queue)",
-        f"  workflows           {len(latencies)}/{args.orders}",
-        f"  concurrency         {args.concurrency}",
-        f"  wall time           {wall:.2f} s",
-        f"  workflows per sec   {rate:.2f}",
-        stats_header(),
-        stats_row("latency", latencies),
-        f"  one history         {format_counts(counts)}",
-    ]
-    print("\n".join(lines), flush=True)
-    return rate
-
-
-def report_ratio(oms: OmsResult, trivial_rate: float, log_counter: LogCounter) -> None:
-    rate = oms_rate(oms)
-    ratio = rate / trivial_rate if trivial_rate else math.nan
-    lines = [
-        "",
-        f"Ratio OMS orders/s / trivial workflows/s = {rate:.2f} / {trivial_rate:.2f} = {ratio:.3f}",
-        "  (an order is ~a dozen activities, 3 updates, several signals and two simulated"
-        " latencies; the trivial workflow is one activity)",
-    ]
-    if log_counter.counts:
-        lines += ["", "Warnings and errors logged during the run (by shape, most frequent first):"]
-        for key, n in log_counter.counts.most_common(12):
-            lines.append(f"  {n:>5} x {key}")
-            lines.append(f"          e.g. {log_counter.example[key]}")
-    print("\n".join(lines), flush=True)
+def choose_runner(name: str) -> WorkflowRunner:
+    """Return the runner `name`, and make the OMS workers built in this process use it too."""
+    if name == "unsandboxed":
+        runner: WorkflowRunner = UnsandboxedWorkflowRunner()
+        oms_worker.workflow_runner = lambda: runner  # type: ignore[assignment,return-value]
+        return runner
+    return oms_worker.workflow_runner()
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log_counter = LogCounter()
     route_logs(log_counter)
+    for name in args.experiment:
+        print(f"EXPERIMENT {name}: {experiments.EXPERIMENTS[name].describe}", flush=True)
+        experiments.EXPERIMENTS[name].apply()
+    runner = choose_runner(args.runner)
     temporal_cli = Path(sys.executable).parent / "temporal"
-    print(f"starting the Temporal dev server ({temporal_cli}) ...", flush=True)
+    print(
+        f"starting the Temporal dev server ({temporal_cli}); {args.orders} of each,"
+        f" {args.concurrency} in flight, runner {args.runner},"
+        f" max concurrent activities {args.max_concurrent_activities} ...",
+        flush=True,
+    )
+    budget = phase_budget(args.orders)
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as tmp:
         env = await WorkflowEnvironment.start_local(
             data_converter=pydantic_data_converter,
@@ -594,21 +579,55 @@ async def main(argv: Sequence[str] | None = None) -> int:
             dev_server_log_level="error",
         )
         try:
-            print(f"driving {args.orders} orders, {args.concurrency} at a time ...", flush=True)
-            oms = await run_oms(env, args, Path(tmp), log_counter)
-            report_oms(args, oms)
-            print(f"\nrunning {args.orders} trivial workflows ...", flush=True)
-            trivial = await run_trivial(env, args)
+            rpc = RpcTimes()
+            client = rpc.client(env.client)
+            trivial = interaction = None
+            if not args.lifecycle_only:
+                probe = Probe(rpc)
+                trivial = await run_trivial(
+                    client, runner, args.orders, args.concurrency, budget, probe
+                )
+                report_reference(
+                    "Trivial reference: one workflow, one trivial activity (execute_workflow)",
+                    args,
+                    trivial,
+                    probe,
+                )
+                probe = Probe(rpc)
+                interaction = await run_interaction(
+                    client, runner, args.orders, args.concurrency, budget, probe
+                )
+                report_reference(
+                    "Same-interaction reference: update-with-start, approve, release,"
+                    " 3 report Updates, 2 settlement Signals; no activities",
+                    args,
+                    interaction,
+                    probe,
+                )
+            profiler = AllThreadsProfiler() if args.profile else None
+            with read_model_url(args.postgres) as database_url:
+                lifecycle = await run_lifecycle(
+                    env, args, Path(tmp), log_counter, profiler, database_url, rpc
+                )
+            report_lifecycle(args, lifecycle)
         finally:
             await env.shutdown()
-    trivial_rate = report_trivial(args, trivial)
-    report_ratio(oms, trivial_rate, log_counter)
-    return 1 if len(oms.settled) < args.orders else 0
+    if lifecycle.profile is not None:
+        print(
+            "\nProfile of the lifecycle batch (every Python thread, thread CPU time;"
+            " profiling slows it down, so read shares, not rates):",
+            flush=True,
+        )
+        print("\n".join(lifecycle.profile.lines(len(lifecycle.settled))), flush=True)
+    if trivial is not None and interaction is not None:
+        report_summary(args, lifecycle, trivial, interaction, args.runner)
+    print("\n".join(log_counter.lines()), flush=True)
+    return 1 if len(lifecycle.settled) < args.orders else 0
 
 
 if __name__ == "__main__":
-    # Run the module's own import, not `__main__`: the workflow sandbox re-imports the module that
-    # defines TrivialWorkflow by name and file, which `__main__` may lack (under runpy wrappers).
+    # Run the module's own import, not `__main__`: the workflow sandbox re-imports the module
+    # that defines a workflow by name, which `__main__` may lack (under runpy wrappers).
     from bench.lifecycle import main as _main
 
     sys.exit(asyncio.run(_main()))

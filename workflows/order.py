@@ -159,7 +159,7 @@ class OrderWorkflow:
             self._allocations_projected = carried.allocations_projected
             self._settlements_projected = dict(carried.settlement_statuses_projected)
         self._updates_this_run = 0
-        self._status_checks = 0  # unanswered venue calls in a row, for the back-off
+        self._status_checks = 0  # venue calls that brought no acknowledgement yet: the back-off
         self._projector_stopping = False
 
     # ---- the life of the order ----------------------------------------------------------------
@@ -300,15 +300,17 @@ class OrderWorkflow:
             return
         if not self._deadline_passed(order.venue_ack_due_at):
             return
-        # Released, sent, and still no word from the venue: tell the trader, and ask the venue.
+        # Released, sent, and still no word from the venue: tell the trader (once), and ask the
+        # venue; the next ask waits longer each time.
         order.venue_ack_due_at = None
         if order.status is OrderStatus.RELEASED and order.venue is not None:
-            order.raise_flag(
-                FlagKind.VENUE_ACK_OVERDUE,
-                f"{order.venue} has not acknowledged the order; asking it for the order's status",
-                at=workflow.now(),
-                ref=order.terms.cl_ord_id,
-            )
+            if not any(f.kind is FlagKind.VENUE_ACK_OVERDUE for f in order.flags):
+                order.raise_flag(
+                    FlagKind.VENUE_ACK_OVERDUE,
+                    f"{order.venue} has not acknowledged the order; asking it for its status",
+                    at=workflow.now(),
+                    ref=order.terms.cl_ord_id,
+                )
             self._commands.append(self._command(VenueCommandKind.STATUS))
 
     async def _execute(self, command: VenueCommand) -> None:
@@ -411,12 +413,16 @@ class OrderWorkflow:
             if order.status in AT_VENUE:
                 await self._back_off_then(command)
             return
-        self._status_checks = 0
         self._record(OrderEvent.VENUE_STATUS_CHECKED, details=status.model_dump(mode="json"))
         if order.status is not OrderStatus.RELEASED:
             return
         if status.known:
-            order.venue_ack_due_at = workflow.now() + self._input.timeouts.venue_ack_timeout
+            # It has the order: wait for its acknowledgement again, a little longer each time.
+            self._status_checks += 1
+            order.venue_ack_due_at = workflow.now() + min(
+                self._input.timeouts.venue_ack_timeout * 2 ** min(self._status_checks, 10),
+                _STATUS_CHECK_BACKOFF_MAX,
+            )
         else:
             # The venue never got it: send it again (the venue is idempotent by ClOrdID).
             self._commands.insert(0, self._command(VenueCommandKind.SUBMIT))

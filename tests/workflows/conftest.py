@@ -49,6 +49,9 @@ class Desk:
         manual_back_office: bool = False,
         timeouts: OrderTimeouts | None = None,
         workflow_fields: dict[str, Any] | None = None,
+        task_queue: str | None = None,
+        back_office_queue: str | None = None,
+        task_timeout: timedelta | None = None,
         **fields: Any,
     ) -> OrderHandle:
         allocations = fields.pop(
@@ -65,7 +68,7 @@ class Desk:
             **fields,
         )
         order_id = order_id_for(fund, request.client_order_id)
-        queue = (
+        queue = back_office_queue or (
             self.manual_back_office_queue
             if manual_back_office
             else self.settings.back_office_task_queue
@@ -81,7 +84,8 @@ class Desk:
                 **(workflow_fields or {}),
             ),
             id=order_workflow_id(order_id),
-            task_queue=self.settings.orders_task_queue,
+            task_queue=task_queue or self.settings.orders_task_queue,
+            task_timeout=task_timeout,
         )
 
 

@@ -1,0 +1,326 @@
+"""The two references an order is measured against, and the loads that drive them.
+
+- `TrivialWorkflow`: one trivial activity. The cheapest thing worth measuring on a server.
+- `InteractionWorkflow`: the messages of an order and nothing else. It is started by
+  update-with-start (an Update that answers at once), takes the two other human Updates
+  (approve, release), the venue's execution reports as Updates (ack and two fills, one after
+  the other, as the simulator sends them) and one Signal per settlement instruction, and then
+  completes. It has no activities, no local activities and no timers, so its rate is the
+  ceiling for an order's shape of interaction on this server and worker.
+
+The load plays the API, the venue and the back office straight through the Temporal client,
+with the same message types as the order workflow (`workflows.messages`), so the payloads are
+alike. The answers are small: how big the order workflow's answers are is the order's cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from temporalio import activity, workflow
+from temporalio.exceptions import ApplicationError
+
+# The sandbox re-imports this module for each workflow it runs: everything that is not
+# Temporal passes through unchanged (it is deterministic, and loaded once).
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+    from temporalio.client import Client, WithStartWorkflowOperation
+    from temporalio.common import WorkflowIDConflictPolicy
+    from temporalio.worker import Worker, WorkflowRunner
+
+    from bench.measure import Probe, bounded, mean_history_counts
+    from domain.executions import ExecutionReport
+    from domain.models import (
+        AllocationRequest,
+        ExecType,
+        OrderRequest,
+        OrderType,
+        SettlementStatus,
+        Side,
+        TimeInForce,
+    )
+    from workflows.messages import (
+        ApproveInput,
+        AwaitComplianceInput,
+        ExecutionReportInput,
+        OrderWorkflowInput,
+        PolicyGrant,
+        ReleaseInput,
+        SettlementUpdateInput,
+    )
+
+
+# --- the trivial workflow ----------------------------------------------------------------------
+
+
+class TrivialInput(BaseModel):
+    """Input of the trivial workflow and its activity."""
+
+    name: str
+
+
+@activity.defn
+async def trivial_activity(input: TrivialInput) -> str:
+    """Return a greeting; does no I/O."""
+    return f"hello {input.name}"
+
+
+@workflow.defn
+class TrivialWorkflow:
+    """Run one trivial activity and return its result."""
+
+    @workflow.run
+    async def run(self, input: TrivialInput) -> str:
+        return await workflow.execute_activity(
+            trivial_activity, input, start_to_close_timeout=timedelta(seconds=30)
+        )
+
+
+# --- the same-interaction workflow -------------------------------------------------------------
+
+
+class InteractionAnswer(BaseModel):
+    """What each Update answers: the step it took."""
+
+    step: str
+    count: int
+
+
+class InteractionResult(BaseModel):
+    reports: int
+    settlements: int
+
+
+def _refuse(message: str) -> ApplicationError:
+    return ApplicationError(message, type="InvalidState", non_retryable=True)
+
+
+@workflow.defn
+class InteractionWorkflow:
+    """An order's messages and no work: created, approved, released, reported on, settled.
+
+    Validators refuse messages out of turn, as the order's do; handlers only count.
+    """
+
+    @workflow.init
+    def __init__(self, input: OrderWorkflowInput) -> None:
+        self._settlements_expected = len(input.request.allocations)
+        self._step = "created"
+        self._reports = 0
+        self._settled: set[str] = set()
+
+    @workflow.run
+    async def run(self, input: OrderWorkflowInput) -> InteractionResult:
+        await workflow.wait_condition(
+            lambda: len(self._settled) >= self._settlements_expected and self._reports >= 3
+        )
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return InteractionResult(reports=self._reports, settlements=len(self._settled))
+
+    @workflow.update
+    def await_compliance(self, input: AwaitComplianceInput) -> InteractionAnswer:
+        return InteractionAnswer(step=self._step, count=0)
+
+    @workflow.update
+    def approve(self, input: ApproveInput) -> InteractionAnswer:
+        self._step = "approved"
+        return InteractionAnswer(step=self._step, count=1)
+
+    @approve.validator
+    def _validate_approve(self, input: ApproveInput) -> None:
+        if self._step != "created":
+            raise _refuse(f"cannot approve an order that is {self._step}")
+
+    @workflow.update
+    def release(self, input: ReleaseInput) -> InteractionAnswer:
+        self._step = "released"
+        return InteractionAnswer(step=self._step, count=1)
+
+    @release.validator
+    def _validate_release(self, input: ReleaseInput) -> None:
+        if self._step != "approved":
+            raise _refuse(f"cannot release an order that is {self._step}")
+
+    @workflow.update
+    def execution_report(self, input: ExecutionReportInput) -> InteractionAnswer:
+        self._reports += 1
+        return InteractionAnswer(step=input.report.exec_type.value, count=self._reports)
+
+    @execution_report.validator
+    def _validate_execution_report(self, input: ExecutionReportInput) -> None:
+        if self._step != "released":
+            raise _refuse(f"the order is {self._step}, not at a venue")
+
+    @workflow.signal
+    def settlement_update(self, input: SettlementUpdateInput) -> None:
+        self._settled.add(input.settlement_id)
+
+
+# --- the loads ---------------------------------------------------------------------------------
+
+ACCOUNTS = ("alpha-main", "alpha-growth")
+QUANTITY = Decimal(100)
+PRICE = Decimal("190.50")
+
+
+def order_request(client_order_id: str) -> OrderRequest:
+    """The order both the lifecycle and the reference use: 100 AAPL, split over two accounts."""
+    share = QUANTITY / len(ACCOUNTS)
+    return OrderRequest(
+        client_order_id=client_order_id,
+        fund="fund-alpha",
+        symbol="AAPL",
+        side=Side.BUY,
+        quantity=QUANTITY,
+        order_type=OrderType.MARKET,
+        time_in_force=TimeInForce.DAY,
+        allocations=[AllocationRequest(account=a, quantity=share) for a in ACCOUNTS],
+    )
+
+
+class PhaseResult(BaseModel):
+    """What one reference load measured."""
+
+    wall: float
+    latencies: list[float]
+    count: int
+    history: dict[str, float]
+    histories_read: int
+
+
+async def run_trivial(
+    client: Client,
+    runner: WorkflowRunner,
+    count: int,
+    concurrency: int,
+    budget: float,
+    probe: Probe,
+) -> PhaseResult:
+    """Start and await `count` trivial workflows, `concurrency` at a time, on a worker of its own."""
+    suffix = uuid.uuid4().hex[:8]
+    queue = f"bench-trivial-{suffix}"
+
+    async def one(index: int) -> float:
+        started = time.perf_counter()
+        await client.execute_workflow(
+            TrivialWorkflow.run,
+            TrivialInput(name=str(index)),
+            id=f"bench-trivial-{suffix}-{index}",
+            task_queue=queue,
+        )
+        return time.perf_counter() - started
+
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[TrivialWorkflow],
+        activities=[trivial_activity],
+        workflow_runner=runner,
+    ):
+        await one(-1)  # warm-up: the sandbox's first import, connections
+        probe.begin()
+        results, wall = await bounded(count, concurrency, one, budget)
+        await probe.end()
+        latencies = [r for r in results if r is not None]
+        history, read = await mean_history_counts(
+            client, (f"bench-trivial-{suffix}-{i}" for i in range(count))
+        )
+    return PhaseResult(
+        wall=wall, latencies=latencies, count=count, history=history, histories_read=read
+    )
+
+
+async def drive_interaction(client: Client, queue: str, workflow_id: str) -> None:
+    """One order's messages, in order, each sent when the one before it has been answered."""
+    request = order_request(workflow_id[-60:])
+    start = WithStartWorkflowOperation(
+        InteractionWorkflow.run,
+        OrderWorkflowInput(order_id=workflow_id, request=request, created_by="alice"),
+        id=workflow_id,
+        task_queue=queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+    # The API: create (update-with-start), approve, release.
+    await client.execute_update_with_start_workflow(
+        InteractionWorkflow.await_compliance,
+        AwaitComplianceInput(),
+        start_workflow_operation=start,
+    )
+    handle = await start.workflow_handle()
+    grants = [PolicyGrant(permission="desk_head", policy=["dana", "*", "approvals", "desk_head"])]
+    await handle.execute_update(
+        InteractionWorkflow.approve, ApproveInput(user="dana", grants=grants)
+    )
+    await handle.execute_update(
+        InteractionWorkflow.release, ReleaseInput(user="tom", venue="simulator")
+    )
+    # The venue: acknowledgement, then two fills, each Update answered before the next.
+    half = QUANTITY / 2
+    for n, (exec_type, quantity) in enumerate(
+        ((ExecType.NEW, Decimal(0)), (ExecType.TRADE, half), (ExecType.TRADE, half))
+    ):
+        report = ExecutionReport(
+            order_id=workflow_id[-60:],
+            exec_id=f"SIM-{workflow_id[-60:]}-{n}",
+            exec_type=exec_type,
+            last_quantity=quantity,
+            last_price=PRICE if quantity else None,
+            transact_time=datetime.now(UTC),
+        )
+        await handle.execute_update(
+            InteractionWorkflow.execution_report,
+            ExecutionReportInput(report=report, reported_by="sim-venue"),
+        )
+    # The back office: one Signal per settlement instruction, as its confirmations arrive.
+    await asyncio.gather(
+        *(
+            handle.signal(
+                InteractionWorkflow.settlement_update,
+                SettlementUpdateInput(
+                    settlement_id=f"stl-{account}",
+                    status=SettlementStatus.CONFIRMED,
+                    user="betty",
+                    at=datetime.now(UTC),
+                ),
+            )
+            for account in ACCOUNTS
+        )
+    )
+    await handle.result()
+
+
+async def run_interaction(
+    client: Client,
+    runner: WorkflowRunner,
+    count: int,
+    concurrency: int,
+    budget: float,
+    probe: Probe,
+) -> PhaseResult:
+    """Drive `count` same-interaction workflows, `concurrency` at a time, on a worker of its own."""
+    suffix = uuid.uuid4().hex[:8]
+    queue = f"bench-interaction-{suffix}"
+
+    async def one(index: int) -> float:
+        started = time.perf_counter()
+        await drive_interaction(client, queue, f"bench-interaction-{suffix}-{index}")
+        return time.perf_counter() - started
+
+    async with Worker(
+        client, task_queue=queue, workflows=[InteractionWorkflow], workflow_runner=runner
+    ):
+        await one(-1)  # warm-up
+        probe.begin()
+        results, wall = await bounded(count, concurrency, one, budget)
+        await probe.end()
+        latencies = [r for r in results if r is not None]
+        history, read = await mean_history_counts(
+            client, (f"bench-interaction-{suffix}-{i}" for i in range(count))
+        )
+    return PhaseResult(
+        wall=wall, latencies=latencies, count=count, history=history, histories_read=read
+    )
