@@ -127,6 +127,9 @@ def _cmd_order(args: argparse.Namespace, settings: Settings) -> int:
         return _call(settings, args.as_user, "GET", f"/orders/{args.order_id}")
     if action == "history":
         return _call(settings, args.as_user, "GET", f"/orders/{args.order_id}/history")
+    if action == "wait":
+        path = f"/orders/{args.order_id}?wait_for={args.wait_for}&timeout={args.timeout}"
+        return _call(settings, args.as_user, "GET", path)
     text = getattr(args, "text", None) or ""  # release takes --venue, not a text
     bodies: dict[str, dict[str, Any]] = {
         "approve": {"comment": text},
@@ -172,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--client-order-id")
     new.add_argument("--notes", default="")
     actions.add_parser("list", help="list orders")
+    wait = actions.add_parser(
+        "wait", help="wait until an order reaches a status (or a later one), then show it"
+    )
+    wait.add_argument("order_id")
+    wait.add_argument(
+        "--for", dest="wait_for", required=True, help="status(es), comma-separated: settled"
+    )
+    wait.add_argument("--timeout", type=int, default=60, help="seconds, at most 60")
     for name in ("show", "history", "approve", "reject", "override", "release", "cancel"):
         one = actions.add_parser(name, help=f"{name} an order")
         one.add_argument("order_id")

@@ -96,10 +96,39 @@ def sessions(engine: Engine) -> SessionFactory:
     return session_factory(engine)
 
 
+def _layer_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp(name) / 'oms.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("OMS_TEST_POSTGRES_URL is not set")
+    yield from _postgres_database()
+
+
+# The workflow and API layers run on SQLite, and on PostgreSQL too. Each layer has a read model
+# of its own: their simulators find work in it, and must not take each other's orders.
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def workflow_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    yield from _layer_database(request, tmp_path_factory, "workflowdb")
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def api_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    yield from _layer_database(request, tmp_path_factory, "apidb")
+
+
 @pytest.fixture(scope="session")
-def sqlite_sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionFactory]:
-    """A SQLite read model with demo data, for tests whose subject is not the database."""
-    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('wfdb') / 'oms.db'}")
+def layer_sessions(workflow_database_url: str) -> Iterator[SessionFactory]:
+    """Sessions on the workflow layer's read model, with the schema and demo data."""
+    engine = make_engine(workflow_database_url)
     create_schema(engine)
     with session_factory(engine)() as session:
         load_demo_data(session)

@@ -20,7 +20,7 @@ from db import simulators
 from db.engine import SessionFactory
 from db.simulators import SimVenueOrderRow
 from domain.executions import ExecutionReport
-from domain.models import ExecType, OrderType, Side, TimeInForce
+from domain.models import ExecType, OrderType, Side, TimeInForce, tidy
 from venues.base import ExecutionSink, VenueOrder, VenueOrderStatus, VenueRefusedError
 
 log = logging.getLogger(__name__)
@@ -285,8 +285,9 @@ class SimulatedVenue:
                     order_id=row.order_id,
                     exec_id=f"SIM-{row.cl_ord_id}-{row.next_exec}",
                     exec_type=step.exec_type,
-                    last_quantity=step.last_quantity,
-                    last_price=step.last_price,
+                    # The book keeps NUMERIC(38, 12) on PostgreSQL: report as a venue writes them.
+                    last_quantity=tidy(step.last_quantity),
+                    last_price=None if step.last_price is None else tidy(step.last_price),
                     text=step.text,
                     transact_time=datetime.now(UTC),
                 )

@@ -57,12 +57,15 @@ class Stack:
 
 @pytest.fixture(scope="session")
 async def stack(
-    dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+    dev_env: WorkflowEnvironment,
+    tmp_path_factory: pytest.TempPathFactory,
+    api_database_url: str,
 ) -> AsyncIterator[Stack]:
     suffix = uuid.uuid4().hex[:8]
     port = free_port()
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("oms"),
+        database_url=api_database_url,
         temporal_address=dev_env.client.service_client.config.target_host,
         api_port=port,
         orders_task_queue=f"orders-{suffix}",

@@ -65,7 +65,10 @@ async def test_order_commands_drive_the_story(
     assert (await oms("order", "approve", order_id, "looks fine", "--as", "dana"))[0] == 0
     code, released = await oms("order", "release", order_id, "--as", "tom")
     assert code == 0 and isinstance(released, dict)
-    await stack.wait_for_status("alice", order_id, "settled")
+    code, waited = await oms("order", "wait", order_id, "--for", "settled", "--as", "alice")
+    assert code == 0 and isinstance(waited, dict) and waited["status"] == "settled"
+    code, unknown = await oms("order", "wait", order_id, "--for", "done", "--as", "alice")
+    assert code == 1 and isinstance(unknown, dict) and unknown["error"]["field"] == "wait_for"
     code, shown = await oms("order", "show", order_id, "--as", "alice")
     assert isinstance(shown, dict) and shown["status"] == "settled"
     assert shown["approvals"]["given"][0]["comment"] == "looks fine"

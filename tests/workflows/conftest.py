@@ -123,7 +123,7 @@ class ServerClockCallbacks:
 @pytest.fixture(scope="session")
 async def desk(
     time_skipping_env: WorkflowEnvironment,
-    sqlite_sessions: SessionFactory,
+    layer_sessions: SessionFactory,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Desk]:
     suffix = uuid.uuid4().hex[:8]
@@ -135,12 +135,12 @@ async def desk(
     )
     client = time_skipping_env.client
     callbacks = ServerClockCallbacks(TemporalCallbacks(client), time_skipping_env)
-    back_office = SimulatedBackOffice(callbacks, sqlite_sessions, user="betty", delay_seconds=0.05)
+    back_office = SimulatedBackOffice(callbacks, layer_sessions, user="betty", delay_seconds=0.05)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
         orders_worker, simulator = build_orders_worker(
-            client, settings, sqlite_sessions, callbacks, executor
+            client, settings, layer_sessions, callbacks, executor
         )
-        simulated_bo = build_back_office_worker(client, settings, sqlite_sessions)
+        simulated_bo = build_back_office_worker(client, settings, layer_sessions)
         # Instructions on this queue go to books the simulated back office does not read, so
         # nobody confirms them: tests answer by hand.
         manual_books = make_engine(f"sqlite:///{tmp_path_factory.mktemp('manual-bo') / 'bo.db'}")

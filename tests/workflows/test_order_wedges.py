@@ -112,11 +112,11 @@ class HeldCompliance(ComplianceActivities):
 
 
 async def test_cancel_while_compliance_runs_ends_the_order_canceled(
-    desk: Desk, sqlite_sessions: SessionFactory
+    desk: Desk, layer_sessions: SessionFactory
 ) -> None:
     """v1 took the cancel, then tried an illegal transition when compliance returned: wedged."""
-    compliance = HeldCompliance(sqlite_sessions, desk)
-    async with order_worker(desk, sqlite_sessions, compliance=compliance) as queue:
+    compliance = HeldCompliance(layer_sessions, desk)
+    async with order_worker(desk, layer_sessions, compliance=compliance) as queue:
         # A short task timeout makes the worker hand the task back while the check still runs,
         # so the cancel is delivered while compliance is in flight (deterministically).
         handle = await desk.start(
@@ -131,7 +131,7 @@ async def test_cancel_while_compliance_runs_ends_the_order_canceled(
         assert (await handle.result()).status is OrderStatus.CANCELED
     order_id = handle.id.removeprefix("order:")
     # The compliance results that came back after the cancel were discarded, not applied.
-    assert projected_kinds(sqlite_sessions, order_id) == [
+    assert projected_kinds(layer_sessions, order_id) == [
         OrderEvent.ORDER_CREATED,
         OrderEvent.CANCELED_BEFORE_RELEASE,
         OrderEvent.ORDER_CLOSED,
@@ -139,7 +139,7 @@ async def test_cancel_while_compliance_runs_ends_the_order_canceled(
 
 
 async def test_expiry_timer_in_the_same_task_as_an_approval_counts_the_approval(
-    desk: Desk, dev_env: WorkflowEnvironment, sqlite_sessions: SessionFactory
+    desk: Desk, dev_env: WorkflowEnvironment, layer_sessions: SessionFactory
 ) -> None:
     """v1 saw the timer's timeout and tried approval_expired on an approved order: wedged.
 
@@ -151,7 +151,7 @@ async def test_expiry_timer_in_the_same_task_as_an_approval_counts_the_approval(
     timeouts = OrderTimeouts(
         approval_escalate_after=timedelta(seconds=1), approval_expire_after=timedelta(seconds=2)
     )
-    async with order_worker(live, sqlite_sessions) as queue:
+    async with order_worker(live, layer_sessions) as queue:
         handle = await live.start(quantity="10", task_queue=queue, timeouts=timeouts)
         state = await _wait_for_event(handle, OrderEvent.FLAG_RAISED)  # escalated
     assert state.approval_expire_at is not None
@@ -163,7 +163,7 @@ async def test_expiry_timer_in_the_same_task_as_an_approval_counts_the_approval(
     # Give the Update time to reach the server, so the worker's next task carries both the
     # fired timer and the Update (were it later, the test would still pass, proving less).
     await asyncio.sleep(0.5)
-    async with order_worker(live, sqlite_sessions, queue=queue):
+    async with order_worker(live, layer_sessions, queue=queue):
         state = await approving
         assert state.status is OrderStatus.APPROVED
         await handle.execute_update(
@@ -231,10 +231,10 @@ class DownBackOffice(BackOfficeActivities):
 
 
 async def test_back_office_down_for_long_is_retried_until_it_takes_the_instruction(
-    desk: Desk, sqlite_sessions: SessionFactory
+    desk: Desk, layer_sessions: SessionFactory
 ) -> None:
     """v1 gave up after 5 attempts and failed the whole workflow after booking the allocations."""
-    back_office = DownBackOffice(sqlite_sessions, failures=8)
+    back_office = DownBackOffice(layer_sessions, failures=8)
     queue = f"bo-down-{uuid.uuid4().hex[:8]}"
     async with Worker(desk.client, task_queue=queue, activities=[back_office.instruct_settlements]):
         handle = await desk.start(quantity="100", back_office_queue=queue)
@@ -284,11 +284,11 @@ class SilentVenue(ManualVenue):
 
 
 async def test_venue_timeout_is_flagged_and_the_venue_asked_never_a_rejection(
-    desk: Desk, sqlite_sessions: SessionFactory
+    desk: Desk, layer_sessions: SessionFactory
 ) -> None:
     """v1 took a venue timeout for a rejection, though the order may have been live there."""
     venue = SilentVenue(timeouts=3)  # one local activity's attempts
-    async with order_worker(desk, sqlite_sessions, venues={"silent": venue}) as queue:
+    async with order_worker(desk, layer_sessions, venues={"silent": venue}) as queue:
         handle = await desk.start(quantity="10", task_queue=queue, manual_back_office=True)
         await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
         await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
@@ -341,7 +341,7 @@ async def test_unacknowledged_order_is_flagged_and_the_venue_asked(desk: Desk) -
 
 
 async def test_long_lived_order_continues_as_new_and_still_answers(
-    desk: Desk, sqlite_sessions: SessionFactory
+    desk: Desk, layer_sessions: SessionFactory
 ) -> None:
     handle = await desk.start(
         quantity="600",
@@ -381,7 +381,7 @@ async def test_long_lived_order_continues_as_new_and_still_answers(
         ),
     )
     assert (await handle.result()).status is OrderStatus.SETTLED
-    with sqlite_sessions() as session:
+    with layer_sessions() as session:
         seqs = [
             row.seq
             for row in session.exec(select(OrderEventRow).where(OrderEventRow.order_id == order_id))
