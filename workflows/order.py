@@ -79,8 +79,9 @@ _VENUE_CALL: dict[str, Any] = {
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=2), maximum_attempts=3),
 }
 # Settlement instructions: retried until the back office takes them (idempotent by settlement id).
+# One short transaction: a worker killed mid-call is noticed after this long, not the usual 30 s.
 _BACK_OFFICE: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
+    "start_to_close_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(minutes=1)),
 }
 _STATUS_CHECK_BACKOFF_MAX = timedelta(minutes=5)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Response
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Services, ServicesDep, UserDep
 from api.errors import ApiError, from_update_failure
@@ -42,7 +43,26 @@ async def post_execution(
             response.status_code = 200
             return ExecutionAnswer(status="duplicate", detail=cause.message)
         raise from_update_failure(err) from err
+    except RPCError as err:
+        if err.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        return await _report_to_closed_order(services, ref, report, response)
     return _answer(result, response)
+
+
+async def _report_to_closed_order(
+    services: Services, ref: OrderRef, report: ExecutionReport, response: Response
+) -> ExecutionAnswer:
+    """A venue resending a report late, after the order closed, learns it was taken (200)."""
+    order = await query_order(services, ref.order_id, ref.workflow_type)
+    if report.exec_id in {e.exec_id for e in order.executions}:
+        response.status_code = 200
+        return ExecutionAnswer(
+            status="duplicate", detail=f"exec_id {report.exec_id} already applied"
+        )
+    raise ApiError(
+        409, "conflict", f"the order is closed ({order.status.value}) and takes no more reports"
+    )
 
 
 def _answer(result: ExecutionReportResult, response: Response) -> ExecutionAnswer:

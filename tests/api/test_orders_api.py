@@ -338,6 +338,13 @@ async def test_execution_reports_from_a_venue(stack: Stack) -> None:
     assert filled["average_price"] == "230.6"
     refused_refs = [f["ref"] for f in filled["flags"] if f["kind"] == "execution_refused"]
     assert sorted(refused_refs) == ["x-3", "x-6" if racing[0].status_code == 409 else "x-7"]
+    # After the order has closed, a venue resending a report it already sent learns it was taken;
+    # a report it never sent is refused.
+    await closed_history(stack, order_id)
+    late = await stack.call("sim-venue", "POST", "/executions", fill)
+    assert (late.status_code, late.json()["status"]) == (200, "duplicate")
+    unknown = await stack.call("sim-venue", "POST", "/executions", report("x-8", "trade", "1", "1"))
+    assert unknown.status_code == 409 and "closed" in unknown.json()["error"]["message"]
 
 
 async def test_read_endpoints_respect_funds(stack: Stack) -> None:
