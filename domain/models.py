@@ -19,15 +19,40 @@ def _aware_utc(value: datetime) -> datetime:
     return value
 
 
+# Quantities and prices the read model stores exactly (NUMERIC(38, 12)), with room to multiply
+# one by the other; far beyond any real order.
+MAX_AMOUNT = Decimal("1e15")
+MAX_PLACES = 12
+
+
+def amount_problem(value: Decimal) -> str | None:
+    """Return why `value` cannot be a quantity or price, or None when it can (zero allowed)."""
+    if not value.is_finite() or value < 0:
+        return "must be a number, not negative"
+    if value >= MAX_AMOUNT:
+        return f"must be below {MAX_AMOUNT:,.0f}"
+    # Trailing zeros are not places: 100.000000000000000 is 100.
+    exponent = value.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > MAX_PLACES:
+        return f"must have at most {MAX_PLACES} decimal places"
+    return None
+
+
 def _positive(value: Decimal) -> Decimal:
     if not value.is_finite() or value <= 0:
         raise ValueError("must be greater than zero")
+    problem = amount_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
 def _non_negative(value: Decimal) -> Decimal:
     if not value.is_finite() or value < 0:
         raise ValueError("must not be negative")
+    problem = amount_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

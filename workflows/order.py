@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         OrderStatus,
         SettlementInstruction,
         SettlementStatus,
+        amount_problem,
     )
     from domain.order import FlagKind, Order, OrderProjection, Override, summarise
     from domain.settlement import settlement_date
@@ -88,9 +89,6 @@ _STATUS_CHECK_BACKOFF_MAX = timedelta(minutes=5)
 # Reports whose transact_time is this far from the order's clock are refused as absurd.
 _REPORT_TIME_AHEAD = timedelta(minutes=5)
 _REPORT_TIME_BEHIND = timedelta(days=7)
-# Prices and quantities the read model stores exactly (NUMERIC(38, 12)).
-_MAX_REPORT_VALUE = Decimal("1e15")
-_MAX_REPORT_PLACES = 12
 
 
 def _inner(err: FailureError) -> BaseException | None:
@@ -123,11 +121,6 @@ def _refuse(message: str, refusal: RefusalType, field: str | None = None) -> App
 
 def _json_list(values: list[str]) -> list[JsonValue]:
     return [value for value in values]
-
-
-def _places(value: Decimal) -> int:
-    exponent = value.as_tuple().exponent
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -757,19 +750,14 @@ class OrderWorkflow:
                 RefusalType.INVALID_INPUT,
                 "transact_time",
             )
+        # The report model bounds these too; a caller reaching Temporal directly is checked here.
         for field, value in (
             ("last_quantity", report.last_quantity),
             ("last_price", report.last_price),
         ):
-            if value is None:
-                continue
-            if value >= _MAX_REPORT_VALUE or _places(value) > _MAX_REPORT_PLACES:
-                raise _refuse(
-                    f"{field} {value} is out of range (below {_MAX_REPORT_VALUE:,.0f}, "
-                    f"at most {_MAX_REPORT_PLACES} decimal places)",
-                    RefusalType.INVALID_INPUT,
-                    field,
-                )
+            problem = None if value is None else amount_problem(value)
+            if problem:
+                raise _refuse(f"{field} {value} {problem}", RefusalType.INVALID_INPUT, field)
 
     # ---- signals: the back office -------------------------------------------------------------
 

@@ -173,6 +173,8 @@ async def test_restricted_symbol_is_compliance_rejected(stack: Stack) -> None:
     ("overrides", "field"),
     [
         ({"quantity": -5, "allocations": []}, "quantity"),
+        ({"quantity": "1e30", "allocations": []}, "quantity"),
+        ({"limit_price": "1e-13"}, "limit_price"),
         ({"quantity": 0, "allocations": []}, "quantity"),
         ({"symbol": "NOPE"}, "symbol"),
         ({"order_type": "limit", "limit_price": None}, "limit_price"),

@@ -22,6 +22,7 @@ from domain.models import (
     OrderType,
     Side,
     TimeInForce,
+    amount_problem,
     tidy,
 )
 
@@ -103,6 +104,17 @@ def test_valid_requests(make_order: OrderFactory, fields: dict[str, Any]) -> Non
         pytest.param({"quantity": "-5"}, "quantity", "greater than zero", id="negative-quantity"),
         pytest.param({"quantity": "NaN"}, "quantity", "", id="nan-quantity"),
         pytest.param({"quantity": "Infinity"}, "quantity", "", id="infinite-quantity"),
+        pytest.param({"quantity": "1e30"}, "quantity", "below 1,000,000,000,000,000", id="huge"),
+        pytest.param({"quantity": "1e15"}, "quantity", "below", id="quantity-at-the-bound"),
+        pytest.param(
+            {"quantity": "0.0000000000001"}, "quantity", "at most 12 decimal places", id="13-places"
+        ),
+        pytest.param(
+            {"order_type": "limit", "limit_price": "1e-13"},
+            "limit_price",
+            "at most 12 decimal places",
+            id="price-13-places",
+        ),
         pytest.param(
             {"order_type": "limit"}, "limit_price", "needs a limit_price", id="limit-no-price"
         ),
@@ -206,6 +218,22 @@ def test_invalid_requests_name_the_field(fields: dict[str, Any], loc: str, messa
     errors = _errors(fields)
     assert any(e["loc"][0] == loc for e in errors), errors
     assert any(message.lower() in e["msg"].lower() for e in errors if e["loc"][0] == loc), errors
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("999999999999999.999999999999", None),  # the largest amount: 15 digits, 12 places
+        ("100.000000000000000000", None),  # trailing zeros are not places
+        ("0", None),
+        ("1e15", "must be below 1,000,000,000,000,000"),
+        ("0.0000000000001", "must have at most 12 decimal places"),
+        ("-1", "must be a number, not negative"),
+        ("NaN", "must be a number, not negative"),
+    ],
+)
+def test_amount_bounds(value: str, problem: str | None) -> None:
+    assert amount_problem(Decimal(value)) == problem
 
 
 def test_missing_required_fields() -> None:
