@@ -455,3 +455,38 @@ async def test_what_if_compliance_check_creates_nothing(stack: Stack) -> None:
     ).status_code == 403
     unknown = await stack.call("alice", "POST", "/compliance/check", {**body, "symbol": "NOPE"})
     assert (unknown.status_code, unknown.json()["error"]["field"]) == (422, "symbol")
+
+
+async def test_a_burst_of_reports_on_one_order_is_taken_or_refused_for_a_retry(
+    stack: Stack,
+) -> None:
+    """Temporal takes at most 10 Updates in flight per workflow: the rest answer 503, never 500."""
+    order = await create(stack, quantity=1000, allocations=[])
+    order_id = order["order_id"]
+    await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})
+    await stack.call("tom", "POST", f"/orders/{order_id}/release", {"venue": "manual"})
+    now = datetime.now(UTC).isoformat()
+    fills = [
+        {
+            "order_id": order_id,
+            "exec_id": f"burst-{n}",
+            "exec_type": "trade",
+            "last_quantity": "10",
+            "last_price": "230",
+            "transact_time": now,
+        }
+        for n in range(60)
+    ]
+    answers = await asyncio.gather(
+        *(stack.call("sim-venue", "POST", "/executions", fill) for fill in fills)
+    )
+    codes = [a.status_code for a in answers]
+    print("burst of 60 reports:", {code: codes.count(code) for code in set(codes)})
+    assert set(codes) <= {202, 503}
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.headers["retry-after"]
+            assert answer.json()["error"]["code"] == "temporal_busy"
+    taken = codes.count(202)
+    shown = (await stack.call("alice", "GET", f"/orders/{order_id}")).json()
+    assert shown["filled_quantity"] == str(10 * taken)
