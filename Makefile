@@ -31,8 +31,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 
+# `make bench BENCH_ARGS="--profile"`; `python -m bench.lifecycle --help` lists the options.
 bench: $(STAMP)
-	$(BIN)/python -m bench.lifecycle
+	$(BIN)/python -m bench.lifecycle $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .oms .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Proposed changes to the OMS, monkeypatched into the benchmark's process only, to measure them.
+"""Proposed changes to the OMS, monkeypatched into the benchmark's own processes, to measure them.
 
 Nothing here is the OMS: each experiment replaces something at run time so that
 `python -m bench.lifecycle --experiment NAME` shows what a change would save before anyone edits
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 
 
 @dataclass(frozen=True)
@@ -23,20 +24,32 @@ class Experiment:
     apply: Callable[[], None]
 
 
+def use_runner(name: str) -> WorkflowRunner:
+    """Return the workflow runner `name`, and make OMS workers built in this process use it.
+
+    `sandbox` is `worker.workflow_runner()` (the sandbox, our modules passed through);
+    `unsandboxed` is `UnsandboxedWorkflowRunner`.
+    """
+    import worker
+
+    if name == "unsandboxed":
+        runner: WorkflowRunner = UnsandboxedWorkflowRunner()
+        _replace(worker, "workflow_runner", lambda: runner)
+        return runner
+    return worker.workflow_runner()
+
+
+def apply(names: list[str]) -> None:
+    """Apply the experiments `names`, in order."""
+    for name in names:
+        EXPERIMENTS[name].apply()
+
+
 def _replace(owner: object, name: str, value: object) -> Any:
     """Set `owner.name` to `value` and return what it was (attributes mypy cannot see as public)."""
     before = getattr(owner, name)
     setattr(owner, name, value)
     return before
-
-
-def _bytecode_cache() -> None:
-    # The sandbox re-imports workflows.order (and what it imports that is not passed through)
-    # for each new workflow instance. With PYTHONDONTWRITEBYTECODE and no __pycache__ (an
-    # editable install here), that is a compile() of the source each time; an installed wheel
-    # has .pyc files. Cache bytecode in a private folder, as an installed package would have it.
-    sys.dont_write_bytecode = False
-    sys.pycache_prefix = tempfile.mkdtemp(prefix="oms-bench-pycache-")
 
 
 def _long_poll_from_read_model() -> None:
@@ -55,16 +68,20 @@ def _long_poll_from_read_model() -> None:
         row = await deps.run_db(services, lambda session: session.get(OrderRow, order_id))
         if row is None:
             return await queried(services, order_id, workflow_type)
+        # Lists empty, optional fields None, the rest from the row.
         fields: dict[str, Any] = {
-            name: getattr(row, name)
-            for name in OrderRow.model_fields
-            if name in OrderPublic.model_fields
+            name: [] if "list[" in str(info.annotation) else None
+            for name, info in OrderPublic.model_fields.items()
         }
         fields.update(
+            {name: getattr(row, name) for name in OrderRow.model_fields if name in fields},
+            notes="",
+            status_actor="",
+            status_reason="",
             approvals=ApprovalState(),
             leaves_quantity=row.quantity - (row.filled_quantity or Decimal(0)),
         )
-        return OrderPublic.model_construct(**fields)
+        return OrderPublic.model_validate(fields)
 
     _replace(orders, "query_order", from_row)
 
@@ -75,6 +92,51 @@ def _cache_authorisation() -> None:
     from api.auth import Authorizer
 
     Authorizer.check = functools.lru_cache(maxsize=4096)(Authorizer.check)  # type: ignore[method-assign]
+
+
+def _cache_order_routes() -> None:
+    # Every request on an order first reads its fund and workflow type from the read model
+    # (a database slot, a thread hop and a query); neither ever changes, so remember them.
+    from api import order_access
+    from api.errors import not_found
+    from api.routers import executions, orders
+
+    located = order_access.locate
+    routes: dict[str, tuple[str, str]] = {}
+
+    async def locate(
+        services: Any, user: str, order_id: str, seen_through: tuple[str, str] = ("orders", "read")
+    ) -> order_access.OrderRef:
+        route = routes.get(order_id)
+        if route is None:
+            ref = await located(services, user, order_id, seen_through)
+            routes[order_id] = (ref.fund, ref.workflow_type)
+            return ref
+        if services.authorizer.check(user, route[0], *seen_through) is None:
+            raise not_found()
+        return order_access.OrderRef(order_id, *route)
+
+    for router in (orders, executions):
+        _replace(router, "locate", locate)
+
+
+def _simulator_keepalive() -> None:
+    # The simulators share one httpx client with the default pool (20 kept-alive connections);
+    # with more reports and confirmations in flight, connections are closed and opened again,
+    # and httpcore scans its pool on every request. Keep as many as may be in flight.
+    import types
+
+    import httpx
+
+    import worker
+
+    def client(*args: Any, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault(
+            "limits", httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        )
+        return httpx.AsyncClient(*args, **kwargs)
+
+    _replace(worker, "httpx", types.SimpleNamespace(AsyncClient=client))
 
 
 def _no_http_middleware() -> None:
@@ -108,18 +170,22 @@ EXPERIMENTS: dict[str, Experiment] = {
         "sys.setswitchinterval(0.0005) instead of 5 ms: threads waiting for the GIL get it sooner",
         _short_gil_switch,
     ),
-    "bytecode-cache": Experiment(
-        "bytecode cached in a temp folder (as an installed wheel has it), despite"
-        " PYTHONDONTWRITEBYTECODE: the sandbox's per-workflow re-import stops compiling source",
-        _bytecode_cache,
-    ),
     "long-poll-read-model": Experiment(
         "GET /orders/{id}?wait_for= answers from the read-model row, not a Query (which replays"
         " a closed order's whole history)",
         _long_poll_from_read_model,
     ),
+    "route-cache": Experiment(
+        "locate() remembers each order's fund and workflow type instead of reading them from"
+        " the read model on every request",
+        _cache_order_routes,
+    ),
     "authz-cache": Experiment(
         "Authorizer.check memoised (the policy is static while the API runs)", _cache_authorisation
+    ),
+    "simulator-keepalive": Experiment(
+        "the simulators' httpx client keeps up to 200 connections alive (default 20)",
+        _simulator_keepalive,
     ),
     "no-http-middleware": Experiment(
         "the API's BaseHTTPMiddleware (metrics) removed", _no_http_middleware

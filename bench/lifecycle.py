@@ -10,8 +10,9 @@ What is measured, in one run, on one dev server (in-memory), in this order:
     the other) and one Signal per settlement instruction, sent straight through the Temporal
     client as the API, the venue and the back office would. Its rate is the ceiling for an
     order's shape of interaction.
-3.  The lifecycle: N orders, C at a time, through the public HTTP API of an in-process OMS
-    (API, both workers and both simulators, `devserver.running_oms`, SQLite read model):
+3.  The lifecycle: N orders, C at a time, through the public HTTP API of the OMS, in this
+    process as under `oms dev` (API, both workers and both simulators, `devserver.running_oms`;
+    or in three processes with --processes), on a SQLite read model (or PostgreSQL):
 
         POST /orders (alice) -> approve (dana) -> release (tom) to the simulator
         -> GET /orders/{id}?wait_for=settled (alice's long-poll) until it answers settled
@@ -20,9 +21,11 @@ What is measured, in one run, on one dev server (in-memory), in this order:
     as the reference has two settlement Signals.
 
 Per phase it prints the rate, latency percentiles, the mean history of a workflow (events,
-workflow tasks, activities, local activities, Updates, Signals, timers) and where the CPU went:
-cores busy per thread group of this process and of the Temporal server (from /proc). Then the
-two ratios: lifecycle orders/s / trivial workflows/s and / same-interaction workflows/s.
+workflow tasks, activities, local activities, Updates, Signals, timers, its size, and how long
+it had a workflow task queued or open on a worker), where the CPU went (per thread group of
+this process, per OMS process, the Temporal server, other processes; from /proc), the
+event-loop lag and the Temporal calls' latency. Then a summary table and the two ratios:
+lifecycle orders/s / trivial workflows/s and / same-interaction workflows/s.
 
 How to read it
     - Rates are completed workflows / wall time of the batch. One warm-up of each runs first,
@@ -34,21 +37,31 @@ How to read it
       polling, 50 ms growing to 500 ms, quantises it), total = POST sent -> settled seen.
     - Percentiles are nearest-rank: below 100 orders p99 is the worst order.
     - Everything (API, workers, simulators, this load) shares one process and one event loop,
-      as in `oms dev`; the CPU lines say whether that process or the server is saturated.
+      as in `oms dev`, unless --processes. The CPU lines say who is busy: the OMS (and the
+      load), the Temporal server, and other processes on the machine (a shared machine skews
+      rates; CPU per workflow is steadier), and give two ceilings: all cores for this run, and
+      one core for the busiest process's Python (its GIL). The event-loop lag and the Temporal
+      calls as their caller sees them (the API's, or the load's for the references) say where
+      an order waits.
     - A failure (an HTTP error, 120 s per order, or the phase's budget) is listed with the step
       it was in, and makes the exit status 1.
 
 Options
-    --profile       profile every Python thread of the lifecycle phase (cProfile, thread CPU
-                    time): a split by thread and by kind of code, inclusive time of entry points
-                    (workflow activations, sandbox, casbin, ...), top 25 functions. Profiling
-                    slows the OMS down: read the shares, not the rate.
+    --profile       profile every Python thread of the lifecycle batch (cProfile, each thread's
+                    CPU time): CPU by thread and by kind of code, inclusive CPU of entry points
+                    (workflow activations, sandbox, projections, casbin, ...), top 25 functions.
+                    The profiler slows the OMS down about 2.5x: read the shares, not the rate.
     --runner        `sandbox` (worker.workflow_runner(), the default: the sandbox with our
                     modules passed through) or `unsandboxed` (UnsandboxedWorkflowRunner), for the
                     OMS workers and both references alike.
     --max-concurrent-activities   Settings.worker_max_concurrent_activities for the OMS workers.
-    --experiment    named changes monkeypatched into this process only (bench/experiments.py),
-                    to measure a proposal before anyone edits the OMS. Printed as EXPERIMENT.
+    --processes     the API and each queue's worker in a process of its own (`bench.serve`), as
+                    in production, instead of all in this one (one GIL).
+    --postgres URL  the read model on a database of its own on this PostgreSQL server.
+    --experiment    a proposed change monkeypatched into the OMS's process(es) only
+                    (bench/experiments.py), to measure it before anyone edits the OMS. Printed
+                    as EXPERIMENT, and named in the summary.
+    --lifecycle-only   skip the references (quick comparisons).
 
 Run: `python -m bench.lifecycle [--orders N] [--concurrency C] [...]` (`make bench`). Nothing is
 downloaded: the dev server is the `temporal` CLI next to this Python.
@@ -60,14 +73,16 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import math
+import os
 import socket
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -78,9 +93,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 
-import worker as oms_worker
 from api.tokens import issue_token
 from bench import experiments
 from bench.measure import (
@@ -110,6 +123,7 @@ TEARDOWN_SECONDS = 30.0
 STAGES = ("create", "approve", "release", "release->settled", "total")
 FAILED_STATUSES = frozenset({"settlement_failed", "venue_rejected", "canceled", "expired"})
 TARGET_TRIVIAL, TARGET_INTERACTION = 0.25, 0.6
+DEFAULT_CONCURRENCY, PROFILE_CONCURRENCY = 25, 10
 
 
 # --- the lifecycle -----------------------------------------------------------------------------
@@ -265,6 +279,85 @@ def read_model_url(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+OMS_ROLES = ("api", "orders", "back-office")
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    """Return the environment that gives an `oms` process `settings` (OMS_* variables)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
+    values = settings.model_dump(mode="json")
+    values["database_url"] = settings.resolved_database_url
+    for name, value in values.items():
+        env[f"OMS_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def oms_processes(
+    settings: Settings, args: argparse.Namespace, logs: Path
+) -> AsyncIterator[None]:
+    """Run the API and each queue's worker as processes of their own until the block exits."""
+    flags = ["--runner", args.runner]
+    for name in args.experiment:
+        flags += ["--experiment", name]
+    env = process_env(settings)
+    processes: dict[str, asyncio.subprocess.Process] = {}
+    try:
+        for role in OMS_ROLES:
+            with (logs / f"{role}.log").open("wb") as log:
+                processes[role] = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.serve",
+                    role,
+                    *flags,
+                    env=env,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=log,
+                )
+        url = f"http://127.0.0.1:{settings.api_port}/healthz"
+        async with httpx.AsyncClient(timeout=2) as http:
+            for _ in range(150):
+                for role, process in processes.items():
+                    if process.returncode is not None:
+                        tail = (logs / f"{role}.log").read_text()[-2000:]
+                        raise RuntimeError(f"the {role} process stopped at start-up:\n{tail}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == 200:
+                        break
+                await asyncio.sleep(0.2)
+            else:
+                raise RuntimeError("the API process did not answer /healthz within 30 s")
+        yield
+    finally:
+        for process in processes.values():
+            if process.returncode is None:
+                process.terminate()
+        for process in processes.values():
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+def process_log_lines(logs: Path) -> list[str]:
+    """Return the warnings and errors the OMS processes wrote, counted by shape."""
+    counts: collections.Counter[str] = collections.Counter()
+    for role in OMS_ROLES:
+        path = logs / f"{role}.log"
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if any(word in line for word in ("WARNING", "ERROR", "Traceback", "Error")):
+                counts[f"{role}: {VARYING.sub('#', line)[:120]}"] += 1
+    if not counts:
+        return []
+    lines = ["", "Warnings and errors the OMS processes logged (by shape, most frequent first):"]
+    lines += [f"  {n:>5} x {key}" for key, n in counts.most_common(12)]
+    return lines
+
+
 def oms_settings(
     args: argparse.Namespace, data_dir: Path, temporal_address: str, database_url: str
 ) -> Settings:
@@ -317,8 +410,11 @@ async def run_lifecycle(
     if profiler is not None:
         profiler.start()  # before the OMS starts its threads, so that each gets a profiler
     try:
-        # The API's client is timed; the workers connect on their own.
-        await stack.enter_async_context(running_oms(settings, rpc.client(env.client)))
+        if args.processes:
+            await stack.enter_async_context(oms_processes(settings, args, data_dir))
+        else:
+            # The API's client is timed; the workers connect on their own.
+            await stack.enter_async_context(running_oms(settings, rpc.client(env.client)))
         # uvicorn configures its loggers at start-up, dropping handlers added before.
         logging.getLogger("uvicorn").addHandler(log_counter)
         http = await stack.enter_async_context(
@@ -381,7 +477,12 @@ def report_lifecycle(args: argparse.Namespace, result: LifecycleResult) -> None:
     polls = sum(t.long_polls for t in settled)
     lines = [
         "",
-        "Lifecycle: POST /orders -> approve -> release -> settled (HTTP API, in-process OMS)",
+        "Lifecycle: POST /orders -> approve -> release -> settled, through the HTTP API"
+        + (
+            " (API and workers in processes of their own)"
+            if args.processes
+            else " (API, workers and simulators in this process)"
+        ),
         f"  orders / in flight  {args.orders} / {args.concurrency}",
         f"  simulated latency   venue {args.fill_delay * 1000:.0f} ms per report (ack, 2 fills),"
         f" back office {args.confirm_delay * 1000:.0f} ms;"
@@ -455,8 +556,15 @@ def report_summary(
             return "-"
         return f"{history['events']:.0f} / {history['workflow tasks']:.1f}"
 
-    changes = [f"runner={runner}"]
+    changes = [
+        f"runner={runner}",
+        f"max concurrent activities {args.max_concurrent_activities}",
+        "OMS in 3 processes" if args.processes else "OMS in this process",
+        "read model on PostgreSQL" if args.postgres else "read model on SQLite",
+    ]
     changes += [f"EXPERIMENT {name}" for name in args.experiment]
+    if args.profile:
+        changes.append("lifecycle PROFILED: its rate and the ratios are not comparable")
     lines = [
         "",
         f"Summary ({args.orders} each, {args.concurrency} in flight; {', '.join(changes)})",
@@ -500,7 +608,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Order lifecycle vs a trivial and a same-interaction workflow, on one dev server.",
     )
     parser.add_argument("--orders", type=int, default=50, help="orders (and of each reference)")
-    parser.add_argument("--concurrency", type=int, default=25, help="in flight at most")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help=f"in flight at most (default {DEFAULT_CONCURRENCY}, {PROFILE_CONCURRENCY} under"
+        " --profile: the profiler slows the OMS down enough to time out a closed order's Query)",
+    )
     parser.add_argument(
         "--fill-delay", type=float, default=0.05, help="simulated venue delay per report (s)"
     )
@@ -537,23 +651,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " default SQLite",
     )
     parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="run the API and each worker in a process of its own (the production shape),"
+        " not all in this one",
+    )
+    parser.add_argument(
         "--lifecycle-only", action="store_true", help="skip the two references (quick experiments)"
     )
     args = parser.parse_args(argv)
+    if args.concurrency is None:
+        args.concurrency = PROFILE_CONCURRENCY if args.profile else DEFAULT_CONCURRENCY
     if args.orders < 1 or args.concurrency < 1 or args.max_concurrent_activities < 1:
         parser.error("--orders, --concurrency and --max-concurrent-activities must be at least 1")
     if args.fill_delay < 0 or args.confirm_delay < 0:
         parser.error("delays cannot be negative")
+    if args.profile and args.processes:
+        parser.error("--profile profiles this process: it cannot be used with --processes")
     return args
-
-
-def choose_runner(name: str) -> WorkflowRunner:
-    """Return the runner `name`, and make the OMS workers built in this process use it too."""
-    if name == "unsandboxed":
-        runner: WorkflowRunner = UnsandboxedWorkflowRunner()
-        oms_worker.workflow_runner = lambda: runner  # type: ignore[assignment,return-value]
-        return runner
-    return oms_worker.workflow_runner()
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
@@ -562,8 +677,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     route_logs(log_counter)
     for name in args.experiment:
         print(f"EXPERIMENT {name}: {experiments.EXPERIMENTS[name].describe}", flush=True)
-        experiments.EXPERIMENTS[name].apply()
-    runner = choose_runner(args.runner)
+    experiments.apply(args.experiment)
+    runner = experiments.use_runner(args.runner)
     temporal_cli = Path(sys.executable).parent / "temporal"
     print(
         f"starting the Temporal dev server ({temporal_cli}); {args.orders} of each,"
@@ -610,6 +725,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                     env, args, Path(tmp), log_counter, profiler, database_url, rpc
                 )
             report_lifecycle(args, lifecycle)
+            if args.processes:
+                print("\n".join(process_log_lines(Path(tmp))), flush=True)
         finally:
             await env.shutdown()
     if lifecycle.profile is not None:

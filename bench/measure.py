@@ -115,6 +115,22 @@ async def history_counts(client: Client, workflow_id: str) -> dict[str, int]:
     kinds = collections.Counter(event.event_type for event in history.events)
     counts = {"events": len(history.events)}
     counts.update({name: kinds[kind] for name, kind in HISTORY_KINDS.items()})
+    counts["history KB"] = round(sum(e.ByteSize() for e in history.events) / 1024)
+    # Wall time the workflow spent with a task queued for a worker, and with one open on a
+    # worker (which includes its local activities): the rest it waited for messages.
+    queued = running = 0.0
+    scheduled = started = 0.0
+    for event in history.events:
+        at = event.event_time.ToNanoseconds() / 1e9
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+            scheduled = at
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            started = at
+            queued += at - scheduled
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            running += at - started
+    counts["ms task queued"] = round(queued * 1000)
+    counts["ms task on worker"] = round(running * 1000)
     return counts
 
 
@@ -141,7 +157,10 @@ async def mean_history_counts(
 def format_counts(counts: dict[str, float]) -> str:
     if not counts:
         return "unavailable"
-    return ", ".join(f"{value:.1f} {name}".replace(".0 ", " ") for name, value in counts.items())
+    return ", ".join(
+        f"{value:.0f} {name}" if value >= 100 else f"{value:.1f} {name}".replace(".0 ", " ")
+        for name, value in counts.items()
+    )
 
 
 # --- CPU: who burnt it (threads of this process, and the Temporal server) ----------------------
@@ -185,13 +204,31 @@ def _cpu_seconds(stat_path: Path) -> tuple[float, int] | None:
     return (int(fields[11]) + int(fields[12])) / _TICK, int(fields[1])
 
 
+SERVER = "Temporal server"
+
+
+def _child_label(pid: int) -> str:
+    """Name a child process: the Temporal server, an OMS process of `--processes`, or other."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other child processes"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if "bench.serve" in words:
+        role = words[words.index("bench.serve") + 1 :][:1]
+        return f"OMS process: {role[0] if role else '?'}"
+    if any(w.endswith("temporal") for w in words[:1]) and "server" in words:
+        return SERVER
+    return "other child processes"
+
+
 @dataclass
 class CpuSnapshot:
-    """CPU seconds so far: per thread of this process, and for its child processes (the server)."""
+    """CPU seconds so far: per thread of this process, per child process, and the whole machine."""
 
     at: float
     threads: dict[int, float] = field(default_factory=dict)
-    children: float = 0.0
+    children: dict[int, tuple[str, float]] = field(default_factory=dict)
     machine: float = 0.0  # busy CPU seconds of the whole machine (every process)
 
     @classmethod
@@ -204,7 +241,9 @@ class CpuSnapshot:
             seconds = _cpu_seconds(entry / "stat")
             if seconds is not None:
                 snapshot.threads[int(entry.name)] = seconds[0]
-        snapshot.children = _descendants_cpu(os.getpid())
+        snapshot.children = {
+            pid: (_child_label(pid), used) for pid, used in _descendants(os.getpid()).items()
+        }
         snapshot.machine = _machine_busy()
         return snapshot
 
@@ -219,27 +258,29 @@ def _machine_busy() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / _TICK
 
 
-def _descendants_cpu(pid: int) -> float:
+def _descendants(pid: int) -> dict[int, float]:
+    """Return the CPU seconds of each descendant process of `pid`."""
     by_parent: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             found = _cpu_seconds(entry / "stat")
             if found is not None:
                 by_parent[found[1]].append((int(entry.name), found[0]))
-    total, todo = 0.0, [pid]
+    found_cpu: dict[int, float] = {}
+    todo = [pid]
     while todo:
         for child, used in by_parent.get(todo.pop(), []):
-            total += used
+            found_cpu[child] = used
             todo.append(child)
-    return total
+    return found_cpu
 
 
 @dataclass
 class CpuUse:
-    """CPU used between two snapshots, by thread group, and by the Temporal server."""
+    """CPU used between two snapshots: this process by thread group, each child, the rest."""
 
     wall: float
-    groups: dict[str, float]
+    groups: dict[str, float]  # this process's threads, and the OMS's own child processes
     server: float
     others: float  # CPU seconds of every other process on the machine
 
@@ -249,17 +290,38 @@ class CpuUse:
         groups = dict.fromkeys(THREAD_GROUPS, 0.0)
         for tid, seconds in after.threads.items():
             groups[thread_group(tid, names.get(tid))] += seconds - before.threads.get(tid, 0.0)
-        server = after.children - before.children
+        server = 0.0
+        for pid, (label, used) in after.children.items():
+            spent = used - before.children.get(pid, (label, 0.0))[1]
+            if label == SERVER:
+                server += spent
+            else:
+                groups[label] = groups.get(label, 0.0) + spent
         machine = after.machine - before.machine
         others = max(0.0, machine - sum(groups.values()) - server) if machine else math.nan
         return cls(after.at - before.at, groups, server, others)
 
     @property
     def process(self) -> float:
+        """CPU of the OMS and the load: this process and the OMS processes it started."""
         return sum(self.groups.values())
 
+    @property
+    def python(self) -> float:
+        """CPU of this process's Python threads (those that need its GIL)."""
+        return sum(v for k, v in self.groups.items() if k in THREAD_GROUPS[:6])
+
+    def busiest(self) -> tuple[str, float]:
+        """Return the process with the most CPU that one GIL serialises, and that CPU.
+
+        For this process, its Python threads; for an OMS process of its own, all of it.
+        """
+        candidates = [("this process", self.python)]
+        candidates += [(k, v) for k, v in self.groups.items() if k.startswith("OMS process")]
+        return max(candidates, key=lambda item: item[1])
+
     def per(self, count: int) -> tuple[float, float]:
-        """Return CPU seconds per workflow: (this process, the Temporal server)."""
+        """Return CPU seconds per workflow: (the OMS and the load, the Temporal server)."""
         return self.process / max(1, count), self.server / max(1, count)
 
     def lines(self, count: int) -> list[str]:
@@ -267,13 +329,17 @@ class CpuUse:
             return ["  CPU                 unavailable (no /proc)"]
         process, server = self.per(count)
         cores = os.cpu_count() or 1
+        name, busiest = self.busiest()
+        python = busiest / max(1, count)
         lines = [
-            f"  CPU per workflow    this process {process * 1000:.0f} ms,"
-            f" Temporal server {server * 1000:.0f} ms:"
-            f" at most {cores / (process + server):.1f}/s on {cores} cores if CPU-bound",
-            f"  CPU (cores busy)    this process {self.process / self.wall:.2f},"
+            f"  CPU per workflow    OMS and load {process * 1000:.0f} ms, Temporal server"
+            f" {server * 1000:.0f} ms; {name} {python * 1000:.0f} ms under one GIL",
+            f"  ceilings            {cores / (process + server):.1f}/s if all {cores} cores"
+            f" were ours; {1 / python if python else math.inf:.1f}/s for {name}'s GIL"
+            " (one core of Python)",
+            f"  CPU (cores busy)    OMS and load {self.process / self.wall:.2f},"
             f" Temporal server {self.server / self.wall:.2f},"
-            f" other processes {self.others / self.wall:.2f}",
+            f" other processes on the machine {self.others / self.wall:.2f}",
         ]
         lines += [
             f"    {name:<44}{seconds / self.wall:>6.2f}"

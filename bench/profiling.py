@@ -88,7 +88,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("this benchmark (load generator)", ("/bench/",)),
 )
-OTHER = "other (stdlib, logging, typing, ...)"
+OTHER = "other (stdlib, logging, typing, ... whose callers are too)"
 
 # Inclusive CPU time of a few entry points, where cumtime means something (functions that run
 # to completion without awaiting): name of the entry -> (file suffix, function name).
@@ -213,10 +213,17 @@ class ProfileReport:
     by_group: dict[str, pstats.Stats]
 
     def split(self, stats: pstats.Stats) -> dict[str, float]:
-        """Return own CPU seconds by category, largest first."""
+        """Return own CPU seconds by category, largest first.
+
+        Time in built-ins and generic stdlib code (isinstance, getattr, contextlib, ...) goes
+        to the categories of its callers, in proportion to the calls' time, up to 3 levels up.
+        """
+        rows = _rows(stats)
         totals: dict[str, float] = {}
-        for key, row in _rows(stats).items():
-            totals[category(key)] = totals.get(category(key), 0.0) + row[2]
+        memo: dict[tuple[FunctionKey, int], dict[str, float]] = {}
+        for key, row in rows.items():
+            for title, share in _attributed(rows, key, 3, memo).items():
+                totals[title] = totals.get(title, 0.0) + row[2] * share
         return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
     def entry_points(self) -> list[tuple[str, float, int]]:
@@ -270,16 +277,45 @@ def short_path(filename: str) -> str:
     return filename
 
 
+def _attributed(
+    rows: dict[FunctionKey, StatsRow],
+    key: FunctionKey,
+    levels: int,
+    memo: dict[tuple[FunctionKey, int], dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Return the categories a function's own time belongs to, as shares that sum to 1."""
+    memo = {} if memo is None else memo
+    if (key, levels) in memo:
+        return memo[(key, levels)]
+    title = category(key)
+    callers: dict[FunctionKey, tuple[int, int, float, float]] = rows[key][4] if key in rows else {}
+    shares: dict[str, float] = {}
+    if title != OTHER or levels == 0 or not callers:
+        shares[title] = 1.0
+    else:
+        total = sum(timing[2] for timing in callers.values())
+        for caller, timing in callers.items():
+            part = timing[2] / total if total > 0 else 1 / len(callers)
+            for name, share in _attributed(rows, caller, levels - 1, memo).items():
+                shares[name] = shares.get(name, 0.0) + part * share
+    memo[(key, levels)] = shares
+    return shares
+
+
 def _top(stats: pstats.Stats, sort: str, top: int) -> list[str]:
-    def key(item: tuple[FunctionKey, StatsRow]) -> float:
+    def order(item: tuple[FunctionKey, StatsRow]) -> float:
         return -(item[1][3] if sort == "cumulative" else item[1][2])
 
-    rows = sorted(_rows(stats).items(), key=key)[:top]
+    rows = sorted(_rows(stats).items(), key=order)[:top]
     lines = [f"    {'calls':>9}{'own s':>8}{'cum s':>8}  function"]
-    for (filename, line, name), row in rows:
-        where = name if filename == "~" else f"{short_path(filename)}:{line}({name})"
-        lines.append(f"    {row[1]:>9}{row[2]:>8.2f}{row[3]:>8.2f}  {where[:110]}")
+    for key, row in rows:
+        lines.append(f"    {row[1]:>9}{row[2]:>8.2f}{row[3]:>8.2f}  {_where(key)[:110]}")
     return lines
+
+
+def _where(key: FunctionKey) -> str:
+    filename, line, name = key
+    return name if filename == "~" else f"{short_path(filename)}:{line}({name})"
 
 
 def profiled(profiler: AllThreadsProfiler | None) -> Callable[[], None]:

@@ -1,0 +1,54 @@
+"""One OMS process for `python -m bench.lifecycle --processes`: the API, or one queue's worker.
+
+The production shape (docker-compose.yml) on one machine: the API and each worker in a process
+of its own, each with its own GIL. Settings come from OMS_* variables, as for `oms api` and
+`oms worker`; the benchmark's runner and experiments apply here as in its own process. The API
+logs at warning level, as under `oms dev`, so the two modes differ only in their processes.
+
+Run: `python -m bench.serve {api,orders,back-office} [--runner R] [--experiment NAME ...]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Sequence
+
+from bench import experiments
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve")
+    parser.add_argument("role", choices=("api", "orders", "back-office"))
+    parser.add_argument("--runner", choices=("sandbox", "unsandboxed"), default="sandbox")
+    parser.add_argument(
+        "--experiment", action="append", default=[], choices=sorted(experiments.EXPERIMENTS)
+    )
+    args = parser.parse_args(argv)
+    experiments.apply(args.experiment)
+    experiments.use_runner(args.runner)
+
+    import uvicorn
+
+    from api.app import create_app
+    from config import Settings
+    from worker import run_workers
+
+    settings = Settings()
+    if args.role == "api":
+        uvicorn.run(
+            create_app(settings),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+        )
+        return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_workers(settings, [args.role]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
