@@ -48,7 +48,15 @@ def order_handle(services: Services, order_id: str) -> WorkflowHandle[Any, Any]:
 
 
 async def query_order(services: Services, order_id: str, workflow_type: str) -> OrderPublic:
-    """Query the live order from its workflow; 404 when there is no such workflow."""
+    """Return the order: as it closed from the read model, else live from its workflow (404: none).
+
+    A closed workflow is no longer cached on a worker, so a Query would replay its whole
+    history; the projector stores a closed order's final state instead.
+    """
+    if workflow_type == WORKFLOW_TYPE:
+        final = await run_db(services, lambda s: queries.final_order_state(s, order_id))
+        if final is not None:
+            return OrderPublic.from_order(Order.model_validate(final))
     result_type: type[Order] | type[OrderState] = (
         OrderState if workflow_type == queries.V1_WORKFLOW_TYPE else Order
     )

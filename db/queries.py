@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
@@ -158,6 +158,12 @@ def project_order(session: Session, projection: OrderProjection) -> None:
             instruction.status_reason,
             instruction.status_at or summary.updated_at,
         )
+    if projection.final is not None:
+        session.execute(
+            update(OrderRow)
+            .where(col(OrderRow.order_id) == summary.order_id)
+            .values(final_state=projection.final.model_dump(mode="json"))
+        )
     session.commit()
 
 
@@ -175,6 +181,12 @@ def order_status(session: Session, order_id: str) -> tuple[str, bool] | None:
         select(OrderRow.status, col(OrderRow.filled_quantity)).where(OrderRow.order_id == order_id)
     ).first()
     return None if row is None else (row[0], Decimal(row[1] or 0) > 0)
+
+
+def final_order_state(session: Session, order_id: str) -> dict[str, Any] | None:
+    """Return the order as it closed, or None while it is open (or for a v1 order)."""
+    final = session.exec(select(OrderRow.final_state).where(OrderRow.order_id == order_id)).first()
+    return None if final is None else dict(final)
 
 
 def order_events(session: Session, order_id: str) -> list[OrderEventRow]:

@@ -130,6 +130,8 @@ class OrderRow(SQLModel, table=True):
     version: int = 0
     # The Temporal workflow type that runs the order, so the API routes without asking Temporal.
     workflow_type: str = Field(default="OrderWorkflow", max_length=32)
+    # The order as it closed (v2): what `GET /orders/{id}` answers from then on.
+    final_state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class OrderEventRow(SQLModel, table=True):

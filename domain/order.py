@@ -305,3 +305,8 @@ class OrderProjection(BaseModel):
     settlements: list[SettlementInstruction] = Field(
         default_factory=list, description="Instructions whose status changed."
     )
+    final: Order | None = Field(
+        default=None,
+        description="The order as it closed (without its log), so reads of a closed order need "
+        "no Query (which would replay its whole history on a worker).",
+    )

@@ -43,7 +43,6 @@ with workflow.unsafe.imports_passed_through():
         OrderStatus,
         SettlementInstruction,
         SettlementStatus,
-        amount_problem,
     )
     from domain.order import FlagKind, Order, OrderProjection, Override, summarise
     from domain.settlement import settlement_date
@@ -750,14 +749,6 @@ class OrderWorkflow:
                 RefusalType.INVALID_INPUT,
                 "transact_time",
             )
-        # The report model bounds these too; a caller reaching Temporal directly is checked here.
-        for field, value in (
-            ("last_quantity", report.last_quantity),
-            ("last_price", report.last_price),
-        ):
-            problem = None if value is None else amount_problem(value)
-            if problem:
-                raise _refuse(f"{field} {value} {problem}", RefusalType.INVALID_INPUT, field)
 
     # ---- signals: the back office -------------------------------------------------------------
 
@@ -831,6 +822,7 @@ class OrderWorkflow:
                 if s.status is not SettlementStatus.INSTRUCTED
                 and self._settlements_projected.get(s.settlement_id) is not s.status
             ],
+            final=order.without_events() if order.closed else None,
         )
 
     async def _answer(self) -> Order:

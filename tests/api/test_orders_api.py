@@ -14,6 +14,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
+from db import queries
+from db.engine import make_engine, session_factory
 from domain.ids import order_id_for, order_workflow_id
 from tests.api.conftest import Stack
 from tests.workflows.test_replay import HISTORIES
@@ -115,6 +117,14 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
     ]
 
     history = await closed_history(stack, order_id)
+    # A closed order is read from the state it closed with (a Query would replay its history).
+    engine = make_engine(stack.settings.resolved_database_url)
+    with session_factory(engine)() as session:
+        final = queries.final_order_state(session, order_id)
+    engine.dispose()
+    assert final is not None and final["status"] == "settled" and final["events"] == []
+    shown = (await stack.call("alice", "GET", f"/orders/{order_id}")).json()
+    assert (shown["status"], shown["filled_quantity"]) == ("settled", "1000")
     events = [(h["event"], h["actor"]) for h in history]
     assert events[0] == ("order_created", "alice")
     assert [h["seq"] for h in history] == list(range(1, len(history) + 1))

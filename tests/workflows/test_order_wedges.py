@@ -194,14 +194,19 @@ async def test_absurd_transact_time_is_refused_and_the_order_stays_usable(desk: 
         report_input(order_id, "far-1", ExecType.TRADE, "10", "230", far),
     )
     assert (absurd.type, absurd.details) == (RefusalType.INVALID_INPUT, ("transact_time",))
-    huge = await refusal(
-        handle,
-        OrderWorkflow.execution_report,
-        report_input(
-            order_id, "huge-1", ExecType.TRADE, "10", "1e20", await desk.env.get_current_time()
-        ),
+    # A price the read model cannot store, sent past the API's validation: its payload does not
+    # decode into a report, so the Update is refused before the order sees it.
+    now = await desk.env.get_current_time()
+    raw = report_input(order_id, "huge-1", ExecType.TRADE, "10", "230", now)
+    huge = raw.model_copy(
+        update={
+            "report": raw.report.model_construct(
+                **{**dict(raw.report), "last_price": Decimal("1e20")}
+            )
+        }
     )
-    assert huge.details == ("last_price",)
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(OrderWorkflow.execution_report, huge)
     state = await handle.query(OrderWorkflow.state)
     assert (state.status, state.executions, state.flags) == (OrderStatus.RELEASED, [], [])
     await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="test"))
