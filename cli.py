@@ -63,6 +63,14 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_simulators(_: argparse.Namespace, settings: Settings) -> int:
+    from worker import run_workers
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_workers(settings, [], simulate=True))
+    return 0
+
+
 def _cmd_load_demo_data(_: argparse.Namespace, settings: Settings) -> int:
     from db.demo import load_demo_data
     from db.engine import create_schema, make_engine, session_factory
@@ -155,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=_cmd_worker)
     sub.add_parser("api", help="run the HTTP API").set_defaults(run=_cmd_api)
+    sub.add_parser(
+        "simulators",
+        help="run the simulated venue and back office alone (workers with OMS_RUN_SIMULATORS=false)",
+    ).set_defaults(run=_cmd_simulators)
     sub.add_parser(
         "load-demo-data", help="create the schema and load demo reference data (idempotent)"
     ).set_defaults(run=_cmd_load_demo_data)

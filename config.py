@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     simulator_identity: str = "sim-venue"
     # How long the simulated venue holds an order while reporting on it; after a worker dies,
     # its successor waits this long before it takes the dead one's orders over.
+    # The simulated venue's and back office's loops run in the worker of their queue; false when
+    # `oms simulators` runs them in a process of their own.
+    run_simulators: bool = True
     simulator_lease_seconds: float = Field(default=10.0, gt=0)
     back_office_simulator: bool = True
     back_office_identity: str = "betty"

@@ -78,6 +78,20 @@ def price_source(sessions: SessionFactory) -> PriceSource:
     return lookup
 
 
+def build_simulated_venue(
+    settings: Settings, sessions: SessionFactory, sink: ExecutionSink
+) -> SimulatedVenue:
+    """Return the simulated venue: its book is in the database, so any process can drive it."""
+    return SimulatedVenue(
+        sink,
+        price_source(sessions),
+        sessions,
+        delay_seconds=settings.simulator_fill_delay_seconds,
+        identity=settings.simulator_identity,
+        lease_seconds=settings.simulator_lease_seconds,
+    )
+
+
 def build_orders_worker(
     client: Client,
     settings: Settings,
@@ -89,14 +103,7 @@ def build_orders_worker(
 
     The simulated venue's driver loop (`SimulatedVenue.run`) is the caller's to run.
     """
-    simulator = SimulatedVenue(
-        sink,
-        price_source(sessions),
-        sessions,
-        delay_seconds=settings.simulator_fill_delay_seconds,
-        identity=settings.simulator_identity,
-        lease_seconds=settings.simulator_lease_seconds,
-    )
+    simulator = build_simulated_venue(settings, sessions, sink)
     projection = ProjectionActivities(sessions)
     compliance = ComplianceActivities(sessions, settings.policies_dir)
     manual = ManualVenue()
@@ -138,8 +145,17 @@ def build_back_office_worker(
     )
 
 
-async def run_workers(settings: Settings, queues: Sequence[str] = QUEUES) -> None:
-    """Run the workers of `queues` until cancelled; simulators report back through the HTTP API."""
+async def run_workers(
+    settings: Settings, queues: Sequence[str] = QUEUES, *, simulate: bool | None = None
+) -> None:
+    """Run the workers of `queues` until cancelled, with the simulators of those queues.
+
+    The simulated venue (orders) and back office report through the HTTP API. `simulate`
+    (default: the `run_simulators` setting) says whether their loops run here; `oms simulators`
+    runs them in a process of their own (no queues, simulate=True).
+    """
+    simulate = settings.run_simulators if simulate is None else simulate
+    simulated = queues or QUEUES
     # One connection per activity thread, and a few for the simulators' loops.
     engine = make_engine(
         settings.resolved_database_url,
@@ -163,21 +179,22 @@ async def run_workers(settings: Settings, queues: Sequence[str] = QUEUES) -> Non
             max_workers=settings.worker_max_concurrent_activities
         ) as executor:
             if "orders" in queues:
-                orders_worker, simulator = build_orders_worker(
+                orders_worker, _ = build_orders_worker(
                     client, settings, sessions, callbacks, executor
                 )
                 workers.append(orders_worker)
-                loops.append(simulator.run())
             if "back-office" in queues:
                 workers.append(build_back_office_worker(client, settings, sessions))
-                if settings.back_office_simulator:
-                    back_office = SimulatedBackOffice(
-                        callbacks,
-                        sessions,
-                        user=settings.back_office_identity,
-                        delay_seconds=settings.back_office_confirm_delay_seconds,
-                    )
-                    loops.append(back_office.run())
+            if simulate and "orders" in simulated:
+                loops.append(build_simulated_venue(settings, sessions, callbacks).run())
+            if simulate and "back-office" in simulated and settings.back_office_simulator:
+                back_office = SimulatedBackOffice(
+                    callbacks,
+                    sessions,
+                    user=settings.back_office_identity,
+                    delay_seconds=settings.back_office_confirm_delay_seconds,
+                )
+                loops.append(back_office.run())
             # The simulators' pending work is in the database: cancelling their loops loses none.
             await asyncio.gather(*(w.run() for w in workers), *loops)
         engine.dispose()

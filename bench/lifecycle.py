@@ -12,7 +12,7 @@ What is measured, in one run, on one dev server (in-memory), in this order:
     order's shape of interaction.
 3.  The lifecycle: N orders, C at a time, through the public HTTP API of the OMS, in this
     process as under `oms dev` (API, both workers and both simulators, `devserver.running_oms`;
-    or in three processes with --processes), on a SQLite read model (or PostgreSQL):
+    or in four processes with --processes), on a SQLite read model (or PostgreSQL):
 
         POST /orders (alice) -> approve (dana) -> release (tom) to the simulator
         -> GET /orders/{id}?wait_for=settled (alice's long-poll) until it answers settled
@@ -279,7 +279,9 @@ def read_model_url(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-OMS_ROLES = ("api", "orders", "back-office")
+# As in production, where the venue and the back office are elsewhere: the simulators run in a
+# process of their own, and the workers run none (OMS_RUN_SIMULATORS=false).
+OMS_ROLES = ("api", "orders", "back-office", "simulators")
 
 
 def process_env(settings: Settings) -> dict[str, str]:
@@ -300,7 +302,7 @@ async def oms_processes(
     flags = ["--runner", args.runner]
     for name in args.experiment:
         flags += ["--experiment", name]
-    env = process_env(settings)
+    env = process_env(settings) | {"OMS_RUN_SIMULATORS": "false"}
     processes: dict[str, asyncio.subprocess.Process] = {}
     try:
         for role in OMS_ROLES:
@@ -559,7 +561,7 @@ def report_summary(
     changes = [
         f"runner={runner}",
         f"max concurrent activities {args.max_concurrent_activities}",
-        "OMS in 3 processes" if args.processes else "OMS in this process",
+        "OMS in 4 processes" if args.processes else "OMS in this process",
         "read model on PostgreSQL" if args.postgres else "read model on SQLite",
     ]
     changes += [f"EXPERIMENT {name}" for name in args.experiment]

@@ -1,11 +1,11 @@
-"""One OMS process for `python -m bench.lifecycle --processes`: the API, or one queue's worker.
+"""One OMS process for `python -m bench.lifecycle --processes`: the API, a queue's worker, or the simulators.
 
 The production shape (docker-compose.yml) on one machine: the API and each worker in a process
 of its own, each with its own GIL. Settings come from OMS_* variables, as for `oms api` and
 `oms worker`; the benchmark's runner and experiments apply here as in its own process. The API
 logs at warning level, as under `oms dev`, so the two modes differ only in their processes.
 
-Run: `python -m bench.serve {api,orders,back-office} [--runner R] [--experiment NAME ...]`
+Run: `python -m bench.serve {api,orders,back-office,simulators} [--runner R] [--experiment NAME ...]`
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from bench import experiments
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serve")
-    parser.add_argument("role", choices=("api", "orders", "back-office"))
+    parser.add_argument("role", choices=("api", "orders", "back-office", "simulators"))
     parser.add_argument("--runner", choices=("sandbox", "unsandboxed"), default="sandbox")
     parser.add_argument(
         "--experiment", action="append", default=[], choices=sorted(experiments.EXPERIMENTS)
@@ -45,8 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level="warning",
         )
         return 0
+    queues = [] if args.role == "simulators" else [args.role]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_workers(settings, [args.role]))
+        asyncio.run(run_workers(settings, queues, simulate=args.role == "simulators"))
     return 0
 
 
