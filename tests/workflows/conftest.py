@@ -7,7 +7,7 @@ import concurrent.futures
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,11 +20,11 @@ from config import Settings
 from db.engine import SessionFactory, create_schema, make_engine, session_factory
 from domain.executions import ExecutionReport
 from domain.ids import order_id_for, order_workflow_id
-from domain.models import AllocationRequest, OrderRequest, OrderStatus
+from domain.models import AllocationRequest, OrderRequest, OrderStatus, SettlementStatus
 from domain.order import Order
 from venues.sinks import TemporalCallbacks
 from worker import build_back_office_worker, build_orders_worker
-from workflows.messages import OrderTimeouts, OrderWorkflowInput
+from workflows.messages import OrderTimeouts, OrderWorkflowInput, SettlementUpdateInput
 from workflows.order import OrderWorkflow
 
 OrderHandle = WorkflowHandle[OrderWorkflow, Any]
@@ -159,6 +159,19 @@ async def desk(
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         manual_books.dispose()
+
+
+async def confirm_settlement(handle: OrderHandle, settlement_id: str) -> None:
+    """Answer one instruction as the back office's user (betty) would: confirmed."""
+    await handle.signal(
+        OrderWorkflow.settlement_update,
+        SettlementUpdateInput(
+            settlement_id=settlement_id,
+            status=SettlementStatus.CONFIRMED,
+            user="betty",
+            at=datetime.now(UTC),
+        ),
+    )
 
 
 SHORT_APPROVALS = OrderTimeouts(

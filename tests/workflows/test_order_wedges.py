@@ -32,10 +32,10 @@ from activities.venue import VenueActivities
 from db.engine import SessionFactory
 from db.tables import OrderEventRow
 from domain.errors import RefusalType
-from domain.models import ExecType, OrderStatus, SettlementStatus
+from domain.models import ExecType, OrderStatus
 from domain.order import FlagKind, Order
 from domain.status import OrderEvent
-from tests.workflows.conftest import Desk, OrderHandle, wait_for_status
+from tests.workflows.conftest import Desk, OrderHandle, confirm_settlement, wait_for_status
 from tests.workflows.test_order_workflow import approve_as, report_input
 from venues.base import Venue, VenueOrder, VenueOrderStatus
 from venues.manual import ManualVenue
@@ -44,7 +44,6 @@ from workflows.messages import (
     CancelInput,
     OrderTimeouts,
     ReleaseInput,
-    SettlementUpdateInput,
 )
 from workflows.order import OrderWorkflow
 
@@ -257,15 +256,7 @@ async def test_back_office_down_for_long_is_retried_until_it_takes_the_instructi
         state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
         assert back_office.attempts == 9
         (instruction,) = state.settlements
-        await handle.signal(
-            OrderWorkflow.settlement_update,
-            SettlementUpdateInput(
-                settlement_id=instruction.settlement_id,
-                status=SettlementStatus.CONFIRMED,
-                user="betty",
-                at=datetime.now(UTC),
-            ),
-        )
+        await confirm_settlement(handle, instruction.settlement_id)
         assert (await handle.result()).status is OrderStatus.SETTLED
 
 
@@ -376,15 +367,7 @@ async def test_long_lived_order_continues_as_new_and_still_answers(
     duplicate = await refusal(handle, OrderWorkflow.execution_report, stamped)
     assert duplicate.type == RefusalType.DUPLICATE
     (instruction,) = state.settlements
-    await handle.signal(
-        OrderWorkflow.settlement_update,
-        SettlementUpdateInput(
-            settlement_id=instruction.settlement_id,
-            status=SettlementStatus.CONFIRMED,
-            user="betty",
-            at=datetime.now(UTC),
-        ),
-    )
+    await confirm_settlement(handle, instruction.settlement_id)
     assert (await handle.result()).status is OrderStatus.SETTLED
     with layer_sessions() as session:
         seqs = [

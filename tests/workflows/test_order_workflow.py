@@ -14,7 +14,13 @@ from domain.executions import ExecutionReport
 from domain.models import AllocationRequest, AssetClass, ExecType, OrderStatus, SettlementStatus
 from domain.order import FlagKind
 from domain.settlement import settlement_date
-from tests.workflows.conftest import SHORT_APPROVALS, Desk, OrderHandle, wait_for_status
+from tests.workflows.conftest import (
+    SHORT_APPROVALS,
+    Desk,
+    OrderHandle,
+    confirm_settlement,
+    wait_for_status,
+)
 from workflows.messages import (
     ApproveInput,
     CancelInput,
@@ -293,15 +299,7 @@ async def test_unconfirmed_settlement_fails_after_settlement_date(desk: Desk) ->
     await desk.env.sleep(timedelta(days=6))
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_FAILED)
     assert [f.kind for f in state.flags] == [FlagKind.SETTLEMENT_NOT_CONFIRMED]
-    await handle.signal(
-        OrderWorkflow.settlement_update,
-        SettlementUpdateInput(
-            settlement_id=instruction.settlement_id,
-            status=SettlementStatus.CONFIRMED,
-            user="betty",
-            at=datetime.now(UTC),
-        ),
-    )
+    await confirm_settlement(handle, instruction.settlement_id)
     assert (await handle.result()).status is OrderStatus.SETTLED
 
 
