@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.order import FlagKind, Order, OrderProjection, Override, summarise
     from domain.settlement import settlement_date
     from domain.status import AT_VENUE, CLOSED_BY_VENUE, PRE_RELEASE, OrderEvent, allows
-    from venues.base import VenueOrder
+    from venues.base import VenueOrder, VenueOrderStatus
     from workflows.messages import (
         ApproveInput,
         AwaitComplianceInput,
@@ -372,7 +372,18 @@ class OrderWorkflow:
             )
         except FailureError as err:
             _not_cancellation(err)
-            if order.status is OrderStatus.PENDING_CANCEL:
+            if order.status is not OrderStatus.PENDING_CANCEL:
+                return
+            if (
+                _refused_by_venue(err)
+                and order.execution_count == 0
+                and not await self._venue_knows(command)
+            ):
+                # Its submission never got through (an outage): nothing is working there.
+                self._record_if_allowed(
+                    OrderEvent.VENUE_CANCELED, reason="canceled: the venue never received the order"
+                )
+            else:
                 # The request never reached the venue: the order is still working there.
                 order.raise_flag(
                     FlagKind.CANCEL_NOT_SENT,
@@ -393,20 +404,32 @@ class OrderWorkflow:
             details={"venue": command.venue, "cl_ord_id": command.cl_ord_id},
         )
 
-    async def _ask_venue_status(self, command: VenueCommand) -> None:
-        order = self._order
+    async def _venue_status(self, command: VenueCommand) -> VenueOrderStatus | None:
+        """Ask the venue what it knows of the order and record the answer; None: no answer."""
         try:
-            status = await workflow.execute_local_activity_method(
+            status: VenueOrderStatus = await workflow.execute_local_activity_method(
                 VenueActivities.venue_order_status,
                 VenueOrderStatusInput(venue=command.venue, cl_ord_id=command.cl_ord_id),
                 **_VENUE_CALL,
             )
         except FailureError as err:
             _not_cancellation(err)
+            return None
+        self._record(OrderEvent.VENUE_STATUS_CHECKED, details=status.model_dump(mode="json"))
+        return status
+
+    async def _venue_knows(self, command: VenueCommand) -> bool:
+        """Tell whether the venue has the order; an unanswered question counts as yes."""
+        status = await self._venue_status(command)
+        return status is None or status.known
+
+    async def _ask_venue_status(self, command: VenueCommand) -> None:
+        order = self._order
+        status = await self._venue_status(command)
+        if status is None:
             if order.status in AT_VENUE:
                 await self._back_off_then(command)
             return
-        self._record(OrderEvent.VENUE_STATUS_CHECKED, details=status.model_dump(mode="json"))
         if order.status is not OrderStatus.RELEASED:
             return
         if status.known:

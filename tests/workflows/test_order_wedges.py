@@ -37,7 +37,7 @@ from domain.order import FlagKind, Order
 from domain.status import OrderEvent
 from tests.workflows.conftest import Desk, OrderHandle, confirm_settlement, wait_for_status
 from tests.workflows.test_order_workflow import approve_as, report_input
-from venues.base import Venue, VenueOrder, VenueOrderStatus
+from venues.base import Venue, VenueOrder, VenueOrderStatus, VenueRefusedError
 from venues.manual import ManualVenue
 from worker import workflow_runner
 from workflows.messages import (
@@ -387,3 +387,32 @@ async def _wait_for_event(handle: OrderHandle, kind: OrderEvent, within: float =
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"no {kind} event; log: {[e.kind for e in state.events]}")
         await asyncio.sleep(0.05)
+
+
+class UnreachableVenue(SilentVenue):
+    """A venue whose gateway never answers a submission, and that refuses to cancel what it lacks."""
+
+    name = "unreachable"
+
+    async def cancel(self, order_id: str, cl_ord_id: str) -> None:
+        raise VenueRefusedError(f"unknown order {cl_ord_id}")
+
+
+async def test_cancel_of_an_order_the_venue_never_received_ends_it_canceled(
+    desk: Desk, layer_sessions: SessionFactory
+) -> None:
+    """Canceled while its submission is unconfirmed, and the venue never had it: not 'working'."""
+    venue = UnreachableVenue(timeouts=1_000)
+    async with order_worker(desk, layer_sessions, venues={"unreachable": venue}) as queue:
+        handle = await desk.start(quantity="10", task_queue=queue, manual_back_office=True)
+        await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+        await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+        await handle.execute_update(
+            OrderWorkflow.release, ReleaseInput(user="tom", venue="unreachable")
+        )
+        await _wait_for_event(handle, OrderEvent.FLAG_RAISED)  # venue_unconfirmed
+        await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="stop"))
+        assert (await handle.result()).status is OrderStatus.CANCELED
+        state = await handle.query(OrderWorkflow.state)
+        assert state.status_reason == "canceled: the venue never received the order"
+        assert [f.kind for f in state.flags] == [FlagKind.VENUE_UNCONFIRMED]
