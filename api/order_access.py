@@ -47,7 +47,7 @@ def order_handle(services: Services, order_id: str) -> WorkflowHandle[Any, Any]:
     return services.temporal.get_workflow_handle(order_workflow_id(order_id))
 
 
-async def query_order(services: Services, order_id: str, workflow_type: str) -> OrderPublic:
+async def order_state(services: Services, order_id: str, workflow_type: str) -> Order | OrderState:
     """Return the order: as it closed from the read model, else live from its workflow (404: none).
 
     A closed workflow is no longer cached on a worker, so a Query would replay its whole
@@ -56,21 +56,26 @@ async def query_order(services: Services, order_id: str, workflow_type: str) -> 
     if workflow_type == WORKFLOW_TYPE:
         final = await run_db(services, lambda s: queries.final_order_state(s, order_id))
         if final is not None:
-            return OrderPublic.from_order(Order.model_validate(final))
+            return Order.model_validate(final)
     result_type: type[Order] | type[OrderState] = (
         OrderState if workflow_type == queries.V1_WORKFLOW_TYPE else Order
     )
     try:
-        state = await order_handle(services, order_id).query(
+        state: Order | OrderState = await order_handle(services, order_id).query(
             "state", result_type=result_type, rpc_timeout=_RPC_TIMEOUT
         )
     except RPCError as err:
         if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
             raise not_found() from err
         raise
+    return state
+
+
+async def query_order(services: Services, order_id: str, workflow_type: str) -> OrderPublic:
+    """Return the public view of the order (see `order_state`)."""
+    state = await order_state(services, order_id, workflow_type)
     if isinstance(state, OrderState):
         return OrderPublic.from_v1(state)
-    assert isinstance(state, Order)
     return OrderPublic.from_order(state)
 
 

@@ -20,6 +20,7 @@ from api.order_access import (
     OrderRef,
     locate,
     order_handle,
+    order_state,
     query_order,
     readable_funds,
     require,
@@ -39,7 +40,6 @@ from api.schemas import (
 from db import queries
 from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
-from domain.order import Order
 from domain.status import has_reached
 from workflows.messages import (
     ApproveInput,
@@ -140,14 +140,11 @@ async def _existing_order(
 ) -> OrderPublic:
     """Answer a repeated create: the same order (200) if the body is the same, else 409."""
     route = await run_db(services, lambda session: queries.order_route(session, order_id))
-    workflow_type = route[1] if route else WORKFLOW_TYPE
-    handle = order_handle(services, order_id)
-    if workflow_type == queries.V1_WORKFLOW_TYPE:
-        state = await handle.query("state", result_type=OrderState)
+    state = await order_state(services, order_id, route[1] if route else WORKFLOW_TYPE)
+    if isinstance(state, OrderState):
         same, public = state.request().same_order_as(request), OrderPublic.from_v1(state)
     else:
-        order = await handle.query("state", result_type=Order)
-        same, public = order.request.same_order_as(request), OrderPublic.from_order(order)
+        same, public = state.request.same_order_as(request), OrderPublic.from_order(state)
     if same:
         response.status_code = 200
         return public

@@ -500,3 +500,23 @@ async def test_a_burst_of_reports_on_one_order_is_taken_or_refused_for_a_retry(
     taken = codes.count(202)
     shown = (await stack.call("alice", "GET", f"/orders/{order_id}")).json()
     assert shown["filled_quantity"] == str(10 * taken)
+
+
+async def test_creating_a_closed_order_again_answers_from_the_state_it_closed_with(
+    stack: Stack,
+) -> None:
+    body = order_body(
+        symbol="GME",
+        quantity=100,
+        order_type="market",
+        limit_price=None,
+        allocations=[{"account": "alpha-main", "quantity": 100}],
+    )
+    first = await stack.call("alice", "POST", "/orders", body)
+    assert (first.status_code, first.json()["status"]) == (201, "compliance_rejected")
+    await closed_history(stack, first.json()["order_id"])
+    again = await stack.call("alice", "POST", "/orders", body)
+    assert (again.status_code, again.json()) == (200, first.json())
+    different = await stack.call("alice", "POST", "/orders", {**body, "notes": "another"})
+    assert different.status_code == 409
+    assert different.json()["error"]["code"] == "duplicate_client_order_id"
