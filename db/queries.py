@@ -8,11 +8,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import and_, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from db.tables import (
     AccountRow,
@@ -24,6 +24,7 @@ from db.tables import (
     OrderRow,
     PositionRow,
     SettlementRow,
+    dialect_insert,
 )
 from domain.models import (
     Allocation,
@@ -31,13 +32,12 @@ from domain.models import (
     Execution,
     Instrument,
     OrderState,
-    OrderStatus,
     SettlementInstruction,
     SettlementStatus,
     Side,
     tidy,
 )
-from domain.order import OrderProjection, OrderSummary
+from domain.order import OrderProjection, OrderSummary, summarise_v1
 
 # ---- reference data ---------------------------------------------------------------------------
 
@@ -80,13 +80,6 @@ V1_WORKFLOW_TYPE = "OrderWorkflow"
 # ---- orders -----------------------------------------------------------------------------------
 
 
-def _insert(session: Session, table: type[SQLModel]) -> Any:
-    """Return an INSERT for the session's backend (both know ON CONFLICT; typed Any like its API)."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table)
-
-
 def upsert_order_summary(session: Session, summary: OrderSummary) -> bool:
     """Write the order's row unless the stored one is at this version or newer, in one statement.
 
@@ -96,9 +89,9 @@ def upsert_order_summary(session: Session, summary: OrderSummary) -> bool:
     Returns:
         Whether the row changed.
     """
-    values = summary.model_dump()
-    values["status"] = summary.status.value
-    insert = _insert(session, OrderRow).values(**values)
+    # Enum members go to the database as their values (a driver may adapt an Enum by its name).
+    values = {k: v.value if isinstance(v, Enum) else v for k, v in summary.model_dump().items()}
+    insert = dialect_insert(session, OrderRow).values(**values)
     changed = {k: insert.excluded[k] for k in values if k != "order_id"}
     statement = insert.on_conflict_do_update(
         index_elements=["order_id"],
@@ -121,7 +114,7 @@ def project_order(session: Session, projection: OrderProjection) -> None:
     summary = projection.summary
     upsert_order_summary(session, summary)
     if projection.events:
-        events = _insert(session, OrderEventRow).values(
+        events = dialect_insert(session, OrderEventRow).values(
             [
                 {
                     "order_id": summary.order_id,
@@ -146,7 +139,7 @@ def project_order(session: Session, projection: OrderProjection) -> None:
             summary.order_id,
             summary.fund,
             summary.symbol,
-            Side(summary.side),
+            summary.side,
             projection.allocations,
             summary.updated_at,
         )
@@ -206,32 +199,7 @@ def upsert_order(session: Session, state: OrderState) -> bool:
     Returns:
         Whether the row changed. Projections retried or delivered late never move an order back.
     """
-    summary = OrderSummary(
-        order_id=state.order_id,
-        client_order_id=state.client_order_id,
-        fund=state.fund,
-        symbol=state.symbol,
-        side=state.side.value,
-        quantity=state.quantity,
-        order_type=state.order_type.value,
-        limit_price=state.limit_price,
-        time_in_force=state.time_in_force.value,
-        status=state.status,
-        created_by=state.created_by,
-        created_at=state.created_at,
-        updated_at=state.updated_at,
-        notional=state.notional,
-        currency=state.currency,
-        approval_level=state.approvals.current_level
-        if state.status is OrderStatus.PENDING_APPROVAL
-        else None,
-        approved_by=",".join(g.user for g in state.approvals.given),
-        filled_quantity=state.filled_quantity,
-        average_price=state.average_price,
-        venue=state.venue,
-        version=state.version,
-        workflow_type=V1_WORKFLOW_TYPE,
-    )
+    summary = summarise_v1(state, V1_WORKFLOW_TYPE)
     changed = upsert_order_summary(session, summary)
     if changed:
         for execution in state.executions:

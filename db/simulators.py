@@ -11,11 +11,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Index, Insert, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Index, or_, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from db.tables import SettlementRow, _decimal, _timestamp
+from db.tables import SettlementRow, _decimal, _timestamp, dialect_insert
 from domain.models import SettlementStatus
 
 
@@ -55,13 +54,6 @@ class SimVenueOrderRow(SQLModel, table=True):
     received_at: datetime = _timestamp()
 
 
-def _insert(session: Session, table: type[SQLModel]) -> Insert:
-    """Return an INSERT for the session's backend, which both know to make conditional."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table)
-
-
 def count_resubmission(session: Session, cl_ord_id: str) -> bool:
     """Count one more submission of a known ClOrdID; returns whether the ClOrdID was known."""
     result = session.exec(
@@ -83,8 +75,8 @@ def record_submission(session: Session, order: SimVenueOrderRow) -> bool:
         Whether the order was new.
     """
     values: dict[str, Any] = order.model_dump()
-    insert = _insert(session, SimVenueOrderRow).values(**values)
-    statement = insert.on_conflict_do_update(  # type: ignore[attr-defined]
+    insert = dialect_insert(session, SimVenueOrderRow).values(**values)
+    statement = insert.on_conflict_do_update(
         index_elements=["cl_ord_id"],
         set_={"submissions": col(SimVenueOrderRow.submissions) + 1},
     ).returning(col(SimVenueOrderRow.submissions))

@@ -7,8 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Dialect, Numeric, String
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, Session, SQLModel
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -72,6 +73,13 @@ def _decimal(nullable: bool = False, default: Decimal | None = None) -> Any:
 def _timestamp(nullable: bool = False) -> Any:
     """A column of timezone-aware UTC timestamps."""
     return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))
+
+
+def dialect_insert(session: Session, table: type[SQLModel]) -> Any:
+    """Return an INSERT for the session's backend: both know ON CONFLICT (typed Any, like it)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table)
 
 
 class FundRow(SQLModel, table=True):

@@ -20,8 +20,12 @@ from domain.models import (
     Execution,
     Instrument,
     OrderRequest,
+    OrderState,
     OrderStatus,
+    OrderType,
     SettlementInstruction,
+    Side,
+    TimeInForce,
 )
 from domain.status import INFORMATIONAL, OrderEvent, is_final, next_status
 
@@ -242,11 +246,11 @@ class OrderSummary(BaseModel):
     client_order_id: str
     fund: str
     symbol: str
-    side: str
+    side: Side
     quantity: Decimal
-    order_type: str
+    order_type: OrderType
     limit_price: Decimal | None
-    time_in_force: str
+    time_in_force: TimeInForce
     status: OrderStatus
     created_by: str
     created_at: datetime
@@ -266,31 +270,65 @@ def summarise(order: Order, workflow_type: str) -> OrderSummary:
     """Return the slim row of `order` as the read model stores it."""
     request = order.request
     return OrderSummary(
-        order_id=order.order_id,
         client_order_id=request.client_order_id,
         fund=request.fund,
         symbol=request.symbol,
-        side=request.side.value,
+        side=request.side,
         quantity=order.terms.quantity,
-        order_type=request.order_type.value,
+        order_type=request.order_type,
         limit_price=order.terms.limit_price,
-        time_in_force=request.time_in_force.value,
-        status=order.status,
-        created_by=order.created_by,
-        created_at=order.created_at,
-        updated_at=order.updated_at,
-        notional=order.notional,
-        currency=order.currency,
-        approval_level=order.approvals.current_level
-        if order.status is OrderStatus.PENDING_APPROVAL
-        else None,
-        approved_by=",".join(g.user for g in order.approvals.given),
-        filled_quantity=order.filled_quantity,
-        average_price=order.average_price,
-        venue=order.venue,
+        time_in_force=request.time_in_force,
         version=order.version,
         workflow_type=workflow_type,
+        **order.model_dump(include=_SUMMARISED),
+        **_approval_columns(order.status, order.approvals),
     )
+
+
+def summarise_v1(state: OrderState, workflow_type: str) -> OrderSummary:
+    """Return the slim row of an order still running on the first workflow (v1)."""
+    return OrderSummary(
+        workflow_type=workflow_type,
+        **state.model_dump(include=_SUMMARISED | _V1_ONLY),
+        **_approval_columns(state.status, state.approvals),
+    )
+
+
+# Fields the live order (either workflow's) and its slim row share by name and meaning.
+_SUMMARISED = {
+    "order_id",
+    "status",
+    "created_by",
+    "created_at",
+    "updated_at",
+    "notional",
+    "currency",
+    "filled_quantity",
+    "average_price",
+    "venue",
+}
+# v1 keeps the request's fields flat on the order, and its version as a field.
+_V1_ONLY = {
+    "version",
+    "client_order_id",
+    "fund",
+    "symbol",
+    "side",
+    "quantity",
+    "order_type",
+    "limit_price",
+    "time_in_force",
+}
+
+
+def _approval_columns(status: OrderStatus, approvals: ApprovalState) -> dict[str, str | None]:
+    """Return the row's approval columns: the level waited at (inboxes) and who approved."""
+    return {
+        "approval_level": approvals.current_level
+        if status is OrderStatus.PENDING_APPROVAL
+        else None,
+        "approved_by": ",".join(g.user for g in approvals.given),
+    }
 
 
 class OrderProjection(BaseModel):
