@@ -91,9 +91,14 @@ async def locate(
         raise not_found()
     route = await run_db(services, lambda session: queries.order_route(session, order_id))
     if route is None:
-        # Not projected yet (a create still in flight): only the live workflow knows the fund.
-        fund = (await query_order(services, order_id, WORKFLOW_TYPE)).fund
-        route = (fund, WORKFLOW_TYPE)
+        # Not projected yet (a create still in flight): only Temporal knows its type and fund.
+        try:
+            workflow_type = (await order_handle(services, order_id).describe()).workflow_type
+        except RPCError as err:
+            if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                raise not_found() from err
+            raise
+        route = ((await query_order(services, order_id, workflow_type)).fund, workflow_type)
     fund, workflow_type = route
     if services.authorizer.check(user, fund, *seen_through) is None:
         raise not_found()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,8 +18,10 @@ from temporalio.worker import Replayer
 from db import queries
 from db.engine import make_engine, session_factory
 from domain.ids import order_id_for, order_workflow_id
+from domain.models import AllocationRequest, OrderRequest, Side
 from tests.api.conftest import Stack
 from tests.workflows.test_replay import HISTORIES
+from workflows.messages import OrderWorkflowInput
 from workflows.order import OrderWorkflow
 from workflows.order_v1 import OrderWorkflowV1
 
@@ -520,3 +523,53 @@ async def test_creating_a_closed_order_again_answers_from_the_state_it_closed_wi
     different = await stack.call("alice", "POST", "/orders", {**body, "notes": "another"})
     assert different.status_code == 409
     assert different.json()["error"]["code"] == "duplicate_client_order_id"
+
+
+async def test_an_order_running_on_the_first_workflow_finishes_on_it_through_the_api(
+    stack: Stack,
+) -> None:
+    """Orders started before v2 keep running on v1: the API routes them by the read model."""
+    request = OrderRequest(
+        client_order_id=f"v1-{uuid.uuid4().hex[:10]}",
+        fund="fund-alpha",
+        symbol="AAPL",
+        side=Side.BUY,
+        quantity=Decimal(100),
+        allocations=[AllocationRequest(account="alpha-main", quantity=Decimal(100))],
+    )
+    order_id = order_id_for(request.fund, request.client_order_id)
+    await stack.env.client.start_workflow(
+        OrderWorkflowV1.run,
+        OrderWorkflowInput(
+            order_id=order_id,
+            request=request,
+            created_by="alice",
+            back_office_task_queue=stack.settings.back_office_task_queue,
+        ),
+        id=order_workflow_id(order_id),
+        task_queue=stack.settings.orders_task_queue,
+    )
+    pending = await stack.wait_for_status("alice", order_id, "pending_approval")
+    assert pending["approvals"]["required"] == ["desk_head"]
+    listed = (await stack.call("dana", "GET", "/approvals")).json()
+    assert order_id in [o["order_id"] for o in listed]
+    own = await stack.call("alice", "POST", f"/orders/{order_id}/approve", {})
+    assert own.status_code == 403
+    approved = await stack.call("dana", "POST", f"/orders/{order_id}/approve", {"comment": "v1"})
+    assert (approved.status_code, approved.json()["status"]) == (200, "approved")
+    released = await stack.call("tom", "POST", f"/orders/{order_id}/release", {})
+    assert released.status_code == 200
+    # The simulator reports over HTTP; the API delivers them to v1 as Signals.
+    settled = await stack.wait_for_status("alice", order_id, "settled")
+    assert (settled["filled_quantity"], settled["cl_ord_id"]) == ("100", order_id)
+    last = settled["executions"][-1]
+    report = {k: last[k] for k in ("exec_id", "exec_type", "last_quantity", "last_price")}
+    resend = await stack.call(
+        "sim-venue",
+        "POST",
+        "/executions",
+        report | {"order_id": order_id, "transact_time": last["transact_time"]},
+    )
+    assert (resend.status_code, resend.json()["status"]) == (200, "duplicate")
+    history = (await stack.call("cora", "GET", f"/orders/{order_id}/history")).json()
+    assert ("approved", "dana") in [(h["event"], h["actor"]) for h in history]
