@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.exceptions import ApplicationError
@@ -192,6 +194,44 @@ class PhaseResult(BaseModel):
     histories_read: int
 
 
+async def _run_phase(
+    client: Client,
+    runner: WorkflowRunner,
+    name: str,
+    worker_parts: dict[str, Any],
+    drive: Callable[[str, str], Awaitable[None]],
+    count: int,
+    concurrency: int,
+    budget: float,
+    probe: Probe,
+) -> PhaseResult:
+    """Drive `count` workflows of one kind, `concurrency` at a time, on a worker of their own.
+
+    `drive(queue, workflow_id)` runs one workflow to its end; `worker_parts` are the Worker's
+    workflows and activities.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    queue = f"bench-{name}-{suffix}"
+
+    async def one(index: int) -> float:
+        started = time.perf_counter()
+        await drive(queue, f"bench-{name}-{suffix}-{index}")
+        return time.perf_counter() - started
+
+    async with Worker(client, task_queue=queue, workflow_runner=runner, **worker_parts):
+        await one(-1)  # warm-up: the sandbox's first import, connections
+        probe.begin()
+        results, wall = await bounded(count, concurrency, one, budget)
+        await probe.end()
+        latencies = [r for r in results if r is not None]
+        history, read = await mean_history_counts(
+            client, (f"bench-{name}-{suffix}-{i}" for i in range(count))
+        )
+    return PhaseResult(
+        wall=wall, latencies=latencies, count=count, history=history, histories_read=read
+    )
+
+
 async def run_trivial(
     client: Client,
     runner: WorkflowRunner,
@@ -201,36 +241,18 @@ async def run_trivial(
     probe: Probe,
 ) -> PhaseResult:
     """Start and await `count` trivial workflows, `concurrency` at a time, on a worker of its own."""
-    suffix = uuid.uuid4().hex[:8]
-    queue = f"bench-trivial-{suffix}"
 
-    async def one(index: int) -> float:
-        started = time.perf_counter()
+    async def drive(queue: str, workflow_id: str) -> None:
         await client.execute_workflow(
             TrivialWorkflow.run,
-            TrivialInput(name=str(index)),
-            id=f"bench-trivial-{suffix}-{index}",
+            TrivialInput(name=workflow_id),
+            id=workflow_id,
             task_queue=queue,
         )
-        return time.perf_counter() - started
 
-    async with Worker(
-        client,
-        task_queue=queue,
-        workflows=[TrivialWorkflow],
-        activities=[trivial_activity],
-        workflow_runner=runner,
-    ):
-        await one(-1)  # warm-up: the sandbox's first import, connections
-        probe.begin()
-        results, wall = await bounded(count, concurrency, one, budget)
-        await probe.end()
-        latencies = [r for r in results if r is not None]
-        history, read = await mean_history_counts(
-            client, (f"bench-trivial-{suffix}-{i}" for i in range(count))
-        )
-    return PhaseResult(
-        wall=wall, latencies=latencies, count=count, history=history, histories_read=read
+    parts = {"workflows": [TrivialWorkflow], "activities": [trivial_activity]}
+    return await _run_phase(
+        client, runner, "trivial", parts, drive, count, concurrency, budget, probe
     )
 
 
@@ -302,25 +324,11 @@ async def run_interaction(
     probe: Probe,
 ) -> PhaseResult:
     """Drive `count` same-interaction workflows, `concurrency` at a time, on a worker of its own."""
-    suffix = uuid.uuid4().hex[:8]
-    queue = f"bench-interaction-{suffix}"
 
-    async def one(index: int) -> float:
-        started = time.perf_counter()
-        await drive_interaction(client, queue, f"bench-interaction-{suffix}-{index}")
-        return time.perf_counter() - started
+    async def drive(queue: str, workflow_id: str) -> None:
+        await drive_interaction(client, queue, workflow_id)
 
-    async with Worker(
-        client, task_queue=queue, workflows=[InteractionWorkflow], workflow_runner=runner
-    ):
-        await one(-1)  # warm-up
-        probe.begin()
-        results, wall = await bounded(count, concurrency, one, budget)
-        await probe.end()
-        latencies = [r for r in results if r is not None]
-        history, read = await mean_history_counts(
-            client, (f"bench-interaction-{suffix}-{i}" for i in range(count))
-        )
-    return PhaseResult(
-        wall=wall, latencies=latencies, count=count, history=history, histories_read=read
+    parts = {"workflows": [InteractionWorkflow]}
+    return await _run_phase(
+        client, runner, "interaction", parts, drive, count, concurrency, budget, probe
     )
