@@ -12,12 +12,11 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.compliance import load_approval_matrix
+from api import decisions
 from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
 from api.errors import ApiError, invalid
 from api.history import render_history
 from api.order_access import (
-    OrderRef,
     locate,
     order_handle,
     order_state,
@@ -42,14 +41,11 @@ from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
 from domain.status import has_reached
 from workflows.messages import (
-    ApproveInput,
     AwaitComplianceInput,
     CancelInput,
     OrderTimeouts,
     OrderWorkflowInput,
     OverrideInput,
-    PolicyGrant,
-    RejectInput,
     ReleaseInput,
 )
 from workflows.order import WORKFLOW_TYPE, OrderWorkflow
@@ -271,11 +267,7 @@ async def approve_order(
     order_id: str, body: ApproveBody, services: ServicesDep, user: UserDep
 ) -> OrderPublic:
     """Approve the order's current level."""
-    ref = await locate(services, user, order_id)
-    update = ApproveInput(
-        user=user, comment=body.comment, grants=_approval_grants(services, user, ref)
-    )
-    return await run_update(services, ref, "approve", update)
+    return await decisions.approve(services, user, order_id, body.comment)
 
 
 @router.post("/{order_id}/reject", response_model=OrderPublic)
@@ -283,11 +275,7 @@ async def reject_order(
     order_id: str, body: RejectBody, services: ServicesDep, user: UserDep
 ) -> OrderPublic:
     """Reject the order at its current level."""
-    ref = await locate(services, user, order_id)
-    update = RejectInput(
-        user=user, reason=body.reason, grants=_approval_grants(services, user, ref)
-    )
-    return await run_update(services, ref, "reject", update)
+    return await decisions.reject(services, user, order_id, body.reason)
 
 
 @router.post("/{order_id}/override", response_model=OrderPublic)
@@ -326,19 +314,3 @@ async def cancel_order(
     grant = require(services, user, ref.fund, "orders", "cancel")
     update = CancelInput(user=user, reason=body.reason if body else "", policy=grant.policy)
     return await run_update(services, ref, "cancel", update)
-
-
-def _approval_grants(services: Services, user: str, ref: OrderRef) -> list[PolicyGrant]:
-    """Return the approval levels the caller holds in the order's fund, with the policy of each.
-
-    The order decides which level is pending; the API only says which levels this person holds.
-    """
-    matrix = load_approval_matrix(services.settings.policies_dir)
-    grants = []
-    for level in dict.fromkeys(lvl.level for lvl in matrix.levels):
-        grant = services.authorizer.check(user, ref.fund, "approvals", level)
-        if grant is not None:
-            grants.append(PolicyGrant(permission=level, policy=grant.policy))
-    if not grants:
-        raise ApiError(403, "forbidden", f"{user} may not approve orders in {ref.fund}")
-    return grants
