@@ -34,6 +34,7 @@ lint: $(STAMP)
 # `make bench BENCH_ARGS="--profile"`; `python -m bench.lifecycle --help` lists the options.
 bench: $(STAMP)
 	$(BIN)/python -m bench.lifecycle $(BENCH_ARGS)
+	$(BIN)/python -m bench.authority
 
 clean:
 	rm -rf $(VENV) .oms .pytest_cache .mypy_cache .ruff_cache

@@ -43,9 +43,36 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def chat_banner(settings: Settings) -> list[str]:
+    """Return `oms dev`'s lines on chat-ops: where Slack posts, the secret, the webhook."""
+    api = settings.resolved_api_url
+    default_secret = Settings.model_fields["slack_signing_secret"].default
+    secret = (
+        f"{settings.slack_signing_secret}   (development only; OMS_SLACK_SIGNING_SECRET)"
+        if settings.slack_signing_secret == default_secret
+        else "from OMS_SLACK_SIGNING_SECRET"
+    )
+    webhook = (
+        "posted to OMS_CHAT_WEBHOOK_URL"
+        if settings.chat_webhook_url
+        else "not sent: OMS_CHAT_WEBHOOK_URL is not set"
+    )
+    return [
+        "Chat-ops (Slack-compatible)",
+        f"  Slash command   POST {api}/chat/slack/commands   (/oms approve|reject|show|inbox)",
+        f"  Interactivity   POST {api}/chat/slack/actions",
+        f"  Signing secret  {secret}",
+        f"  Notifications   {webhook}",
+        "  Slack app       put the API behind a public https URL, create the app from the",
+        "                  manifest in README.md (Chat-ops) with that URL, then restart with",
+        "                  OMS_SLACK_SIGNING_SECRET set to the app's Signing Secret",
+    ]
+
+
 def _cmd_dev(_: argparse.Namespace, settings: Settings) -> int:
     from devserver import PortInUseError, run_dev
 
+    print("\n".join(chat_banner(settings)), flush=True)
     try:
         asyncio.run(run_dev(settings))
     except PortInUseError as exc:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.authority import private_key_from_text, public_key_from_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 POLICIES_DIR = PROJECT_ROOT / "policies"
 
 ORDERS_TASK_QUEUE = "orders"
 BACK_OFFICE_TASK_QUEUE = "back-office"
+# Published with the code (sha256 of "oms development authority key"): for development only.
+DEV_AUTHORITY_SIGNING_KEY = "RpOW432L1oIRwR3DDeLjK6JRPCKzENKfCDXgw9BSv4g="
 
 
 class Settings(BaseSettings):
@@ -62,6 +67,27 @@ class Settings(BaseSettings):
     jwt_secret: str = "dev-only-secret-change-me-in-production-please"
     jwt_default_ttl_seconds: int = 8 * 3600
 
+    # Chat-ops (Slack-compatible). No webhook: approval notifications are not sent at all.
+    chat_webhook_url: str | None = Field(
+        default=None, description="Incoming webhook for approval notices; unset sends nothing."
+    )
+    chat_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long one post to the chat webhook may take."
+    )
+    # Slack signs every request with it; the default only suits `oms dev` (it is public).
+    slack_signing_secret: str = Field(
+        default="dev-only-slack-signing-secret-change-me",
+        min_length=1,
+        description="Verifies /chat/slack/* requests (the Slack app's Signing Secret).",
+    )
+    # The API signs each decision it lets through (Ed25519; base64 of the 32-byte private key)
+    # and the order workflow verifies it, so nobody can act as someone else straight on
+    # Temporal. The default is a published development key: set your own outside development.
+    authority_signing_key: str = DEV_AUTHORITY_SIGNING_KEY
+    # Public keys (base64, a JSON list) the workers trust; empty: the signing key's own. List
+    # the old key as well as the new while rotating, until no order waits on a statement of it.
+    authority_verify_keys: list[str] = Field(default_factory=list)
+
     policies_dir: Path = POLICIES_DIR
 
     default_venue: str = "simulator"
@@ -78,8 +104,10 @@ class Settings(BaseSettings):
     back_office_identity: str = "betty"
     back_office_confirm_delay_seconds: float = 0.2
 
-    approval_escalate_after_seconds: int = 4 * 3600
-    approval_expire_after_seconds: int = 24 * 3600
+    # Each fund's approval times are in policies/approvals.toml; these, when set, override
+    # them for every order created from then on (a test, a drill).
+    approval_escalate_after_seconds: int | None = Field(default=None, gt=0)
+    approval_expire_after_seconds: int | None = Field(default=None, gt=0)
     venue_ack_timeout_seconds: int = 60
     # Activities (and local activities) one worker runs at once; also its thread pool's size.
     worker_max_concurrent_activities: int = 32
@@ -92,6 +120,14 @@ class Settings(BaseSettings):
                 "one connection is kept for /healthz"
             )
         return self
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        return private_key_from_text(self.authority_signing_key)
+
+    def verify_keys(self) -> list[Ed25519PublicKey]:
+        if not self.authority_verify_keys:
+            return [self.signing_key().public_key()]
+        return [public_key_from_text(key) for key in self.authority_verify_keys]
 
     @property
     def resolved_database_url(self) -> str:

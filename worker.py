@@ -16,13 +16,16 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.back_office import BackOfficeActivities, SimulatedBackOffice
-from activities.compliance import ComplianceActivities
+from activities.compliance import ComplianceActivities, load_approval_policies
+from activities.notifications import ChatNotifications, load_chat_users
 from activities.projection import ProjectionActivities
 from activities.venue import VenueActivities
+from api.auth import Authorizer
 from api.tokens import issue_token
 from config import Settings
 from db import queries
 from db.engine import SessionFactory, create_schema, make_engine, session_factory
+from domain.authority import TRUSTED_KEYS
 from venues.base import ExecutionSink
 from venues.manual import ManualVenue
 from venues.simulator import PriceSource, SimulatedVenue
@@ -45,6 +48,8 @@ PASSED_THROUGH = (
     "pydantic",
     "pydantic_core",
     "annotated_types",
+    # Signed authority is verified in validators (domain.authority).
+    "cryptography",
     "sqlmodel",
     "sqlalchemy",
     "httpx",
@@ -98,16 +103,31 @@ def build_orders_worker(
     sessions: SessionFactory,
     sink: ExecutionSink,
     executor: concurrent.futures.Executor,
+    http: httpx.AsyncClient | None = None,
 ) -> tuple[Worker, SimulatedVenue]:
     """Return the worker of the orders queue (both order workflows, their activities) and the venue.
 
-    The simulated venue's driver loop (`SimulatedVenue.run`) is the caller's to run.
+    The simulated venue's driver loop (`SimulatedVenue.run`) is the caller's to run. `http`
+    posts chat notifications (a client of their own when None).
     """
+    # The orders' validators accept only actions the API signed with one of these keys.
+    TRUSTED_KEYS.trust(settings.verify_keys())
     simulator = build_simulated_venue(settings, sessions, sink)
     projection = ProjectionActivities(sessions)
     compliance = ComplianceActivities(sessions, settings.policies_dir)
     manual = ManualVenue()
     venues = VenueActivities({simulator.name: simulator, manual.name: manual})
+    notifications = ChatNotifications(
+        http or httpx.AsyncClient(),
+        settings.chat_webhook_url,
+        Authorizer(settings.policies_dir),
+        load_chat_users(settings.policies_dir).chat_ids,
+        # Read when a notice escalates, so it follows the policy file as orders do.
+        levels_in_order=lambda fund: (
+            load_approval_policies(settings.policies_dir).for_fund(fund).levels_in_order
+        ),
+        timeout_seconds=settings.chat_timeout_seconds,
+    )
     worker = Worker(
         client,
         task_queue=settings.orders_task_queue,
@@ -118,6 +138,8 @@ def build_orders_worker(
             venues.submit_order,
             venues.cancel_at_venue,
             venues.venue_order_status,
+            notifications.notify_approval_needed,
+            notifications.notify_decided,
             # v1 orders still running use these.
             projection.project_order,
             projection.book_allocations,
@@ -180,7 +202,7 @@ async def run_workers(
         ) as executor:
             if "orders" in queues:
                 orders_worker, _ = build_orders_worker(
-                    client, settings, sessions, callbacks, executor
+                    client, settings, sessions, callbacks, executor, http
                 )
                 workers.append(orders_worker)
             if "back-office" in queues:

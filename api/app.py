@@ -13,7 +13,8 @@ from api.auth import Authorizer
 from api.deps import DatabaseGate, Services
 from api.errors import install_error_handlers
 from api.metrics import Metrics, metrics_middleware
-from api.routers import compliance, executions, health, orders, settlements, views
+from api.routers import approvals, compliance, executions, health, orders, settlements, views
+from api.routers import chat as chat_router
 from config import Settings
 from db.engine import create_schema, make_engine, session_factory
 
@@ -57,6 +58,10 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.state.metrics = Metrics()
     app.middleware("http")(metrics_middleware(app.state.metrics))
     install_error_handlers(app)
-    for module in (orders, compliance, executions, settlements, views, health):
+    # approvals before views: the first route for a path answers it, and the paged inbox
+    # replaces the list views.py served at the same path.
+    for module in (orders, approvals, compliance, executions, settlements, views, health):
         app.include_router(module.router)
+    # Chat-ops: verified by the Slack signing secret, not by a bearer token.
+    app.include_router(chat_router.router)
     return app

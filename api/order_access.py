@@ -7,25 +7,32 @@ Orders still running on the first workflow (v1) are routed to it by the same nam
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Grant
 from api.deps import Services, run_db
-from api.errors import ApiError, forbidden, invalid, not_found
+from api.errors import ApiError, forbidden, from_update_failure, invalid, not_found
 from api.schemas import OrderPublic
 from db import queries
+from db.tables import RefusedActionRow
 from domain.ids import order_workflow_id
 from domain.models import OrderState
 from domain.order import Order
 from workflows.order import WORKFLOW_TYPE
 
+logger = logging.getLogger(__name__)
+# Refusals of a person's action worth compliance's eye: forbidden, impossible now, or invalid.
+_AUDITED_REFUSALS = frozenset({403, 409, 422})
 ORDER_ID_PATTERN = re.compile(r"^ord_[0-9a-f]{20}$")
 _RPC_TIMEOUT = timedelta(seconds=15)
 
@@ -105,6 +112,37 @@ async def locate(
     return OrderRef(order_id, fund, workflow_type)
 
 
+@contextlib.asynccontextmanager
+async def refusals_recorded(
+    services: Services, ref: OrderRef, user: str, action: str, via: str = "api"
+) -> AsyncIterator[None]:
+    """Write a refusal of `user`'s `action` (by policy or by the order) to the audit table.
+
+    A refused Update leaves no workflow history; compliance reads refused attempts there. A
+    failure to write the row is logged and never hides the refusal itself.
+    """
+    try:
+        yield
+    except ApiError as err:
+        if err.status in _AUDITED_REFUSALS:
+            refusal = RefusedActionRow(
+                at=datetime.now(UTC),
+                order_id=ref.order_id,
+                fund=ref.fund,
+                user=user,
+                action=action,
+                status=err.status,
+                code=err.code,
+                message=err.message[:500],
+                via=via,
+            )
+            try:
+                await run_db(services, lambda s: queries.record_refused_action(s, refusal))
+            except Exception:
+                logger.exception("could not record a refused %s of %s", action, ref.order_id)
+        raise
+
+
 async def run_update(services: Services, ref: OrderRef, update: str, argument: Any) -> OrderPublic:
     """Run a human action (an Update of the same name on v1 and v2) and return the order.
 
@@ -117,6 +155,8 @@ async def run_update(services: Services, ref: OrderRef, update: str, argument: A
             return OrderPublic.from_v1(state)
         order = await handle.execute_update(update, argument, result_type=Order)
         return OrderPublic.from_order(order)
+    except WorkflowUpdateFailedError as err:
+        raise from_update_failure(err) from err
     except RPCError as err:
         if err.status is RPCStatusCode.NOT_FOUND:
             raise ApiError(

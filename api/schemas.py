@@ -12,6 +12,7 @@ from domain.models import (
     Allocation,
     AllocationRequest,
     ApprovalState,
+    ComplianceOutcome,
     ComplianceResult,
     Execution,
     OrderState,
@@ -78,6 +79,54 @@ class OrderPage(BaseModel):
     next_cursor: str | None
 
 
+class ApprovalGivenView(BaseModel):
+    """One level already approved: by whom, when, with what comment."""
+
+    level: str
+    user: str
+    at: datetime
+    comment: str = ""
+
+
+class ApprovalItem(BaseModel):
+    """One order waiting on an approval level, as the approver's inbox (`GET /approvals`) shows it."""
+
+    order_id: str
+    client_order_id: str
+    fund: str
+    symbol: str
+    side: Side
+    quantity: Amount
+    order_type: OrderType
+    limit_price: Amount | None
+    time_in_force: TimeInForce
+    notional: Amount | None
+    currency: str | None
+    created_by: str
+    created_at: datetime
+    approval_level: str = Field(description="The level the order waits on.")
+    approvals_required: list[str] = Field(description="Every level it needs, in approval order.")
+    approvals_given: list[ApprovalGivenView] = Field(description="The levels approved so far.")
+    waiting_since: datetime = Field(description="When the pending level started waiting.")
+    waiting_seconds: int = Field(ge=0, description="How long it has waited, as of the answer.")
+    escalated: bool = Field(description="The approval is past its escalation time.")
+    expire_at: datetime | None = Field(description="When the approval expires, where known.")
+    may_decide: bool = Field(
+        description="The caller may approve or reject the pending level; false for an order "
+        "escalated to the caller as the next approver up, shown for information."
+    )
+    compliance_outcome: ComplianceOutcome | None = Field(
+        description="The worst rule result: pass or warn (a warned order was overridden)."
+    )
+    compliance: list[ComplianceResult]
+    version: int
+
+
+class ApprovalPage(BaseModel):
+    items: list[ApprovalItem]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last.")
+
+
 class HistoryEntry(BaseModel):
     """One entry of the audit timeline; `seq`, `status` and `reason` come from the order's event log."""
 
@@ -88,6 +137,18 @@ class HistoryEntry(BaseModel):
     seq: int | None = None
     status: str | None = None
     reason: str = ""
+
+
+class RefusedAction(BaseModel):
+    """An action on the order that was refused, and why (the audit of refused attempts)."""
+
+    at: datetime
+    user: str
+    action: str
+    status: int
+    code: str
+    message: str
+    via: str
 
 
 class PositionView(BaseModel):

@@ -8,7 +8,6 @@ summary says so. They approximate the change (enough to measure its cost), not i
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,14 +83,6 @@ def _long_poll_from_read_model() -> None:
         return OrderPublic.model_validate(fields)
 
     _replace(orders, "query_order", from_row)
-
-
-def _cache_authorisation() -> None:
-    # Casbin's enforce re-parses its matcher (simpleeval over ast) on every call, under a lock;
-    # the policy is loaded once at start-up, so a decision can be remembered.
-    from api.auth import Authorizer
-
-    Authorizer.check = functools.lru_cache(maxsize=4096)(Authorizer.check)  # type: ignore[method-assign]
 
 
 def _cache_order_routes() -> None:
@@ -179,9 +170,6 @@ EXPERIMENTS: dict[str, Experiment] = {
         "locate() remembers each order's fund and workflow type instead of reading them from"
         " the read model on every request",
         _cache_order_routes,
-    ),
-    "authz-cache": Experiment(
-        "Authorizer.check memoised (the policy is static while the API runs)", _cache_authorisation
     ),
     "simulator-keepalive": Experiment(
         "the simulators' httpx client keeps up to 200 connections alive (default 20)",

@@ -100,7 +100,10 @@ def _add_missing_columns(engine: Engine) -> None:
                     f"{column.type.compile(dialect=engine.dialect)}"
                 )
                 default = getattr(column.default, "arg", None)
-                if isinstance(default, str | int) and not isinstance(default, bool):
+                if isinstance(default, bool):
+                    # TRUE/FALSE: PostgreSQL's boolean literals, which SQLite (3.23+) takes too.
+                    ddl += f" NOT NULL DEFAULT {'TRUE' if default else 'FALSE'}"
+                elif isinstance(default, str | int):
                     literal = f"'{default}'" if isinstance(default, str) else str(default)
                     ddl += f" NOT NULL DEFAULT {literal}"
                 try:

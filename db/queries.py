@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, literal, not_, or_, update
 from sqlmodel import Session, col, select
 
 from db.tables import (
@@ -23,6 +23,7 @@ from db.tables import (
     OrderEventRow,
     OrderRow,
     PositionRow,
+    RefusedActionRow,
     SettlementRow,
     dialect_insert,
 )
@@ -32,6 +33,7 @@ from domain.models import (
     Execution,
     Instrument,
     OrderState,
+    OrderStatus,
     SettlementInstruction,
     SettlementStatus,
     Side,
@@ -79,6 +81,9 @@ V1_WORKFLOW_TYPE = "OrderWorkflow"
 
 # ---- orders -----------------------------------------------------------------------------------
 
+# The slim row's fields kept as JSON.
+_JSON_COLUMNS = {"approvals_required", "approvals_given", "compliance_results"}
+
 
 def upsert_order_summary(session: Session, summary: OrderSummary) -> bool:
     """Write the order's row unless the stored one is at this version or newer, in one statement.
@@ -89,8 +94,13 @@ def upsert_order_summary(session: Session, summary: OrderSummary) -> bool:
     Returns:
         Whether the row changed.
     """
-    # Enum members go to the database as their values (a driver may adapt an Enum by its name).
-    values = {k: v.value if isinstance(v, Enum) else v for k, v in summary.model_dump().items()}
+    # Enum members go to the database as their values (a driver may adapt an Enum by its name);
+    # JSON columns take JSON-ready values (times as ISO text, decimals as strings).
+    values = {
+        k: v.value if isinstance(v, Enum) else v
+        for k, v in summary.model_dump(exclude=_JSON_COLUMNS).items()
+    }
+    values |= summary.model_dump(mode="json", include=_JSON_COLUMNS)
     insert = dialect_insert(session, OrderRow).values(**values)
     changed = {k: insert.excluded[k] for k in values if k != "order_id"}
     statement = insert.on_conflict_do_update(
@@ -193,6 +203,22 @@ def order_events(session: Session, order_id: str) -> list[OrderEventRow]:
     )
 
 
+def record_refused_action(session: Session, refusal: RefusedActionRow) -> None:
+    session.add(refusal)
+    session.commit()
+
+
+def refused_actions(session: Session, order_id: str, limit: int) -> list[RefusedActionRow]:
+    """Return the order's refused actions, oldest first (at most `limit`)."""
+    query = (
+        select(RefusedActionRow)
+        .where(RefusedActionRow.order_id == order_id)
+        .order_by(col(RefusedActionRow.at), col(RefusedActionRow.id))
+        .limit(limit)
+    )
+    return list(session.exec(query))
+
+
 def upsert_order(session: Session, state: OrderState) -> bool:
     """Write a v1 order's row (and executions) unless the stored row is at this version or newer.
 
@@ -232,7 +258,6 @@ class OrderFilter:
     status: str | None = None
     symbol: str | None = None
     created_by: str | None = None
-    approval_levels: Sequence[str] | None = None
 
 
 def encode_cursor(row: OrderRow) -> str:
@@ -263,8 +288,6 @@ def list_orders(
         query = query.where(OrderRow.symbol == flt.symbol)
     if flt.created_by:
         query = query.where(OrderRow.created_by == flt.created_by)
-    if flt.approval_levels is not None:
-        query = query.where(col(OrderRow.approval_level).in_(list(flt.approval_levels)))
     if cursor:
         created_at, order_id = decode_cursor(cursor)
         query = query.where(
@@ -279,12 +302,77 @@ def list_orders(
     return list(session.exec(query))
 
 
-def approval_levels_in_use(session: Session) -> list[str]:
-    """Return the approval levels orders are waiting at."""
-    query = (
-        select(OrderRow.approval_level).where(col(OrderRow.approval_level).is_not(None)).distinct()
+@dataclass(frozen=True)
+class InboxScope:
+    """Whose inbox: the user, the levels they may decide (level -> funds), and the levels they
+    sit above (level -> funds), whose orders they see once escalated."""
+
+    user: str
+    decide: Mapping[str, Sequence[str]]
+    escalated: Mapping[str, Sequence[str]]
+
+
+def inbox_waiting_since(row: OrderRow) -> datetime:
+    """Return since when the row's pending level waits, as the inbox orders and pages by it."""
+    return row.approval_waiting_since or row.created_at
+
+
+def encode_inbox_cursor(row: OrderRow) -> str:
+    raw = json.dumps(["inbox", inbox_waiting_since(row).isoformat(), row.order_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_inbox_cursor(cursor: str) -> tuple[datetime, str]:
+    """Decode an inbox paging cursor; raises ValueError when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        kind, waiting_since, order_id = json.loads(raw)
+        at = datetime.fromisoformat(waiting_since)
+    except Exception as exc:
+        raise ValueError("cursor is not valid") from exc
+    if kind != "inbox" or at.tzinfo is None or not isinstance(order_id, str):
+        raise ValueError("cursor is not valid")
+    return at, order_id
+
+
+def approval_inbox(
+    session: Session, scope: InboxScope, limit: int, cursor: str | None = None
+) -> list[OrderRow]:
+    """Return up to `limit` orders of the approver's inbox, longest waiting first, after `cursor`.
+
+    Everything is filtered in SQL: the status, each level with the funds it may be decided in,
+    the creator, and the approvers so far. Raises ValueError for a cursor that is not one of ours.
+    """
+    level, fund = col(OrderRow.approval_level), col(OrderRow.fund)
+    scopes = [
+        and_(level == lvl, fund.in_(list(funds))) for lvl, funds in scope.decide.items() if funds
+    ]
+    scopes += [
+        and_(level == lvl, fund.in_(list(funds)), col(OrderRow.approval_escalated))
+        for lvl, funds in scope.escalated.items()
+        if funds
+    ]
+    after = decode_inbox_cursor(cursor) if cursor else None
+    if not scopes:
+        return []
+    # `approved_by` is a comma-separated list: match the user as a whole item, LIKE-escaped.
+    escaped = scope.user.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    approved_by = literal(",") + col(OrderRow.approved_by) + literal(",")
+    # Rows written before the column existed have no waiting time: their creation stands in.
+    waiting = func.coalesce(col(OrderRow.approval_waiting_since), col(OrderRow.created_at))
+    query = select(OrderRow).where(
+        OrderRow.status == OrderStatus.PENDING_APPROVAL.value,
+        or_(*scopes),
+        col(OrderRow.created_by) != scope.user,
+        not_(approved_by.like(f"%,{escaped},%", escape="\\")),
     )
-    return [level for level in session.exec(query) if level]
+    if after is not None:
+        since, order_id = after
+        query = query.where(
+            or_(waiting > since, and_(waiting == since, col(OrderRow.order_id) > order_id))
+        )
+    query = query.order_by(waiting, col(OrderRow.order_id)).limit(limit)
+    return list(session.exec(query))
 
 
 # ---- allocations and positions ----------------------------------------------------------------

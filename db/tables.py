@@ -140,6 +140,42 @@ class OrderRow(SQLModel, table=True):
     workflow_type: str = Field(default="OrderWorkflow", max_length=32)
     # The order as it closed (v2): what `GET /orders/{id}` answers from then on.
     final_state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # What the approvals inbox shows. Nullable (or with a default) so that an older read model
+    # gains them in place (db.engine._add_missing_columns); rows written since fill them all.
+    approvals_required: list[str] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    approvals_given: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    approval_waiting_since: datetime | None = _timestamp(nullable=True)
+    approval_escalated: bool = False
+    approval_expire_at: datetime | None = _timestamp(nullable=True)
+    compliance_outcome: str | None = Field(default=None, max_length=8)
+    compliance_results: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+
+
+class RefusedActionRow(SQLModel, table=True):
+    """An action on an order that was refused: by the API's policy check or by the order itself.
+
+    A refused Update leaves no workflow history (its validator refused it), so compliance reads
+    refused attempts here.
+    """
+
+    __tablename__ = "refused_actions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _timestamp()
+    order_id: str = Field(index=True, max_length=64)
+    fund: str = Field(max_length=64)
+    user: str = Field(max_length=64)
+    action: str = Field(max_length=32)
+    status: int
+    code: str = Field(max_length=32)
+    message: str = Field(max_length=500)
+    via: str = Field(default="api", max_length=16)
 
 
 class OrderEventRow(SQLModel, table=True):

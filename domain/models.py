@@ -254,6 +254,17 @@ class ComplianceSnapshot(BaseModel):
     max_order_notional: Decimal | None = None
     warn_order_notional: Decimal | None = None
     taken_at: datetime
+    # Valuation for the approval matrix. Optional because snapshots recorded before they were
+    # captured must still decode; those valued orders in the instrument's currency.
+    fund_currency: str | None = Field(
+        default=None, description="The fund's base currency: approval notionals are in it."
+    )
+    fx_rate: Decimal | None = Field(
+        default=None, description="Instrument currency -> fund currency; 1 when they are equal."
+    )
+    fx_symbol: str | None = Field(
+        default=None, description="The FX instrument whose reference price gave fx_rate, if any."
+    )
 
 
 class ApprovalGiven(BaseModel):
@@ -266,11 +277,24 @@ class ApprovalGiven(BaseModel):
     at: datetime
     comment: str = ""
     policy: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list, description="The approver's roles in the fund.")
+    policy_version: str = Field(default="", description="sha256 of the policy that allowed it.")
 
 
 class ApprovalState(BaseModel):
     required: list[str] = Field(default_factory=list)
     given: list[ApprovalGiven] = Field(default_factory=list)
+    rules: list[str] = Field(
+        default_factory=list, description="The approval matrix's rules that decided `required`."
+    )
+    matrix_version: str = Field(default="", description="sha256 of the approval matrix used.")
+    notional: Decimal | None = Field(
+        default=None, description="What the matrix valued: at the reference price, in `currency`."
+    )
+    currency: str | None = None
+    by_policy: bool = Field(
+        default=False, description="No person needed: approved by the fund's matrix."
+    )
 
     @property
     def current_level(self) -> str | None:

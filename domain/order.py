@@ -10,12 +10,17 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from domain.authority import Authority
+from domain.compliance import worst_outcome
 from domain.models import (
     Allocation,
+    ApprovalGiven,
     ApprovalState,
+    ComplianceOutcome,
     ComplianceResult,
     Execution,
     Instrument,
@@ -127,6 +132,16 @@ class Order(BaseModel):
     venue_ack_due_at: datetime | None = None
     settlement_grace_until: datetime | None = None
     closed: bool = Field(default=False, description="Nothing more will happen to the order.")
+    creation: Authority | None = Field(
+        default=None, description="The API's signed word that the creator may create it."
+    )
+    approvals_notified: list[str] = Field(
+        default_factory=list,
+        description="Approval notices sent to chat: a level, or `level:escalated`.",
+    )
+    authority_nonces: list[str] = Field(
+        default_factory=list, description="Statements of authority used (each is used once)."
+    )
     events: list[OrderEventRecord] = Field(
         default_factory=list, description="The log, or after continue-as-new its unprojected tail."
     )
@@ -264,11 +279,26 @@ class OrderSummary(BaseModel):
     venue: str | None
     version: int
     workflow_type: str
+    # What the approvals inbox shows without asking the workflow.
+    approvals_required: list[str] = Field(default_factory=list)
+    approvals_given: list[ApprovalGiven] = Field(default_factory=list)
+    approval_waiting_since: datetime | None = Field(
+        default=None, description="When the pending level started waiting (None: none pending)."
+    )
+    approval_escalated: bool = Field(
+        default=False, description="Pending approval, and past its escalation time."
+    )
+    approval_expire_at: datetime | None = None
+    compliance_outcome: ComplianceOutcome | None = Field(
+        default=None, description="The worst rule result; None before compliance has run."
+    )
+    compliance_results: list[ComplianceResult] = Field(default_factory=list)
 
 
 def summarise(order: Order, workflow_type: str) -> OrderSummary:
     """Return the slim row of `order` as the read model stores it."""
     request = order.request
+    pending = order.status is OrderStatus.PENDING_APPROVAL
     return OrderSummary(
         client_order_id=request.client_order_id,
         fund=request.fund,
@@ -280,17 +310,36 @@ def summarise(order: Order, workflow_type: str) -> OrderSummary:
         time_in_force=request.time_in_force,
         version=order.version,
         workflow_type=workflow_type,
+        approval_expire_at=order.approval_expire_at if pending else None,
         **order.model_dump(include=_SUMMARISED),
-        **_approval_columns(order.status, order.approvals),
+        **_approval_columns(
+            order.status,
+            order.approvals,
+            entered=_entered_approval(order) if pending else None,
+            escalated=any(f.kind is FlagKind.APPROVAL_ESCALATED for f in order.flags),
+        ),
+        **_compliance_columns(order.compliance),
     )
 
 
 def summarise_v1(state: OrderState, workflow_type: str) -> OrderSummary:
-    """Return the slim row of an order still running on the first workflow (v1)."""
+    """Return the slim row of an order still running on the first workflow (v1).
+
+    v1 keeps no event log and no expiry time: its level waits from the last approval, else the
+    override, else the order's creation (its compliance check runs at once after it).
+    """
+    override_at = state.override.get("at") if state.override else None
+    entered = datetime.fromisoformat(str(override_at)) if override_at else state.created_at
     return OrderSummary(
         workflow_type=workflow_type,
         **state.model_dump(include=_SUMMARISED | _V1_ONLY),
-        **_approval_columns(state.status, state.approvals),
+        **_approval_columns(
+            state.status,
+            state.approvals,
+            entered=entered,
+            escalated=any(f.startswith(FlagKind.APPROVAL_ESCALATED.value) for f in state.flags),
+        ),
+        **_compliance_columns(state.compliance),
     )
 
 
@@ -321,13 +370,45 @@ _V1_ONLY = {
 }
 
 
-def _approval_columns(status: OrderStatus, approvals: ApprovalState) -> dict[str, str | None]:
-    """Return the row's approval columns: the level waited at (inboxes) and who approved."""
+def _entered_approval(order: Order) -> datetime:
+    """Return when the order last entered pending_approval: compliance passed, or the override.
+
+    After continue-as-new the log holds only its unprojected tail; then the override's time,
+    else the creation's (compliance runs at once after it).
+    """
+    for event in reversed(order.events):
+        if event.status is OrderStatus.PENDING_APPROVAL and event.kind not in INFORMATIONAL:
+            return event.at
+    return order.override.at if order.override is not None else order.created_at
+
+
+def _approval_columns(
+    status: OrderStatus, approvals: ApprovalState, *, entered: datetime | None, escalated: bool
+) -> dict[str, Any]:
+    """Return the row's approval columns: the level waited at, since when, and who approved.
+
+    The pending level waits from the last approval given, or else from when the order entered
+    pending_approval (`entered`). Those are None, and `escalated` False, unless a level waits.
+    """
+    level = approvals.current_level if status is OrderStatus.PENDING_APPROVAL else None
+    since = None
+    if level is not None and entered is not None:
+        since = max([entered, *(g.at for g in approvals.given)])
     return {
-        "approval_level": approvals.current_level
-        if status is OrderStatus.PENDING_APPROVAL
-        else None,
+        "approval_level": level,
         "approved_by": ",".join(g.user for g in approvals.given),
+        "approvals_required": list(approvals.required),
+        "approvals_given": list(approvals.given),
+        "approval_waiting_since": since,
+        "approval_escalated": level is not None and escalated,
+    }
+
+
+def _compliance_columns(results: list[ComplianceResult]) -> dict[str, Any]:
+    """Return the row's compliance columns: the worst outcome (None before any rule ran), each result."""
+    return {
+        "compliance_outcome": worst_outcome(results) if results else None,
+        "compliance_results": list(results),
     }
 
 

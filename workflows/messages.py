@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from domain.authority import SignedAuthority
 from domain.executions import ExecutionReport, ReportVerdict
 from domain.models import OrderRequest, OrderStatus, SettlementStatus
 from domain.order import Order
@@ -21,6 +22,9 @@ class OrderTimeouts(BaseModel):
 
     approval_escalate_after: timedelta = timedelta(hours=4)
     approval_expire_after: timedelta = timedelta(hours=24)
+    # The two above, or (false) the fund's own times in the approval matrix. Orders from before
+    # the matrix had times always used the two above.
+    override_approval_deadlines: bool = False
     # After the settlement date passes unconfirmed the order is flagged failed; it still waits
     # this long for a late confirmation before it closes.
     late_settlement_grace: timedelta = timedelta(days=30)
@@ -61,6 +65,10 @@ class OrderWorkflowInput(BaseModel):
     back_office_task_queue: str = "back-office"
     timeouts: OrderTimeouts = Field(default_factory=OrderTimeouts)
     carried: CarriedOrder | None = None
+    notify_approvers: bool = Field(
+        default=False,
+        description="Post approval notices to chat (set when the OMS has a chat webhook).",
+    )
     # Temporal caps a run at 2,000 Updates; a long-lived order continues as new well before.
     updates_before_continue_as_new: int = 1500
 
@@ -78,14 +86,21 @@ class PolicyGrant(BaseModel):
 
 
 class AwaitComplianceInput(BaseModel):
-    """No fields yet; a model so fields can be added without breaking running orders."""
+    """The creator's word, signed by the API: an order no API attested never trades."""
+
+    authority: SignedAuthority | None = None
 
 
 class ApproveInput(BaseModel):
     user: str
     comment: str = ""
     grants: list[PolicyGrant] = Field(
-        default_factory=list, description="Approval levels the caller holds in the fund."
+        default_factory=list, description="v1 only: approval levels the caller holds in the fund."
+    )
+    authorities: list[SignedAuthority] = Field(
+        default_factory=list,
+        description="One signed statement per level the caller holds; the order takes the one "
+        "for the level pending.",
     )
 
 
@@ -93,24 +108,28 @@ class RejectInput(BaseModel):
     user: str
     reason: str
     grants: list[PolicyGrant] = Field(default_factory=list)
+    authorities: list[SignedAuthority] = Field(default_factory=list)
 
 
 class OverrideInput(BaseModel):
     user: str
     justification: str
     policy: list[str] = Field(default_factory=list)
+    authority: SignedAuthority | None = None
 
 
 class ReleaseInput(BaseModel):
     user: str
     venue: str
     policy: list[str] = Field(default_factory=list)
+    authority: SignedAuthority | None = None
 
 
 class CancelInput(BaseModel):
     user: str
     reason: str = ""
     policy: list[str] = Field(default_factory=list)
+    authority: SignedAuthority | None = None
 
 
 class ExecutionReportInput(BaseModel):

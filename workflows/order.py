@@ -24,6 +24,12 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.back_office import BackOfficeActivities, InstructSettlementsInput
     from activities.compliance import ComplianceActivities, PreTradeDataInput
+    from activities.notifications import (
+        ApprovalDecidedInput,
+        ApprovalNeededInput,
+        ChatNotifications,
+        Decision,
+    )
     from activities.projection import ProjectEventsInput, ProjectionActivities
     from activities.venue import (
         CancelAtVenueInput,
@@ -32,8 +38,22 @@ with workflow.unsafe.imports_passed_through():
         VenueOrderStatusInput,
     )
     from domain.allocation import allocate
-    from domain.approvals import required_levels
-    from domain.compliance import evaluate, order_notional, worst_outcome
+    from domain.approvals import required_approvals, required_levels
+    from domain.authority import (
+        TRUSTED_KEYS,
+        Action,
+        Authority,
+        AuthorityRefusedError,
+        SignedAuthority,
+        verify,
+    )
+    from domain.compliance import (
+        approval_currency,
+        approval_notional,
+        evaluate,
+        order_notional,
+        worst_outcome,
+    )
     from domain.errors import RefusalType
     from domain.executions import ReportVerdict, apply_report
     from domain.ids import settlement_id_for
@@ -84,7 +104,25 @@ _BACK_OFFICE: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(minutes=1)),
 }
+# A chat notice: retried for a while, then given up (an order never waits on chat).
+_CHAT: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=10),
+    "schedule_to_close_timeout": timedelta(minutes=10),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30)),
+}
 _STATUS_CHECK_BACKOFF_MAX = timedelta(minutes=5)
+# Orders started after this patch wait for the API's signed word that their creator may create
+# them (it comes with the start, as an Update); orders started before it never got one.
+_SIGNED_AUTHORITY = "signed-authority"
+# Approval levels and deadlines from the fund's section of the approval matrix.
+_FUND_APPROVAL_MATRIX = "fund-approval-matrix"
+# Each approval level waits (and is notified) on its own.
+_PER_LEVEL_NOTICES = "per-level-approval-notices"
+# A start with no attested creation (someone started the workflow straight on Temporal) is
+# refused after this long: the API delivers its attestation with the start itself.
+_CREATION_ATTESTATION_WAIT = timedelta(minutes=1)
+# Statements of authority kept per order to refuse a replayed one (beyond, they are stale anyway).
+_NONCES_KEPT = 200
 # Reports whose transact_time is this far from the order's clock are refused as absurd.
 _REPORT_TIME_AHEAD = timedelta(minutes=5)
 _REPORT_TIME_BEHIND = timedelta(days=7)
@@ -122,6 +160,22 @@ def _json_list(values: list[str]) -> list[JsonValue]:
     return [value for value in values]
 
 
+def _attested(signed: SignedAuthority | None, policy: list[str]) -> dict[str, JsonValue]:
+    """Return the event details that keep the API's signed statement for compliance.
+
+    `policy` is what an action from before decisions were signed carried instead.
+    """
+    if signed is None:
+        return {"policy": _json_list(policy)}
+    authority = signed.authority()
+    return {
+        "roles": _json_list(authority.roles),
+        "policy": _json_list(authority.policy),
+        "policy_version": authority.policy_version,
+        "authority": signed.model_dump(),
+    }
+
+
 @workflow.defn(name=WORKFLOW_TYPE)
 class OrderWorkflow:
     """One order: compliance, approvals, release, execution, allocation and settlement.
@@ -154,12 +208,14 @@ class OrderWorkflow:
         self._updates_this_run = 0
         self._status_checks = 0  # venue calls that brought no acknowledgement yet: the back-off
         self._projector_stopping = False
+        self._notices: list[ApprovalNeededInput | ApprovalDecidedInput] = []
 
     # ---- the life of the order ----------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: OrderWorkflowInput) -> OrderWorkflowResult:
         projector = asyncio.create_task(self._projector())
+        notifier = asyncio.create_task(self._notifier())
         phases: dict[OrderStatus, Callable[[], Awaitable[None]]] = {
             OrderStatus.PENDING_COMPLIANCE: self._pre_trade,
             OrderStatus.PENDING_OVERRIDE: self._await_override,
@@ -172,7 +228,7 @@ class OrderWorkflow:
         }
         while not self._order.closed:
             if self._should_continue_as_new():
-                await self._continue_as_new(projector)
+                await self._continue_as_new(projector, notifier)
             if self._order.is_done:
                 self._close()
             elif self._order.status in phases:
@@ -181,12 +237,28 @@ class OrderWorkflow:
                 self._allocate()
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._projector_stopping = True
-        await projector
+        await asyncio.gather(projector, notifier)
         return OrderWorkflowResult(order_id=self._order.order_id, status=self._order.status)
 
     async def _pre_trade(self) -> None:
         """Check the order against the fund's rules; decide the approval levels it needs."""
         order = self._order
+        if workflow.patched(_SIGNED_AUTHORITY) and order.creation is None:
+            attested = await self._wait_until(
+                lambda: (
+                    order.creation is not None or order.status is not OrderStatus.PENDING_COMPLIANCE
+                ),
+                workflow.now() + _CREATION_ATTESTATION_WAIT,
+            )
+            if not attested:
+                if order.status is OrderStatus.PENDING_COMPLIANCE:
+                    self._record(
+                        OrderEvent.COMPLIANCE_FAILED,
+                        reason="no authority signed by the OMS API attests this order's creation",
+                    )
+                return
+            if order.status is not OrderStatus.PENDING_COMPLIANCE:
+                return
         try:
             data = await workflow.execute_local_activity_method(
                 ComplianceActivities.pre_trade_data,
@@ -221,12 +293,36 @@ class OrderWorkflow:
             failed = "; ".join(r.message for r in results if r.outcome is ComplianceOutcome.FAIL)
             self._record(OrderEvent.COMPLIANCE_FAILED, reason=failed, details=details)
             return
-        order.approvals.required = required_levels(data.matrix, order.notional, results)
-        details["approvals_required"] = list(order.approvals.required)
         timeouts = self._input.timeouts
+        escalate_after, expire_after = (
+            timeouts.approval_escalate_after,
+            timeouts.approval_expire_after,
+        )
+        policy = data.approval_policy
+        if policy is not None and workflow.patched(_FUND_APPROVAL_MATRIX):
+            approvals = order.approvals
+            approvals.notional = approval_notional(order.request, snapshot)
+            approvals.currency = approval_currency(snapshot)
+            requirement = required_approvals(
+                policy, approvals.notional, snapshot.instrument.asset_class, results
+            )
+            approvals.required = list(requirement.levels)
+            approvals.rules = list(requirement.rules)
+            approvals.matrix_version = requirement.matrix_version
+            details |= {
+                "approval_notional": str(approvals.notional),
+                "approval_currency": approvals.currency,
+                "approval_rules": _json_list(approvals.rules),
+                "approval_matrix": f"{policy.section}@{policy.version}",
+            }
+            if not timeouts.override_approval_deadlines:
+                escalate_after, expire_after = policy.escalate_after, policy.expire_after
+        else:
+            order.approvals.required = required_levels(data.matrix, order.notional, results)
+        details["approvals_required"] = list(order.approvals.required)
         now = workflow.now()
-        order.approval_escalate_at = now + timeouts.approval_escalate_after
-        order.approval_expire_at = now + timeouts.approval_expire_after
+        order.approval_escalate_at = now + escalate_after
+        order.approval_expire_at = now + expire_after
         if outcome is ComplianceOutcome.WARN:
             warned = "; ".join(r.message for r in results if r.outcome is ComplianceOutcome.WARN)
             self._record(OrderEvent.COMPLIANCE_WARNED, reason=warned, details=details)
@@ -248,10 +344,19 @@ class OrderWorkflow:
         """Wait for every level; escalate once when it waits too long, expire in the end."""
         order = self._order
 
+        pending = order.approvals.current_level
+        # Orders from before this patch waited for the whole approval with one set of timers.
+        per_level = workflow.patched(_PER_LEVEL_NOTICES)
+
         def decided() -> bool:
-            return order.status is not OrderStatus.PENDING_APPROVAL
+            # Decided, or this level decided and the next one waits (the phase starts over
+            # to notify its approvers).
+            return order.status is not OrderStatus.PENDING_APPROVAL or (
+                per_level and order.approvals.current_level != pending
+            )
 
         escalated = any(f.kind is FlagKind.APPROVAL_ESCALATED for f in order.flags)
+        self._notify_waiting(escalated=escalated)
         if not escalated:
             if await self._wait_until(decided, order.approval_escalate_at):
                 return
@@ -264,13 +369,13 @@ class OrderWorkflow:
                 at=workflow.now(),
                 ref=level,
             )
+            self._notify_waiting(escalated=True, again=True)
         if await self._wait_until(decided, order.approval_expire_at):
             return
         if self._deadline_passed(order.approval_expire_at):
-            self._record(
-                OrderEvent.APPROVAL_EXPIRED,
-                reason=f"approval at level {order.approvals.current_level} expired",
-            )
+            level = order.approvals.current_level or ""
+            self._record(OrderEvent.APPROVAL_EXPIRED, reason=f"approval at level {level} expired")
+            self._notify_decided(level, Decision.EXPIRED, None)
 
     async def _await_release(self) -> None:
         await self._wait_until(lambda: self._order.status is not OrderStatus.APPROVED, None)
@@ -559,11 +664,24 @@ class OrderWorkflow:
 
     @workflow.update
     async def await_compliance(self, input: AwaitComplianceInput) -> Order:
-        """Return the order once pre-trade compliance has decided and the read model shows it."""
+        """Take the creator's attested word; return the order once pre-trade compliance decided."""
+        order = self._order
+        if input.authority is not None:
+            authority = self._use(input.authority)
+            if order.creation is None and authority.user == order.created_by:
+                order.creation = authority
         await workflow.wait_condition(
             lambda: self._order.status is not OrderStatus.PENDING_COMPLIANCE
         )
         return await self._answer()
+
+    @await_compliance.validator
+    def _validate_await_compliance(self, input: AwaitComplianceInput) -> None:
+        order = self._order
+        # Whoever attested the creation first must be its creator; a repeated create (the same
+        # client order id again) only needs its own caller's attested word.
+        user = order.created_by if order.creation is None else None
+        self._verified(input.authority, Action.CREATE, user)
 
     @workflow.update
     async def approve(self, input: ApproveInput) -> Order:
@@ -571,42 +689,71 @@ class OrderWorkflow:
         order = self._order
         level = order.approvals.current_level
         assert level is not None
-        grant = next(g for g in input.grants if g.permission == level)
-        given = ApprovalGiven(
-            level=level,
-            user=input.user,
-            at=workflow.now(),
-            comment=input.comment,
-            policy=grant.policy,
-        )
+        signed = self._statement_for(level, input.authorities)
+        if signed is None:  # an order approved before approvals were signed
+            grant = next(g for g in input.grants if g.permission == level)
+            given = ApprovalGiven(
+                level=level,
+                user=input.user,
+                at=workflow.now(),
+                comment=input.comment,
+                policy=grant.policy,
+            )
+            details = given.model_dump(mode="json")
+        else:
+            authority = self._use(signed)
+            given = ApprovalGiven(
+                level=level,
+                user=input.user,
+                at=workflow.now(),
+                comment=input.comment,
+                policy=authority.policy,
+                roles=authority.roles,
+                policy_version=authority.policy_version,
+            )
+            details = {**given.model_dump(mode="json"), "authority": signed.model_dump()}
         order.approvals.given.append(given)
         event = (
             OrderEvent.APPROVALS_COMPLETE
             if order.approvals.current_level is None
             else OrderEvent.APPROVAL_GIVEN
         )
-        self._record(event, actor=input.user, details=given.model_dump(mode="json"))
+        self._record(event, actor=input.user, details=details)
+        self._notify_decided(level, Decision.APPROVED, input.user, input.comment)
         return await self._answer()
 
     @approve.validator
     def _validate_approve(self, input: ApproveInput) -> None:
         self._require_status(OrderStatus.PENDING_APPROVAL, "approve")
-        self._require_decider(input.user, input.grants, "approve it")
+        self._require_decider(input.user, input.authorities, Action.APPROVE, "approve it")
         if any(g.user == input.user for g in self._order.approvals.given):
             raise _refuse(
-                f"{input.user} already approved a level of this order", RefusalType.FORBIDDEN
+                f"{input.user} already approved a level of this order; one person decides "
+                "at most one level",
+                RefusalType.FORBIDDEN,
             )
 
     @workflow.update
     async def reject(self, input: RejectInput) -> Order:
         """Reject the order at its current level; it ends as approval_rejected."""
         level = self._order.approvals.current_level
+        details: dict[str, JsonValue] = {"level": level}
+        signed = self._statement_for(level, input.authorities)
+        if signed is None:  # an order rejected before decisions were signed
+            details["policy"] = self._policy_for(level, input.grants)
+        else:
+            authority = self._use(signed)
+            details |= {
+                "policy": _json_list(authority.policy),
+                "roles": _json_list(authority.roles),
+                "policy_version": authority.policy_version,
+                "authority": signed.model_dump(),
+            }
         self._record(
-            OrderEvent.APPROVAL_REJECTED,
-            reason=input.reason,
-            actor=input.user,
-            details={"level": level, "policy": self._policy_for(level, input.grants)},
+            OrderEvent.APPROVAL_REJECTED, reason=input.reason, actor=input.user, details=details
         )
+        if level is not None:
+            self._notify_decided(level, Decision.REJECTED, input.user, input.reason)
         return await self._answer()
 
     @reject.validator
@@ -614,23 +761,29 @@ class OrderWorkflow:
         self._require_status(OrderStatus.PENDING_APPROVAL, "reject")
         if not input.reason.strip():
             raise _refuse("a rejection needs a reason", RefusalType.INVALID_INPUT, "reason")
-        self._require_decider(input.user, input.grants, "reject it (cancel it instead)")
+        self._require_decider(
+            input.user, input.authorities, Action.REJECT, "reject it (cancel it instead)"
+        )
 
     @workflow.update
     async def override(self, input: OverrideInput) -> Order:
         """Accept the order's soft compliance breaches, with a written justification."""
         order = self._order
+        authority = self._use(input.authority) if input.authority is not None else None
         order.override = Override(
             user=input.user,
             justification=input.justification,
             at=workflow.now(),
-            policy=input.policy,
+            policy=authority.policy if authority is not None else input.policy,
         )
         self._record(
             OrderEvent.OVERRIDDEN,
             actor=input.user,
             reason=input.justification,
-            details=order.override.model_dump(mode="json"),
+            details={
+                **order.override.model_dump(mode="json"),
+                **_attested(input.authority, input.policy),
+            },
         )
         self._complete_if_no_levels(actor=input.user)
         return await self._answer()
@@ -644,19 +797,22 @@ class OrderWorkflow:
             )
         if input.user == self._order.created_by:
             raise _refuse("the order's creator cannot override its breaches", RefusalType.FORBIDDEN)
+        self._verified(input.authority, Action.OVERRIDE, input.user)
 
     @workflow.update
     async def release(self, input: ReleaseInput) -> Order:
         """Release the approved order to a venue; the venue phase sends it."""
         order = self._order
         order.venue = input.venue
+        if input.authority is not None:
+            self._use(input.authority)
         self._record(
             OrderEvent.RELEASED,
             actor=input.user,
             details={
                 "venue": input.venue,
                 "cl_ord_id": order.terms.cl_ord_id,
-                "policy": _json_list(input.policy),
+                **_attested(input.authority, input.policy),
             },
         )
         self._commands.append(self._command(VenueCommandKind.SUBMIT, input.user))
@@ -667,12 +823,17 @@ class OrderWorkflow:
         self._require_status(OrderStatus.APPROVED, "release")
         if not input.venue.strip():
             raise _refuse("a release needs a venue", RefusalType.INVALID_INPUT, "venue")
+        if input.user == self._order.created_by:
+            raise _refuse("the order's creator cannot release it", RefusalType.FORBIDDEN)
+        self._verified(input.authority, Action.RELEASE, input.user, subject=input.venue)
 
     @workflow.update
     async def cancel(self, input: CancelInput) -> Order:
         """Cancel the order: at once before release, through pending_cancel after."""
         order = self._order
-        details: dict[str, JsonValue] = {"policy": _json_list(input.policy)}
+        if input.authority is not None:
+            self._use(input.authority)
+        details = _attested(input.authority, input.policy)
         if order.status in PRE_RELEASE:
             self._record(
                 OrderEvent.CANCELED_BEFORE_RELEASE,
@@ -697,6 +858,7 @@ class OrderWorkflow:
             raise _refuse(
                 f"an order that is {status.value} cannot be canceled", RefusalType.INVALID_STATE
             )
+        self._verified(input.authority, Action.CANCEL, input.user)
 
     # ---- updates: the venue -------------------------------------------------------------------
 
@@ -828,6 +990,75 @@ class OrderWorkflow:
             for instruction in projection.settlements:
                 self._settlements_projected[instruction.settlement_id] = instruction.status
 
+    async def _notifier(self) -> None:
+        """Post queued chat notices one at a time, until the order has closed.
+
+        A notice that cannot be delivered is given up: approvers still have the inbox.
+        """
+        while True:
+            await workflow.wait_condition(lambda: bool(self._notices) or self._projector_stopping)
+            if not self._notices:
+                return
+            notice = self._notices.pop(0)
+            try:
+                if isinstance(notice, ApprovalNeededInput):
+                    await workflow.execute_activity_method(
+                        ChatNotifications.notify_approval_needed, notice, **_CHAT
+                    )
+                else:
+                    await workflow.execute_activity_method(
+                        ChatNotifications.notify_decided, notice, **_CHAT
+                    )
+            except FailureError as err:
+                _not_cancellation(err)
+                workflow.logger.warning("chat notice not delivered: %s", _cause(err))
+
+    def _notify_waiting(self, *, escalated: bool, again: bool = False) -> None:
+        """Tell the approvers of the pending level (once, and `again` when it escalates)."""
+        order = self._order
+        level = order.approvals.current_level
+        key = f"{level}:escalated" if again else f"{level}"
+        if not self._input.notify_approvers or level is None or key in order.approvals_notified:
+            return
+        order.approvals_notified.append(key)
+        given = order.approvals.given
+        self._notices.append(
+            ApprovalNeededInput(
+                order_id=order.order_id,
+                fund=order.fund,
+                symbol=order.request.symbol,
+                side=order.request.side,
+                quantity=order.terms.quantity,
+                notional=order.notional,
+                currency=order.currency,
+                created_by=order.created_by,
+                level=level,
+                levels_required=list(order.approvals.required),
+                approved=list(given),
+                escalated=escalated,
+                waiting_since=given[-1].at if given else order.updated_at,
+                compliance=list(order.compliance),
+            )
+        )
+
+    def _notify_decided(
+        self, level: str, decision: Decision, by: str | None, reason: str = ""
+    ) -> None:
+        """Follow a notice up, so its stale buttons say who decided and when."""
+        order = self._order
+        if not self._input.notify_approvers or level not in order.approvals_notified:
+            return
+        self._notices.append(
+            ApprovalDecidedInput(
+                order_id=order.order_id,
+                level=level,
+                decision=decision,
+                by=by,
+                at=workflow.now(),
+                reason=reason,
+            )
+        )
+
     def _has_unprojected(self) -> bool:
         return self._order.last_seq > self._projected_seq
 
@@ -863,11 +1094,13 @@ class OrderWorkflow:
             or self._updates_this_run >= self._input.updates_before_continue_as_new
         )
 
-    async def _continue_as_new(self, projector: asyncio.Task[None]) -> None:
-        """Finish the handlers, flush the projector, and go on in a new run with the order."""
+    async def _continue_as_new(
+        self, projector: asyncio.Task[None], notifier: asyncio.Task[None]
+    ) -> None:
+        """Finish the handlers, flush the projector and notices, and go on in a new run."""
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._projector_stopping = True
-        await projector
+        await asyncio.gather(projector, notifier)
         carried = CarriedOrder(
             order=self._order.carried(self._projected_seq),
             commands=self._commands,
@@ -895,9 +1128,22 @@ class OrderWorkflow:
             self._record(event, reason=reason)
 
     def _complete_if_no_levels(self, actor: str) -> None:
+        """Approve by policy an order whose fund's matrix asks no person to approve it."""
         order = self._order
-        if order.status is OrderStatus.PENDING_APPROVAL and order.approvals.current_level is None:
-            self._record(OrderEvent.APPROVALS_COMPLETE, actor=actor, reason="no approval required")
+        approvals = order.approvals
+        if order.status is OrderStatus.PENDING_APPROVAL and approvals.current_level is None:
+            approvals.by_policy = True
+            rules = ", ".join(approvals.rules) or "no level required"
+            self._record(
+                OrderEvent.APPROVALS_COMPLETE,
+                actor=actor,
+                reason=f"approved by policy ({rules})",
+                details={
+                    "by_policy": True,
+                    "approval_rules": _json_list(approvals.rules),
+                    "matrix_version": approvals.matrix_version,
+                },
+            )
 
     def _command(self, kind: VenueCommandKind, requested_by: str = "system") -> VenueCommand:
         order = self._order
@@ -913,15 +1159,74 @@ class OrderWorkflow:
                 RefusalType.INVALID_STATE,
             )
 
-    def _require_decider(self, user: str, grants: list[PolicyGrant], action: str) -> None:
-        """Refuse the order's creator, and anyone not granted the level now pending."""
+    def _require_decider(
+        self, user: str, authorities: list[SignedAuthority], action: Action, doing: str
+    ) -> None:
+        """Refuse the order's creator, and anyone the API did not attest for the level pending.
+
+        Levels go in order: the only level anyone can decide is the one pending.
+        """
         level = self._order.approvals.current_level
         if user == self._order.created_by:
-            raise _refuse(f"the order's creator cannot {action}", RefusalType.FORBIDDEN)
-        if not any(g.permission == level for g in grants):
+            raise _refuse(f"the order's creator cannot {doing}", RefusalType.FORBIDDEN)
+        signed = self._statement_for(level, authorities)
+        if signed is None:
             raise _refuse(
                 f"{user} may not decide level {level} in {self._order.fund}", RefusalType.FORBIDDEN
             )
+        self._verified(signed, action, user, level=level)
+
+    def _verified(
+        self,
+        signed: SignedAuthority | None,
+        action: Action,
+        user: str | None,
+        *,
+        level: str | None = None,
+        subject: str | None = None,
+    ) -> Authority:
+        """Return the API's statement for this action, or refuse one forged, stale or reused.
+
+        Runs in validators only: they never run on replay, so the keys trusted may change.
+        """
+        try:
+            authority = verify(signed, now=workflow.now(), keys=TRUSTED_KEYS.keys())
+        except AuthorityRefusedError as err:
+            raise _refuse(str(err), RefusalType.FORBIDDEN) from err
+        mismatch = (
+            authority.order_id != self._order.order_id
+            or authority.action is not action
+            or (user is not None and authority.user != user)
+            or authority.level != level
+            or (subject is not None and authority.subject != subject)
+        )
+        if mismatch:
+            raise _refuse(
+                "the action's authority was issued for another order, action or person",
+                RefusalType.FORBIDDEN,
+            )
+        if authority.nonce in self._order.authority_nonces:
+            raise _refuse("the action's authority has been used already", RefusalType.FORBIDDEN)
+        return authority
+
+    def _use(self, signed: SignedAuthority) -> Authority:
+        """Return the (validated) statement and spend it: it is never accepted again."""
+        authority = signed.authority()
+        nonces = self._order.authority_nonces
+        nonces.append(authority.nonce)
+        del nonces[:-_NONCES_KEPT]
+        return authority
+
+    @staticmethod
+    def _statement_for(
+        level: str | None, authorities: list[SignedAuthority]
+    ) -> SignedAuthority | None:
+        """Return the statement among `authorities` that speaks for `level` (unverified)."""
+        for signed in authorities:
+            with contextlib.suppress(ValueError):
+                if signed.authority().level == level:
+                    return signed
+        return None
 
     @staticmethod
     def _policy_for(level: str | None, grants: list[PolicyGrant]) -> list[JsonValue]:

@@ -13,6 +13,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api import decisions
+from api.authority import attest
 from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
 from api.errors import ApiError, invalid
 from api.history import render_history
@@ -22,6 +23,7 @@ from api.order_access import (
     order_state,
     query_order,
     readable_funds,
+    refusals_recorded,
     require,
     run_update,
 )
@@ -33,10 +35,13 @@ from api.schemas import (
     OrderPublic,
     OrderSummary,
     OverrideBody,
+    RefusedAction,
     RejectBody,
     ReleaseBody,
 )
+from config import Settings
 from db import queries
+from domain.authority import Action
 from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
 from domain.status import has_reached
@@ -105,11 +110,8 @@ async def create_order(
         request=request,
         created_by=user,
         back_office_task_queue=settings.back_office_task_queue,
-        timeouts=OrderTimeouts(
-            approval_escalate_after=timedelta(seconds=settings.approval_escalate_after_seconds),
-            approval_expire_after=timedelta(seconds=settings.approval_expire_after_seconds),
-            venue_ack_timeout=timedelta(seconds=settings.venue_ack_timeout_seconds),
-        ),
+        notify_approvers=settings.chat_webhook_url is not None,
+        timeouts=_timeouts(settings),
     )
     # Update-with-start: one round trip starts the order and answers once compliance has decided
     # and the read model shows it, so the caller sees the rule results in the response.
@@ -124,11 +126,41 @@ async def create_order(
     )
     try:
         order = await services.temporal.execute_update_with_start_workflow(
-            OrderWorkflow.await_compliance, AwaitComplianceInput(), start_workflow_operation=start
+            OrderWorkflow.await_compliance,
+            AwaitComplianceInput(
+                authority=attest(
+                    services,
+                    user,
+                    order_id=order_id,
+                    fund=request.fund,
+                    action=Action.CREATE,
+                    permission=("orders", "create"),
+                )
+            ),
+            start_workflow_operation=start,
         )
     except WorkflowAlreadyStartedError:
         return await _existing_order(services, order_id, request, response)
     return OrderPublic.from_order(order)
+
+
+def _timeouts(settings: Settings) -> OrderTimeouts:
+    """Return the order's waiting times: the fund's approval times, unless settings override them."""
+    defaults = OrderTimeouts()
+    escalate, expire = (
+        settings.approval_escalate_after_seconds,
+        settings.approval_expire_after_seconds,
+    )
+    return OrderTimeouts(
+        approval_escalate_after=(
+            timedelta(seconds=escalate) if escalate else defaults.approval_escalate_after
+        ),
+        approval_expire_after=timedelta(seconds=expire)
+        if expire
+        else defaults.approval_expire_after,
+        override_approval_deadlines=escalate is not None or expire is not None,
+        venue_ack_timeout=timedelta(seconds=settings.venue_ack_timeout_seconds),
+    )
 
 
 async def _existing_order(
@@ -233,6 +265,22 @@ async def get_order(
     return await query_order(services, ref.order_id, ref.workflow_type)
 
 
+@router.get("/{order_id}/refusals", response_model=list[RefusedAction])
+async def order_refusals(
+    order_id: str,
+    services: ServicesDep,
+    user: UserDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[RefusedAction]:
+    """Actions on the order that were refused (by policy or by the order), oldest first."""
+    ref = await locate(services, user, order_id)
+    require(services, user, ref.fund, "orders", "history")
+    rows = await run_db(
+        services, lambda session: queries.refused_actions(session, ref.order_id, limit)
+    )
+    return [RefusedAction.model_validate(row, from_attributes=True) for row in rows]
+
+
 @router.get("/{order_id}/history", response_model=None)
 async def order_history(
     order_id: str, services: ServicesDep, user: UserDep, format: str | None = None
@@ -284,9 +332,22 @@ async def override_order(
 ) -> OrderPublic:
     """Accept the order's soft compliance breaches (compliance only)."""
     ref = await locate(services, user, order_id)
-    grant = require(services, user, ref.fund, "orders", "override")
-    update = OverrideInput(user=user, justification=body.justification, policy=grant.policy)
-    return await run_update(services, ref, "override", update)
+    async with refusals_recorded(services, ref, user, "override"):
+        authority = attest(
+            services,
+            user,
+            order_id=ref.order_id,
+            fund=ref.fund,
+            action=Action.OVERRIDE,
+            permission=("orders", "override"),
+        )
+        update = OverrideInput(
+            user=user,
+            justification=body.justification,
+            policy=authority.authority().policy,
+            authority=authority,
+        )
+        return await run_update(services, ref, "override", update)
 
 
 @router.post("/{order_id}/release", response_model=OrderPublic)
@@ -295,14 +356,27 @@ async def release_order(
 ) -> OrderPublic:
     """Release an approved order to a venue (traders only)."""
     ref = await locate(services, user, order_id)
-    grant = require(services, user, ref.fund, "orders", "release")
-    venue = (body.venue if body else None) or services.settings.default_venue
-    if venue not in services.settings.known_venues:
-        raise invalid(
-            "venue", f"unknown venue {venue}; known: {', '.join(services.settings.known_venues)}"
+    async with refusals_recorded(services, ref, user, "release"):
+        require(services, user, ref.fund, "orders", "release")
+        venue = (body.venue if body else None) or services.settings.default_venue
+        if venue not in services.settings.known_venues:
+            raise invalid(
+                "venue",
+                f"unknown venue {venue}; known: {', '.join(services.settings.known_venues)}",
+            )
+        authority = attest(
+            services,
+            user,
+            order_id=ref.order_id,
+            fund=ref.fund,
+            action=Action.RELEASE,
+            permission=("orders", "release"),
+            subject=venue,
         )
-    update = ReleaseInput(user=user, venue=venue, policy=grant.policy)
-    return await run_update(services, ref, "release", update)
+        update = ReleaseInput(
+            user=user, venue=venue, policy=authority.authority().policy, authority=authority
+        )
+        return await run_update(services, ref, "release", update)
 
 
 @router.post("/{order_id}/cancel", response_model=OrderPublic)
@@ -311,6 +385,19 @@ async def cancel_order(
 ) -> OrderPublic:
     """Cancel: at once before release, through pending_cancel after."""
     ref = await locate(services, user, order_id)
-    grant = require(services, user, ref.fund, "orders", "cancel")
-    update = CancelInput(user=user, reason=body.reason if body else "", policy=grant.policy)
-    return await run_update(services, ref, "cancel", update)
+    async with refusals_recorded(services, ref, user, "cancel"):
+        authority = attest(
+            services,
+            user,
+            order_id=ref.order_id,
+            fund=ref.fund,
+            action=Action.CANCEL,
+            permission=("orders", "cancel"),
+        )
+        update = CancelInput(
+            user=user,
+            reason=body.reason if body else "",
+            policy=authority.authority().policy,
+            authority=authority,
+        )
+        return await run_update(services, ref, "cancel", update)

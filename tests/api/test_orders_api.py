@@ -88,7 +88,7 @@ async def test_the_story_from_post_to_settled(stack: Stack) -> None:
     own = await stack.call("alice", "POST", f"/orders/{order_id}/approve", {"comment": "mine"})
     assert own.status_code == 403
     assert (await stack.call("bob", "GET", f"/orders/{order_id}")).status_code == 404
-    inbox = (await stack.call("dana", "GET", "/approvals")).json()
+    inbox = (await stack.call("dana", "GET", "/approvals?limit=200")).json()["items"]
     assert order_id in [o["order_id"] for o in inbox]
 
     approved = await stack.call("dana", "POST", f"/orders/{order_id}/approve", {"comment": "fine"})
@@ -367,7 +367,10 @@ async def test_read_endpoints_respect_funds(stack: Stack) -> None:
     assert (await stack.call("tom", "GET", "/positions")).status_code == 403
     assert (await stack.call("sim-venue", "GET", "/orders")).status_code == 403
     assert (await stack.call("alice", "GET", "/positions?fund=fund-beta")).status_code == 422
-    assert (await stack.call("alice", "GET", "/approvals")).json() == []
+    assert (await stack.call("alice", "GET", "/approvals")).json() == {
+        "items": [],
+        "next_cursor": None,
+    }
     health = await stack.http.get("/healthz")
     assert health.json() == {"status": "ok", "temporal": "ok", "database": "ok"}
     metrics = (await stack.http.get("/metrics")).text
@@ -551,7 +554,7 @@ async def test_an_order_running_on_the_first_workflow_finishes_on_it_through_the
     )
     pending = await stack.wait_for_status("alice", order_id, "pending_approval")
     assert pending["approvals"]["required"] == ["desk_head"]
-    listed = (await stack.call("dana", "GET", "/approvals")).json()
+    listed = (await stack.call("dana", "GET", "/approvals?limit=200")).json()["items"]
     assert order_id in [o["order_id"] for o in listed]
     own = await stack.call("alice", "POST", f"/orders/{order_id}/approve", {})
     assert own.status_code == 403

@@ -1,13 +1,16 @@
-"""Who may do what, in which fund: the real Casbin model and policy files."""
+"""Who may do what, in which fund: the real Casbin model and policy files.
+
+Every row is asked of Casbin itself (set up only with the Authorizer's domain matching function)
+and of the Authorizer's index, which must agree.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import casbin
 import pytest
 
-POLICIES = Path(__file__).resolve().parents[2] / "policies"
+from api.auth import Authorizer
+from tests.policies.reference import POLICIES, reference_enforcer
 
 FUNDS = ["fund-alpha", "fund-beta"]
 
@@ -62,6 +65,17 @@ TABLE: list[tuple[str, str, str, str, bool]] = [
     ("carl", "fund-alpha", "approvals", "desk_head", False),
     ("carl", "fund-gamma", "approvals", "cio", False),
     ("carl", "fund-alpha", "orders", "override", False),
+    # Head of trading: a firm-wide role that holds desk_head in every fund.
+    ("hana", "fund-alpha", "approvals", "desk_head", True),
+    ("hana", "fund-beta", "approvals", "desk_head", True),
+    ("hana", "fund-gamma", "approvals", "desk_head", True),
+    ("hana", "fund-alpha", "approvals", "cio", False),
+    ("hana", "fund-beta", "approvals", "cio", False),
+    ("hana", "fund-alpha", "orders", "read", True),
+    ("hana", "fund-beta", "positions", "read", True),
+    ("hana", "fund-alpha", "orders", "create", False),
+    ("hana", "fund-alpha", "orders", "release", False),
+    ("hana", "fund-alpha", "orders", "override", False),
     # Compliance: firm-wide, in every fund, even one the policy never names.
     ("cora", "fund-alpha", "orders", "override", True),
     ("cora", "fund-beta", "orders", "override", True),
@@ -113,7 +127,12 @@ TABLE: list[tuple[str, str, str, str, bool]] = [
 
 @pytest.fixture(scope="module")
 def enforcer() -> casbin.Enforcer:
-    return casbin.Enforcer(str(POLICIES / "model.conf"), str(POLICIES / "policy.csv"))
+    return reference_enforcer(POLICIES)
+
+
+@pytest.fixture(scope="module")
+def authorizer() -> Authorizer:
+    return Authorizer(POLICIES)
 
 
 @pytest.mark.parametrize(
@@ -122,9 +141,16 @@ def enforcer() -> casbin.Enforcer:
     ids=[f"{u or '<empty>'}-{f}-{o}-{a}-{'allow' if ok else 'deny'}" for u, f, o, a, ok in TABLE],
 )
 def test_policy_table(
-    enforcer: casbin.Enforcer, user: str, fund: str, obj: str, act: str, allowed: bool
+    enforcer: casbin.Enforcer,
+    authorizer: Authorizer,
+    user: str,
+    fund: str,
+    obj: str,
+    act: str,
+    allowed: bool,
 ) -> None:
     assert enforcer.enforce(user, fund, obj, act) is allowed
+    assert (authorizer.check(user, fund, obj, act) is not None) is allowed
 
 
 def test_table_has_no_contradictions() -> None:
@@ -143,6 +169,10 @@ def test_table_has_no_contradictions() -> None:
             ["desk_head", "*", "approvals", "desk_head"],
         ),
         (("carl", "fund-alpha", "approvals", "cio"), ["cio", "*", "approvals", "cio"]),
+        (
+            ("hana", "fund-alpha", "approvals", "desk_head"),
+            ["desk_head", "*", "approvals", "desk_head"],
+        ),
         (("cora", "fund-gamma", "orders", "override"), ["compliance", "*", "orders", "override"]),
         (
             ("sim-venue", "fund-beta", "executions", "create"),
@@ -151,11 +181,17 @@ def test_table_has_no_contradictions() -> None:
     ],
 )
 def test_enforce_ex_explains_an_allowed_request(
-    enforcer: casbin.Enforcer, request_: tuple[str, str, str, str], rule: list[str]
+    enforcer: casbin.Enforcer,
+    authorizer: Authorizer,
+    request_: tuple[str, str, str, str],
+    rule: list[str],
 ) -> None:
     allowed, explain = enforcer.enforce_ex(*request_)
     assert allowed is True
     assert explain == rule
+    grant = authorizer.check(*request_)
+    assert grant is not None
+    assert grant.policy == rule
 
 
 def test_enforce_ex_explains_nothing_for_a_denied_request(enforcer: casbin.Enforcer) -> None:
@@ -172,10 +208,32 @@ def test_roles_per_fund(enforcer: casbin.Enforcer) -> None:
         assert enforcer.get_roles_for_user_in_domain("tom", fund) == ["trader"]
 
 
-def test_every_permission_is_granted_to_some_user(enforcer: casbin.Enforcer) -> None:
-    granted_roles = {rule[1] for rule in enforcer.get_grouping_policy()}
+def test_every_permission_is_held_by_some_user(
+    enforcer: casbin.Enforcer, authorizer: Authorizer
+) -> None:
+    users = {rule[0] for rule in enforcer.get_grouping_policy()} - all_roles(enforcer)
+    held = {
+        role
+        for user in users
+        for fund in [*FUNDS, "fund-gamma"]
+        for role in authorizer.roles(user, fund)
+    }
+    assert {rule[0] for rule in enforcer.get_policy()} <= held
+
+
+def test_every_granted_role_grants_something(
+    enforcer: casbin.Enforcer, authorizer: Authorizer
+) -> None:
+    # A role with no permission of its own (head_of_trading) must inherit one that has some.
     policy_roles = {rule[0] for rule in enforcer.get_policy()}
-    assert policy_roles == granted_roles
+    for role in {rule[1] for rule in enforcer.get_grouping_policy()}:
+        assert {role, *authorizer.roles(role, "fund-gamma")} & policy_roles, role
+
+
+def all_roles(enforcer: casbin.Enforcer) -> set[str]:
+    return {rule[0] for rule in enforcer.get_policy()} | {
+        rule[1] for rule in enforcer.get_grouping_policy()
+    }
 
 
 @pytest.mark.parametrize(
@@ -184,20 +242,23 @@ def test_every_permission_is_granted_to_some_user(enforcer: casbin.Enforcer) -> 
         ("pm", "orders", "create"),
         ("compliance", "orders", "override"),
         ("venue", "executions", "create"),
+        ("head_of_trading", "approvals", "desk_head"),
     ],
 )
 def test_a_role_name_as_subject_passes_the_raw_enforcer(
-    enforcer: casbin.Enforcer, role: str, obj: str, act: str
+    enforcer: casbin.Enforcer, authorizer: Authorizer, role: str, obj: str, act: str
 ) -> None:
     # Casbin's role manager links a name to itself, so a subject spelled like a role holds that
-    # role's permissions in every fund. The API refuses subjects the policy grants nothing
-    # (Authorizer.is_known_user), and the next test keeps role names out of the user names.
+    # role's permissions in every fund; the index answers as Casbin does. The API refuses
+    # subjects that are not users (Authorizer.is_known_user, next test).
     assert enforcer.enforce(role, "fund-gamma", obj, act) is True
+    assert authorizer.check(role, "fund-gamma", obj, act) is not None
 
 
-def test_no_user_is_named_like_a_role(enforcer: casbin.Enforcer) -> None:
-    users = {rule[0] for rule in enforcer.get_grouping_policy()}
-    roles = {rule[0] for rule in enforcer.get_policy()} | {
-        rule[1] for rule in enforcer.get_grouping_policy()
-    }
-    assert users.isdisjoint(roles)
+def test_no_role_is_a_known_user(enforcer: casbin.Enforcer, authorizer: Authorizer) -> None:
+    # head_of_trading stands first in a `g` line, as users do: it is a role all the same.
+    for role in all_roles(enforcer):
+        assert authorizer.is_known_user(role) is False, role
+    for user in ["alice", "bob", "tom", "dana", "carl", "cora", "mike", "betty", "hana"]:
+        assert authorizer.is_known_user(user) is True, user
+    assert authorizer.is_known_user("mallory") is False

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateStage
 from temporalio.testing import WorkflowEnvironment
 
 from activities.back_office import SimulatedBackOffice
@@ -22,6 +22,7 @@ from domain.executions import ExecutionReport
 from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderStatus, SettlementStatus
 from domain.order import Order
+from tests.authority import creation, signing_client
 from venues.sinks import TemporalCallbacks
 from worker import build_back_office_worker, build_orders_worker
 from workflows.messages import OrderTimeouts, OrderWorkflowInput, SettlementUpdateInput
@@ -52,8 +53,13 @@ class Desk:
         task_queue: str | None = None,
         back_office_queue: str | None = None,
         task_timeout: timedelta | None = None,
+        attest_creation: bool = True,
         **fields: Any,
     ) -> OrderHandle:
+        """Start an order as the API does: the start, then the creator's attested word.
+
+        `attest_creation=False` starts it the way only someone with Temporal access could.
+        """
         allocations = fields.pop(
             "allocations",
             [AllocationRequest(account="alpha-main", quantity=Decimal(quantity))],
@@ -73,7 +79,7 @@ class Desk:
             if manual_back_office
             else self.settings.back_office_task_queue
         )
-        return await self.client.start_workflow(
+        handle = await self.client.start_workflow(
             OrderWorkflow.run,
             OrderWorkflowInput(
                 order_id=order_id,
@@ -87,6 +93,13 @@ class Desk:
             task_queue=task_queue or self.settings.orders_task_queue,
             task_timeout=task_timeout,
         )
+        if attest_creation:
+            await handle.start_update(
+                OrderWorkflow.await_compliance,
+                creation(order_id, created_by, await self.env.get_current_time()),
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            )
+        return handle
 
 
 async def wait_for_status(handle: OrderHandle, *statuses: OrderStatus, within: float = 15) -> Order:
@@ -133,7 +146,7 @@ async def desk(
         simulator_fill_delay_seconds=0.05,
         worker_max_concurrent_activities=8,
     )
-    client = time_skipping_env.client
+    client = signing_client(time_skipping_env.client, time_skipping_env.get_current_time)
     callbacks = ServerClockCallbacks(TemporalCallbacks(client), time_skipping_env)
     back_office = SimulatedBackOffice(callbacks, layer_sessions, user="betty", delay_seconds=0.05)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
@@ -175,5 +188,7 @@ async def confirm_settlement(handle: OrderHandle, settlement_id: str) -> None:
 
 
 SHORT_APPROVALS = OrderTimeouts(
-    approval_escalate_after=timedelta(hours=1), approval_expire_after=timedelta(hours=2)
+    approval_escalate_after=timedelta(hours=1),
+    approval_expire_after=timedelta(hours=2),
+    override_approval_deadlines=True,
 )

@@ -35,6 +35,7 @@ from domain.errors import RefusalType
 from domain.models import ExecType, OrderStatus
 from domain.order import FlagKind, Order
 from domain.status import OrderEvent
+from tests.authority import signing_client
 from tests.workflows.conftest import Desk, OrderHandle, confirm_settlement, wait_for_status
 from tests.workflows.test_order_workflow import approve_as, report_input
 from venues.base import Venue, VenueOrder, VenueOrderStatus, VenueRefusedError
@@ -146,9 +147,13 @@ async def test_expiry_timer_in_the_same_task_as_an_approval_counts_the_approval(
     while a workflow task waits for a worker, and that wait is what puts the fired timer and
     the approval in one task.
     """
-    live = Desk(dev_env.client, dev_env, desk.settings, desk.manual_back_office_queue)
+    live = Desk(
+        signing_client(dev_env.client), dev_env, desk.settings, desk.manual_back_office_queue
+    )
     timeouts = OrderTimeouts(
-        approval_escalate_after=timedelta(seconds=1), approval_expire_after=timedelta(seconds=2)
+        approval_escalate_after=timedelta(seconds=1),
+        approval_expire_after=timedelta(seconds=2),
+        override_approval_deadlines=True,
     )
     async with order_worker(live, layer_sessions) as queue:
         handle = await live.start(quantity="10", task_queue=queue, timeouts=timeouts)
