@@ -174,7 +174,7 @@ def _banner(settings: Settings) -> None:
                 f"  Temporal UI   http://{settings.temporal_host}:{settings.temporal_ui_port}",
                 f"  Temporal      {settings.resolved_temporal_address} (state in {settings.data_dir / 'temporal.db'})",
                 f"  Read model    {settings.resolved_database_url}",
-                "  Token         .venv/bin/oms token alice   (users: alice bob tom dana carl cora mike betty)",
+                "  Token         .venv/bin/oms token alice   (users: alice bob tom dana carl hana cora mike betty)",
                 f'  Try           curl -H "Authorization: Bearer $(.venv/bin/oms token alice)" {api}/orders',
                 "",
             ]

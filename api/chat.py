@@ -348,10 +348,17 @@ def inbox_reply(lines: Iterable[InboxLine], more: int, more_is_lower_bound: bool
     return reply(f"{count} orders wait on your approval", blocks)
 
 
+_ORDER_ID_ECHO = 40
+
+
 def refusal_reply(error: ApiError, order_id: str = "") -> dict[str, Any]:
     """The private answer to a refused request: what the OMS said, in words for people."""
     if error.status == 404:
-        text = f"No order {order_id} that you can see." if order_id else "Not found."
+        # Echo a typed id back only as far as an id goes: it is whatever someone typed.
+        shown = escape(order_id[:_ORDER_ID_ECHO]) + (
+            "..." if len(order_id) > _ORDER_ID_ECHO else ""
+        )
+        text = f"No order {shown} that you can see." if order_id else "Not found."
     elif error.status == 403:
         text = f"Refused: {error.message}."
     elif error.status == 503:

@@ -408,3 +408,10 @@ def test_oms_dev_says_where_slack_posts_and_whether_notices_go_out() -> None:
     assert "a-real-secret-from-slack" not in production
     assert "secret-part" not in production
     assert "posted to OMS_CHAT_WEBHOOK_URL" in production
+
+
+async def test_an_absurd_order_id_is_not_echoed_back_whole(stack: Stack) -> None:
+    answer = await command(stack, "U0DANA", "approve " + "x" * 5000 + " <!channel>")
+    assert answer["response_type"] == "ephemeral"
+    assert len(answer["text"]) < 120
+    assert "<!channel>" not in json.dumps(answer)
