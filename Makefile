@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.lifecycle $(BENCH_ARGS)
 	$(BIN)/python -m bench.authority
+	$(BIN)/python -m bench.compliance
 
 clean:
 	rm -rf $(VENV) .oms .pytest_cache .mypy_cache .ruff_cache

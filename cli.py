@@ -11,6 +11,7 @@ import sys
 import uuid
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -169,13 +170,21 @@ def _cmd_order(args: argparse.Namespace, settings: Settings) -> int:
     bodies: dict[str, dict[str, Any]] = {
         "approve": {"comment": text},
         "reject": {"reason": text},
-        "override": {"justification": text},
+        "override": {"justification": text, "rules": getattr(args, "rules", None) or []},
         "release": {"venue": args.venue} if getattr(args, "venue", None) else {},
         "cancel": {"reason": text},
     }
     return _call(
         settings, args.as_user, "POST", f"/orders/{args.order_id}/{action}", bodies[action]
     )
+
+
+def _cmd_kill_switch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "show":
+        path = "/kill-switch" if args.fund is None else f"/kill-switch?fund={quote(args.fund)}"
+        return _call(settings, args.as_user, "GET", path)
+    body = {"engaged": args.action == "engage", "reason": args.reason}
+    return _call(settings, args.as_user, "PUT", f"/kill-switch/{quote(args.fund)}", body)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,9 +238,32 @@ def build_parser() -> argparse.ArgumentParser:
             one.add_argument("text", nargs="?", help="comment, reason or justification")
         if name == "release":
             one.add_argument("--venue")
+        if name == "override":
+            one.add_argument(
+                "--rule",
+                dest="rules",
+                action="append",
+                help="a warned rule the override accepts (repeat: every warned rule)",
+            )
     for action_parser in actions.choices.values():
         action_parser.add_argument("--as", dest="as_user", required=True, help="act as this user")
     order.set_defaults(run=_cmd_order)
+
+    kill_switch = sub.add_parser(
+        "kill-switch", help="engage, lift or show kill switches per fund or firm-wide (compliance)"
+    )
+    switch_actions = kill_switch.add_subparsers(dest="action", required=True)
+    for name in ("engage", "lift"):
+        one = switch_actions.add_parser(
+            name, help=f"{name} the kill switch of a fund ('*': the firm)"
+        )
+        one.add_argument("fund", help="a fund, or '*' for the firm (quote it in a shell)")
+        one.add_argument("--reason", required=True, help="why (recorded with who and when)")
+    show = switch_actions.add_parser("show", help="list the engaged kill switches")
+    show.add_argument("fund", nargs="?", help="only those covering this fund")
+    for action_parser in switch_actions.choices.values():
+        action_parser.add_argument("--as", dest="as_user", required=True, help="act as this user")
+    kill_switch.set_defaults(run=_cmd_kill_switch)
     return parser
 
 

@@ -15,9 +15,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.assessment import AssessmentActivities
 from activities.back_office import BackOfficeActivities, SimulatedBackOffice
 from activities.compliance import ComplianceActivities, load_approval_policies
 from activities.notifications import ChatNotifications, load_chat_users
+from activities.portfolio import PortfolioActivities, ReadModelPrices
 from activities.projection import ProjectionActivities
 from activities.venue import VenueActivities
 from api.auth import Authorizer
@@ -115,6 +117,8 @@ def build_orders_worker(
     simulator = build_simulated_venue(settings, sessions, sink)
     projection = ProjectionActivities(sessions)
     compliance = ComplianceActivities(sessions, settings.policies_dir)
+    portfolio = PortfolioActivities(sessions, ReadModelPrices(sessions))
+    assessment = AssessmentActivities(portfolio, settings.policies_dir)
     manual = ManualVenue()
     venues = VenueActivities({simulator.name: simulator, manual.name: manual})
     notifications = ChatNotifications(
@@ -135,6 +139,8 @@ def build_orders_worker(
         activities=[
             projection.project_events,
             compliance.pre_trade_data,
+            portfolio.portfolio_snapshot,
+            assessment.assess_order,
             venues.submit_order,
             venues.cancel_at_venue,
             venues.venue_order_status,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 from pydantic import BaseModel
 from temporalio import activity
@@ -21,6 +20,12 @@ from domain.approvals import (
     parse_approval_policies,
 )
 from domain.compliance import fx_pair_symbols, fx_rate
+from domain.compliance_policy import (
+    MaxOrderNotionalParams,
+    RestrictedListParams,
+    Severity,
+    parse_compliance_policy,
+)
 from domain.errors import RefusalType
 from domain.models import ComplianceSnapshot, Instrument, OrderRequest
 
@@ -54,13 +59,46 @@ class PreTradeData(BaseModel):
     approval_policy: FundApprovalPolicy | None = None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    with path.open("rb") as handle:
-        return tomllib.load(handle)
+class _LegacyLimits(NamedTuple):
+    restricted_symbols: list[str]
+    max_order_notional: Decimal | None
+    warn_order_notional: Decimal | None
 
 
-def _optional_decimal(value: object) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
+def _legacy_limits(
+    policies_dir: Path, order: OrderRequest, instrument: Instrument
+) -> _LegacyLimits:
+    """Derive the first snapshot's restricted list and notional limits from today's rules.
+
+    Orders still on the first workflow judge with `domain.compliance.evaluate`, which knows one
+    restricted list and two notional limits. They are read from `compliance.toml` as the
+    assessment would apply them to `order`: the symbols of every hard (`fail`) restricted list
+    of the firm and of the fund, and the lowest of the `max_order_notional` rules that apply to
+    the instrument, hard and soft. Restricted issuers, and every other rule type, have no place
+    in the first snapshot and are left out.
+
+    Raises:
+        CompliancePolicyError: the file breaks one of its rules. It is left retryable on
+            purpose, as the approval matrix's is: the order waits until the file is fixed.
+    """
+    path = policies_dir / "compliance.toml"
+    policy = parse_compliance_policy(path.read_bytes(), source=str(path))
+    restricted: list[str] = []
+    hard: list[Decimal] = []
+    soft: list[Decimal] = []
+    for rule in policy.rules_for(order.fund):
+        params = rule.typed_params
+        if isinstance(params, RestrictedListParams) and rule.severity is Severity.FAIL:
+            restricted += [s for s in params.symbols if s not in restricted]
+        elif isinstance(params, MaxOrderNotionalParams) and params.applies_to(
+            order.symbol, instrument.asset_class
+        ):
+            (hard if rule.severity is Severity.FAIL else soft).append(params.max_notional)
+    return _LegacyLimits(
+        restricted_symbols=restricted,
+        max_order_notional=min(hard, default=None),
+        warn_order_notional=min(soft, default=None),
+    )
 
 
 def take_snapshot(
@@ -87,14 +125,13 @@ def take_snapshot(
                 if pair is not None:
                     pairs[symbol] = pair
             rate = fx_rate(instrument.currency, fund_currency, pairs)
-    rules = _read_toml(policies_dir / "compliance.toml")
-    fund_rules = rules.get("funds", {}).get(order.fund, {})
+    limits = _legacy_limits(policies_dir, order, instrument)
     return ComplianceSnapshot(
         fund=order.fund,
         instrument=instrument,
-        restricted_symbols=list(rules.get("firm", {}).get("restricted_symbols", [])),
-        max_order_notional=_optional_decimal(fund_rules.get("max_order_notional")),
-        warn_order_notional=_optional_decimal(fund_rules.get("warn_order_notional")),
+        restricted_symbols=limits.restricted_symbols,
+        max_order_notional=limits.max_order_notional,
+        warn_order_notional=limits.warn_order_notional,
         taken_at=datetime.now(UTC),
         fund_currency=fund_currency,
         fx_rate=None if rate is None else rate.rate,

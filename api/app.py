@@ -15,6 +15,7 @@ from api.errors import install_error_handlers
 from api.metrics import Metrics, metrics_middleware
 from api.routers import approvals, compliance, executions, health, orders, settlements, views
 from api.routers import chat as chat_router
+from api.routers import kill_switch as kill_switch_router
 from config import Settings
 from db.engine import create_schema, make_engine, session_factory
 
@@ -64,4 +65,5 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         app.include_router(module.router)
     # Chat-ops: verified by the Slack signing secret, not by a bearer token.
     app.include_router(chat_router.router)
+    app.include_router(kill_switch_router.router)
     return app

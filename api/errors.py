@@ -69,6 +69,8 @@ _REFUSAL_STATUS: dict[str, tuple[int, str]] = {
     RefusalType.INVALID_INPUT: (422, "invalid"),
     RefusalType.VENUE_REFUSED: (409, "venue_refused"),
     RefusalType.EXECUTION_REFUSED: (409, "execution_refused"),
+    RefusalType.COMPLIANCE_REFUSED: (409, "compliance_refused"),
+    RefusalType.KILL_SWITCH_ENGAGED: (423, "kill_switch_engaged"),
 }
 
 

@@ -31,8 +31,9 @@ from domain.order import Order
 from workflows.order import WORKFLOW_TYPE
 
 logger = logging.getLogger(__name__)
-# Refusals of a person's action worth compliance's eye: forbidden, impossible now, or invalid.
-_AUDITED_REFUSALS = frozenset({403, 409, 422})
+# Refusals of a person's action worth compliance's eye: forbidden, impossible now, invalid, or
+# stopped by a kill switch.
+_AUDITED_REFUSALS = frozenset({403, 409, 422, 423})
 ORDER_ID_PATTERN = re.compile(r"^ord_[0-9a-f]{20}$")
 _RPC_TIMEOUT = timedelta(seconds=15)
 

@@ -39,6 +39,9 @@ class RejectBody(BaseModel):
 
 class OverrideBody(BaseModel):
     justification: str = Field(min_length=1, max_length=4000)
+    rules: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=100, description="Every warned rule the override accepts."
+    )
 
 
 class ReleaseBody(BaseModel):
@@ -337,3 +340,75 @@ class ExecutionAnswer(BaseModel):
     leaves_quantity: Decimal | None = None
     average_price: Decimal | None = None
     version: int | None = None
+
+
+def _stated(text: str) -> str:
+    """Refuse a text that says nothing (only spaces); keep it without its surrounding spaces."""
+    text = text.strip()
+    if not text:
+        raise ValueError("must say something")
+    return text
+
+
+class KillSwitchBody(BaseModel):
+    """`PUT /kill-switch/{fund}`: engage (true) or lift (false), and why (required both ways)."""
+
+    engaged: bool = Field(strict=True)
+    reason: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_stated)]
+
+
+class KillSwitchView(BaseModel):
+    """An engaged kill switch, as `GET /kill-switch` lists it."""
+
+    scope: str = Field(description='The fund it covers, or "*" for the whole firm.')
+    engaged: bool
+    engaged_by: str = Field(description="Who engaged it (last, if engaged again).")
+    reason: str
+    engaged_at: datetime = Field(description="Since when it has been engaged.")
+    updated_at: datetime
+
+
+class KillSwitchCancelFailure(BaseModel):
+    """An order in scope whose cancel was refused (it filled meanwhile, say) or did not get through."""
+
+    order_id: str
+    fund: str
+    status: int = Field(description="The HTTP status the cancel would have answered.")
+    code: str
+    message: str
+
+
+class KillSwitchSweep(BaseModel):
+    """What engaging did to the orders in scope at the venue."""
+
+    orders_at_venue: int = Field(
+        description="Orders in scope the read model showed released, working, partially filled "
+        "or pending replace when the sweep looked."
+    )
+    cancel_requested: list[str] = Field(
+        description="Orders whose cancel the order took: they are pending cancel (or canceled)."
+    )
+    failed: list[KillSwitchCancelFailure]
+
+
+class KillSwitchAnswer(BaseModel):
+    """The answer to `PUT /kill-switch/{fund}`: the switch as it now stands, and the sweep."""
+
+    scope: str
+    engaged: bool
+    by: str = Field(description="Who made this change.")
+    reason: str = Field(description="Why, as given with this change.")
+    at: datetime
+    engaged_by: str | None = Field(description="While engaged: who engaged it (last).")
+    engaged_at: datetime | None = Field(description="While engaged: since when.")
+    sweep: KillSwitchSweep | None = Field(description="Engaging only: the orders canceled.")
+
+
+class KillSwitchEvent(BaseModel):
+    """One change of a kill switch, from its audit trail."""
+
+    scope: str
+    engaged: bool
+    by: str
+    reason: str
+    at: datetime

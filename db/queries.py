@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import and_, func, literal, not_, or_, update
+from sqlalchemy import and_, case, delete, func, literal, not_, or_, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from db.tables import (
+    FIRM_WIDE_SCOPE,
     AccountRow,
     AllocationRow,
+    ComplianceReservationRow,
     ExecutionRow,
     FundRow,
+    HoldingSodRow,
     InstrumentRow,
+    KillSwitchEventRow,
+    KillSwitchRow,
+    MarketRow,
     OrderEventRow,
     OrderRow,
     PositionRow,
@@ -548,3 +555,340 @@ def list_settlements(
             query.order_by(col(SettlementRow.settlement_date), col(SettlementRow.settlement_id))
         )
     )
+
+
+# ---- kill switches ----------------------------------------------------------------------------
+
+
+def engaged_kill_switches(session: Session, fund: str) -> list[KillSwitchRow]:
+    """Return the kill switches engaged for `fund`: the firm's ("*") first, then the fund's own."""
+    rows = session.exec(
+        select(KillSwitchRow).where(
+            col(KillSwitchRow.engaged), col(KillSwitchRow.scope).in_([FIRM_WIDE_SCOPE, fund])
+        )
+    )
+    return sorted(rows, key=lambda row: row.scope != FIRM_WIDE_SCOPE)
+
+
+def all_engaged_kill_switches(session: Session) -> list[KillSwitchRow]:
+    """Return every engaged kill switch, the firm's first, then by fund."""
+    rows = session.exec(select(KillSwitchRow).where(col(KillSwitchRow.engaged)))
+    return sorted(rows, key=lambda row: (row.scope != FIRM_WIDE_SCOPE, row.scope))
+
+
+def get_kill_switch(session: Session, scope: str) -> KillSwitchRow | None:
+    return session.get(KillSwitchRow, scope)
+
+
+def set_kill_switch(
+    session: Session, scope: str, *, engaged: bool, by: str, reason: str, at: datetime
+) -> KillSwitchRow | None:
+    """Engage (again) or lift the kill switch of `scope`, and record the change, in one transaction.
+
+    Engaging an engaged switch keeps the time it was first engaged and takes the new author and
+    reason. Lifting keeps who engaged it and why (the event says who lifted it); lifting a switch
+    that was never engaged only records the request.
+
+    Returns:
+        The switch as it now stands, or None when there has never been one for `scope`.
+    """
+    if engaged:
+        insert = dialect_insert(session, KillSwitchRow).values(
+            scope=scope, engaged=True, engaged_by=by, reason=reason, engaged_at=at, updated_at=at
+        )
+        # One statement, so two compliance officers engaging at once leave one row, engaged
+        # since the first of them.
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["scope"],
+                set_={
+                    "engaged": True,
+                    "engaged_by": insert.excluded.engaged_by,
+                    "reason": insert.excluded.reason,
+                    "updated_at": insert.excluded.updated_at,
+                    "engaged_at": case(
+                        (col(KillSwitchRow.engaged), col(KillSwitchRow.engaged_at)),
+                        else_=insert.excluded.engaged_at,
+                    ),
+                },
+            )
+        )
+    else:
+        session.execute(
+            update(KillSwitchRow)
+            .where(col(KillSwitchRow.scope) == scope)
+            .values(engaged=False, updated_at=at)
+        )
+    session.add(KillSwitchEventRow(scope=scope, engaged=engaged, by=by, reason=reason, at=at))
+    session.commit()
+    # The statements above bypassed the session: a row it holds already is stale.
+    return session.get(KillSwitchRow, scope, populate_existing=True)
+
+
+def kill_switch_events(
+    session: Session, scopes: Sequence[str] | None, limit: int
+) -> list[KillSwitchEventRow]:
+    """Return the latest changes of the kill switches of `scopes` (None: all), newest first."""
+    query = select(KillSwitchEventRow)
+    if scopes is not None:
+        query = query.where(col(KillSwitchEventRow.scope).in_(list(scopes)))
+    query = query.order_by(col(KillSwitchEventRow.at).desc(), col(KillSwitchEventRow.id).desc())
+    return list(session.exec(query.limit(limit)))
+
+
+def orders_at_venue(
+    session: Session, scope: str, statuses: Iterable[str]
+) -> list[tuple[str, str, str]]:
+    """Return (order id, fund, workflow type) of the orders of `scope` ("*": every fund) in `statuses`.
+
+    Oldest first: the sweep of a kill switch cancels what has been at the venue longest first.
+    """
+    query = select(OrderRow.order_id, OrderRow.fund, OrderRow.workflow_type).where(
+        col(OrderRow.status).in_(list(statuses))
+    )
+    if scope != FIRM_WIDE_SCOPE:
+        query = query.where(OrderRow.fund == scope)
+    query = query.order_by(col(OrderRow.created_at), col(OrderRow.order_id))
+    return [(row[0], row[1], row[2]) for row in session.exec(query)]
+
+
+# ---- the portfolio pre-trade compliance looks at ----------------------------------------------
+
+# Symbols per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits, for a
+# fund of 10,000 positions.
+_IN_CHUNK = 1000
+
+
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    ordered = sorted(set(values))
+    for start in range(0, len(ordered), _IN_CHUNK):
+        yield ordered[start : start + _IN_CHUNK]
+
+
+def lock_fund_for_check(session: Session, fund: str) -> FundRow | None:
+    """Begin the fund's pre-trade check: from here to the commit, no other check of it runs.
+
+    Call it first in a fresh session. PostgreSQL locks the fund's row (`FOR NO KEY UPDATE`),
+    so a second check of the fund waits here until the first commits, and then reads (each
+    statement sees what was committed before it) the first one's reservation. SQLite locks no
+    rows: its write transaction is begun at once (`BEGIN IMMEDIATE`), which waits for any other
+    writer, instead of at the first write, when two checks could both have read already.
+
+    Returns:
+        The fund's row, or None when there is no such fund (the transaction is still open).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        # pysqlite would begin only at the first INSERT; an explicit BEGIN is kept until the
+        # session's commit or rollback, which the driver passes on.
+        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        return session.get(FundRow, fund)
+    # FOR NO KEY UPDATE: checks of the fund exclude each other, but a row that refers to the fund
+    # (an account being added) need not wait for one.
+    return session.get(FundRow, fund, with_for_update={"key_share": True}, populate_existing=True)
+
+
+def fund_holdings(session: Session, fund: str) -> dict[str, Decimal]:
+    """Return the fund's holdings per symbol over all its accounts: start of day plus booked.
+
+    `holdings_sod` is the book as it stood before the allocations this read model holds, and
+    `positions` is rebuilt from those allocations, so the two add up without counting a trade
+    twice. (Rolling a day over must move positions into `holdings_sod` and retire their
+    allocations in one transaction; nothing does that yet.) Symbols netting to zero are left out.
+    """
+    totals: dict[str, Decimal] = {}
+    sod = session.execute(
+        select(col(HoldingSodRow.symbol), col(HoldingSodRow.quantity)).where(
+            HoldingSodRow.fund == fund
+        )
+    )
+    booked = session.execute(
+        select(col(PositionRow.symbol), col(PositionRow.quantity)).where(PositionRow.fund == fund)
+    )
+    for symbol, quantity in [*sod, *booked]:
+        totals[symbol] = totals.get(symbol, Decimal(0)) + quantity
+    return {symbol: tidy(quantity) for symbol, quantity in sorted(totals.items()) if quantity}
+
+
+@dataclass(frozen=True)
+class InstrumentReference:
+    """An instrument's reference data without its price (prices come from a price source)."""
+
+    symbol: str
+    asset_class: str
+    currency: str
+    lot_size: Decimal
+    issuer: str
+    sector: str
+    market: str | None
+
+
+def instrument_references(
+    session: Session, symbols: Iterable[str]
+) -> dict[str, InstrumentReference]:
+    """Return the reference data of those of `symbols` that are known, by symbol."""
+    found: dict[str, InstrumentReference] = {}
+    for chunk in _chunks(symbols):
+        # Plain rows, not ORM objects: a fund may hold 10,000 instruments.
+        rows = session.execute(
+            sql_select(
+                col(InstrumentRow.symbol),
+                col(InstrumentRow.asset_class),
+                col(InstrumentRow.currency),
+                col(InstrumentRow.lot_size),
+                col(InstrumentRow.issuer),
+                col(InstrumentRow.sector),
+                col(InstrumentRow.market),
+            ).where(col(InstrumentRow.symbol).in_(chunk))
+        )
+        for symbol, asset_class, currency, lot_size, issuer, sector, market in rows:
+            found[symbol] = InstrumentReference(
+                symbol=symbol,
+                asset_class=asset_class,
+                currency=currency,
+                lot_size=tidy(lot_size),
+                issuer=issuer,
+                sector=sector,
+                market=market,
+            )
+    return found
+
+
+def instrument_reference_prices(session: Session, symbols: Iterable[str]) -> dict[str, Decimal]:
+    """Return the instruments' reference prices, for those of `symbols` that are known."""
+    prices: dict[str, Decimal] = {}
+    for chunk in _chunks(symbols):
+        rows = session.execute(
+            select(col(InstrumentRow.symbol), col(InstrumentRow.reference_price)).where(
+                col(InstrumentRow.symbol).in_(chunk)
+            )
+        )
+        prices.update((symbol, tidy(price)) for symbol, price in rows)
+    return prices
+
+
+def all_markets(session: Session) -> dict[str, MarketRow]:
+    """Return every market's trading hours, by market code."""
+    return {row.market: row for row in session.exec(select(MarketRow))}
+
+
+@dataclass(frozen=True)
+class ReservationWithStatus:
+    """A compliance reservation and, when the order has a row yet, where the order stands."""
+
+    reservation: ComplianceReservationRow
+    status: str | None
+    quantity: Decimal | None
+    filled_quantity: Decimal | None
+
+
+def reservations_with_status(
+    session: Session, fund: str, exclude_order_id: str
+) -> list[ReservationWithStatus]:
+    """Return the fund's reservations but `exclude_order_id`'s, each with its order's status.
+
+    The order's row may not be there yet (its check runs before the projection catches up): the
+    join is an outer one, and such a reservation comes with status None.
+    """
+    rows = session.execute(
+        select(
+            ComplianceReservationRow,
+            col(OrderRow.status),
+            col(OrderRow.quantity),
+            col(OrderRow.filled_quantity),
+        )
+        .outerjoin(OrderRow, col(OrderRow.order_id) == col(ComplianceReservationRow.order_id))
+        .where(
+            ComplianceReservationRow.fund == fund,
+            ComplianceReservationRow.order_id != exclude_order_id,
+        )
+        .order_by(col(ComplianceReservationRow.created_at), col(ComplianceReservationRow.order_id))
+    )
+    return [
+        ReservationWithStatus(reservation, status, quantity, filled)
+        for reservation, status, quantity, filled in rows
+    ]
+
+
+def unreserved_orders(
+    session: Session, fund: str, statuses: Iterable[str], exclude_order_id: str
+) -> list[OrderRow]:
+    """Return the fund's orders in `statuses` that hold no reservation, but `exclude_order_id`.
+
+    Orders created before reservations existed (and orders of the first workflow) still count
+    against the fund's limits; the caller values them now.
+    """
+    reserved = select(ComplianceReservationRow.order_id).where(
+        ComplianceReservationRow.order_id == OrderRow.order_id
+    )
+    return list(
+        session.exec(
+            select(OrderRow)
+            .where(
+                OrderRow.fund == fund,
+                col(OrderRow.status).in_(list(statuses)),
+                OrderRow.order_id != exclude_order_id,
+                not_(reserved.exists()),
+            )
+            .order_by(col(OrderRow.created_at), col(OrderRow.order_id))
+        )
+    )
+
+
+@dataclass(frozen=True)
+class CreatedOrder:
+    """An order as the duplicate and rate rules see it."""
+
+    order_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    created_by: str
+    created_at: datetime
+
+
+def orders_created_since(
+    session: Session, fund: str, since: datetime, exclude_order_id: str
+) -> list[CreatedOrder]:
+    """Return the fund's orders created at or after `since`, but `exclude_order_id`, oldest first."""
+    rows = session.execute(
+        sql_select(
+            col(OrderRow.order_id),
+            col(OrderRow.symbol),
+            col(OrderRow.side),
+            col(OrderRow.quantity),
+            col(OrderRow.created_by),
+            col(OrderRow.created_at),
+        )
+        .where(
+            col(OrderRow.fund) == fund,
+            col(OrderRow.created_at) >= since,
+            col(OrderRow.order_id) != exclude_order_id,
+        )
+        .order_by(col(OrderRow.created_at), col(OrderRow.order_id))
+    )
+    return [CreatedOrder(*row) for row in rows]
+
+
+def upsert_reservation(session: Session, reservation: ComplianceReservationRow) -> None:
+    """Write the order's reservation; a second check of the order replaces what it reserves.
+
+    `created_at` stays as first written: the order reserved from then on.
+    """
+    values = reservation.model_dump()
+    insert = dialect_insert(session, ComplianceReservationRow).values(**values)
+    kept = {"order_id", "created_at"}
+    statement = insert.on_conflict_do_update(
+        index_elements=["order_id"],
+        set_={k: insert.excluded[k] for k in values if k not in kept},
+    )
+    session.execute(statement)
+
+
+def delete_reservations(session: Session, order_ids: Iterable[str]) -> None:
+    """Delete the reservations of orders that reserve nothing any more (ended, or booked)."""
+    for chunk in _chunks(order_ids):
+        session.execute(
+            delete(ComplianceReservationRow).where(
+                col(ComplianceReservationRow.order_id).in_(chunk)
+            )
+        )

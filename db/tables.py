@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -89,6 +89,10 @@ class FundRow(SQLModel, table=True):
     name: str
     base_currency: str = "USD"
     default_account: str = Field(max_length=64)
+    # In the base currency. Nullable so that an older read model gains them in place; a fund
+    # without them cannot be checked (PortfolioActivities refuses its orders).
+    nav: Decimal | None = _decimal(nullable=True)
+    cash: Decimal | None = _decimal(nullable=True)
 
 
 class AccountRow(SQLModel, table=True):
@@ -108,6 +112,64 @@ class InstrumentRow(SQLModel, table=True):
     currency: str = Field(max_length=8)
     reference_price: Decimal = _decimal()
     lot_size: Decimal = _decimal(default=Decimal(1))
+    # Added later: defaults (or nullable) so that an older read model gains them in place.
+    issuer: str = Field(default="", max_length=128)
+    sector: str = Field(default="", max_length=64)
+    # A `markets.market`; None: hours unknown. No foreign key, so the column can be added to an
+    # existing table on SQLite.
+    market: str | None = Field(default=None, max_length=16)
+
+
+class MarketRow(SQLModel, table=True):
+    """When a market trades: local opening hours on its trading days (holidays are not kept)."""
+
+    __tablename__ = "markets"
+
+    market: str = Field(primary_key=True, max_length=16)
+    timezone: str = Field(max_length=64, description="IANA time zone, e.g. America/New_York.")
+    opens: time
+    closes: time
+    weekdays: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        sa_column=Column(JSON, nullable=False),
+        description="Trading days, Monday 0.",
+    )
+    always_open: bool = False
+
+
+class HoldingSodRow(SQLModel, table=True):
+    """What an account held at the start of the day, before any allocation the OMS has booked.
+
+    A fund's holdings are these plus its positions (rebuilt from the allocations): see
+    `db.queries.fund_holdings`.
+    """
+
+    __tablename__ = "holdings_sod"
+
+    account: str = Field(primary_key=True, max_length=64)
+    symbol: str = Field(primary_key=True, max_length=32)
+    fund: str = Field(index=True, max_length=64)
+    quantity: Decimal = _decimal()
+
+
+class ComplianceReservationRow(SQLModel, table=True):
+    """What an order reserved when its pre-trade check passed its fund's lock.
+
+    Counted against the fund's limits while the order is open and not yet in the positions
+    (`domain.portfolio.reserved_quantity`), so two orders cannot jointly breach a limit.
+    `exposure` is in the fund's base currency.
+    """
+
+    __tablename__ = "compliance_reservations"
+
+    order_id: str = Field(primary_key=True, max_length=64)
+    fund: str = Field(index=True, max_length=64)
+    symbol: str = Field(max_length=32)
+    side: str = Field(max_length=16)
+    quantity: Decimal = _decimal()
+    exposure: Decimal = _decimal()
+    created_by: str = Field(max_length=64)
+    created_at: datetime = _timestamp()
 
 
 class OrderRow(SQLModel, table=True):
@@ -254,3 +316,39 @@ class SettlementRow(SQLModel, table=True):
     status_reason: str = ""
     instructed_at: datetime = _timestamp()
     status_at: datetime | None = _timestamp(nullable=True)
+
+
+# Scope of a kill switch that covers every fund.
+FIRM_WIDE_SCOPE = "*"
+
+
+class KillSwitchRow(SQLModel, table=True):
+    """A kill switch for one fund, or for the firm (scope "*"), as it stands now.
+
+    While engaged, no order in its scope is created or released. A durable row rather than a
+    control workflow: the API reads it on every create and release (one primary-key lookup),
+    and it outlives a restart of anything, Temporal included. Lifting keeps who engaged it last
+    and why; `kill_switch_events` holds every change with its author.
+    """
+
+    __tablename__ = "kill_switches"
+
+    scope: str = Field(primary_key=True, max_length=64)
+    engaged: bool = Field(default=False, index=True)
+    engaged_by: str = Field(max_length=64)
+    reason: str = Field(max_length=2000)
+    engaged_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class KillSwitchEventRow(SQLModel, table=True):
+    """One change of a kill switch (engaged, engaged again, lifted): the audit trail."""
+
+    __tablename__ = "kill_switch_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(index=True, max_length=64)
+    engaged: bool
+    by: str = Field(max_length=64)
+    reason: str = Field(max_length=2000)
+    at: datetime = _timestamp()

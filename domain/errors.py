@@ -12,3 +12,5 @@ class RefusalType(StrEnum):
     VENUE_REFUSED = "VenueRefused"  # the venue would not take the order
     DUPLICATE = "Duplicate"  # 200: the same message was already taken; nothing changes
     EXECUTION_REFUSED = "ExecutionRefused"  # 409: an execution report the order cannot take
+    COMPLIANCE_REFUSED = "ComplianceRefused"  # 409: compliance's re-check refused the release
+    KILL_SWITCH_ENGAGED = "KillSwitchEngaged"  # 423: a kill switch covers the order's fund

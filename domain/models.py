@@ -172,6 +172,11 @@ class OrderRequest(BaseModel):
     expire_at: AwareDatetime | None = Field(default=None, validate_default=True)
     allocations: list[AllocationRequest] = Field(default_factory=list, validate_default=True)
     notes: str = Field(default="", max_length=2000)
+    # The broker's confirmation that shares can be borrowed for a short sale; the rules decide
+    # when one is required. Same shape as an order id: a broker reference, not free text.
+    locate_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=CLIENT_ORDER_ID_PATTERN.pattern
+    )
 
     @field_validator("limit_price")
     @classmethod

@@ -70,6 +70,7 @@ class Override(BaseModel):
     justification: str
     at: datetime
     policy: list[str] = Field(default_factory=list)
+    rules: list[str] = Field(default_factory=list, description="The warned rules it accepts.")
 
 
 class OrderEventRecord(BaseModel):

@@ -97,6 +97,10 @@ TRANSITIONS: MappingProxyType[tuple[S, OrderEvent], S] = MappingProxyType(
         (S.PENDING_APPROVAL, E.APPROVAL_EXPIRED): S.APPROVAL_EXPIRED,
         (S.PENDING_APPROVAL, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
         (S.APPROVED, E.RELEASED): S.RELEASED,
+        # Compliance runs again at release: a new hard breach rejects the order, a new soft
+        # one sends it back for an override.
+        (S.APPROVED, E.COMPLIANCE_FAILED): S.COMPLIANCE_REJECTED,
+        (S.APPROVED, E.COMPLIANCE_WARNED): S.PENDING_OVERRIDE,
         (S.APPROVED, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
         (S.RELEASED, E.VENUE_ACCEPTED): S.WORKING,
         (S.RELEASED, E.VENUE_REJECTED): S.VENUE_REJECTED,

@@ -114,6 +114,9 @@ class RejectInput(BaseModel):
 class OverrideInput(BaseModel):
     user: str
     justification: str
+    rules: list[str] = Field(
+        default_factory=list, description="Every warned rule the override accepts, by name."
+    )
     policy: list[str] = Field(default_factory=list)
     authority: SignedAuthority | None = None
 

@@ -22,6 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from pydantic import JsonValue
 
+    from activities.assessment import AssessmentActivities, AssessOrderInput, AssessOrderResult
     from activities.back_office import BackOfficeActivities, InstructSettlementsInput
     from activities.compliance import ComplianceActivities, PreTradeDataInput
     from activities.notifications import (
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.allocation import allocate
     from domain.approvals import required_approvals, required_levels
+    from domain.assessment import KILL_SWITCH_RULE
     from domain.authority import (
         TRUSTED_KEYS,
         Action,
@@ -60,6 +62,8 @@ with workflow.unsafe.imports_passed_through():
     from domain.models import (
         ApprovalGiven,
         ComplianceOutcome,
+        ComplianceResult,
+        Instrument,
         OrderStatus,
         SettlementInstruction,
         SettlementStatus,
@@ -114,6 +118,9 @@ _STATUS_CHECK_BACKOFF_MAX = timedelta(minutes=5)
 # Orders started after this patch wait for the API's signed word that their creator may create
 # them (it comes with the start, as an Update); orders started before it never got one.
 _SIGNED_AUTHORITY = "signed-authority"
+# Compliance on the fund's portfolio after the trade (rules as data, open orders reserved), and
+# again at release.
+_PORTFOLIO_COMPLIANCE = "portfolio-compliance"
 # Approval levels and deadlines from the fund's section of the approval matrix.
 _FUND_APPROVAL_MATRIX = "fund-approval-matrix"
 # Each approval level waits (and is notified) on its own.
@@ -176,6 +183,26 @@ def _attested(signed: SignedAuthority | None, policy: list[str]) -> dict[str, Js
     }
 
 
+def _worded(results: list[ComplianceResult], outcome: ComplianceOutcome) -> str:
+    return "; ".join(r.message for r in results if r.outcome is outcome)
+
+
+class _ReleaseRequest:
+    """A release waiting for compliance's re-check (the phase answers it, the Update waits)."""
+
+    def __init__(self, input: ReleaseInput) -> None:
+        self.input = input
+        self.decided = False
+        self.refusal: str | None = None
+        self.refusal_type = RefusalType.COMPLIANCE_REFUSED
+
+    def accept(self) -> None:
+        self.decided = True
+
+    def refuse(self, reason: str, refusal_type: RefusalType) -> None:
+        self.refusal, self.refusal_type, self.decided = reason, refusal_type, True
+
+
 @workflow.defn(name=WORKFLOW_TYPE)
 class OrderWorkflow:
     """One order: compliance, approvals, release, execution, allocation and settlement.
@@ -209,6 +236,8 @@ class OrderWorkflow:
         self._status_checks = 0  # venue calls that brought no acknowledgement yet: the back-off
         self._projector_stopping = False
         self._notices: list[ApprovalNeededInput | ApprovalDecidedInput] = []
+        # A release waiting for compliance's re-check, and the re-check's answer to it.
+        self._release: _ReleaseRequest | None = None
 
     # ---- the life of the order ----------------------------------------------------------------
 
@@ -259,6 +288,9 @@ class OrderWorkflow:
                 return
             if order.status is not OrderStatus.PENDING_COMPLIANCE:
                 return
+        if workflow.patched(_PORTFOLIO_COMPLIANCE):
+            await self._pre_trade_on_portfolio()
+            return
         try:
             data = await workflow.execute_local_activity_method(
                 ComplianceActivities.pre_trade_data,
@@ -330,6 +362,100 @@ class OrderWorkflow:
         self._record(OrderEvent.COMPLIANCE_PASSED, details=details)
         self._complete_if_no_levels(actor="policy")
 
+    async def _assess(self) -> AssessOrderResult | str:
+        """Judge the order on its fund after the trade; a string says why it could not be."""
+        order = self._order
+        try:
+            return await workflow.execute_local_activity_method(
+                AssessmentActivities.assess_order,
+                AssessOrderInput(
+                    order_id=order.order_id, order=order.request, created_by=order.created_by
+                ),
+                **_LOCAL_IO,
+            )
+        except FailureError as err:
+            _not_cancellation(err)
+            # Only a non-retryable refusal gets here (an unknown instrument or fund, no FX
+            # rate): the order cannot be judged, so it cannot pass.
+            return f"compliance could not run: {_cause(err)}"
+
+    def _compliance_details(self, judged: AssessOrderResult) -> dict[str, JsonValue]:
+        """Keep what was judged on the order, and return the event's details for the history."""
+        order = self._order
+        assessment = judged.assessment
+        instrument = judged.instrument
+        order.compliance = list(assessment.results)
+        order.currency = assessment.base_currency
+        order.notional = assessment.size_notional
+        price = instrument.reference_price or order.request.limit_price
+        if price is not None:
+            order.instrument = Instrument(
+                symbol=instrument.symbol,
+                asset_class=instrument.asset_class,
+                currency=instrument.currency,
+                reference_price=price,
+                lot_size=instrument.lot_size,
+            )
+        approvals = order.approvals
+        approvals.notional = assessment.size_notional
+        approvals.currency = assessment.base_currency
+        approvals.rules = list(assessment.approval.rules)
+        approvals.matrix_version = assessment.approval.matrix_version
+        policy = judged.approval_policy
+        return {
+            "results": [r.model_dump(mode="json") for r in assessment.results],
+            "rules_version": assessment.rules_version,
+            "exposure": None if assessment.exposure is None else str(assessment.exposure),
+            "notional": None if order.notional is None else str(order.notional),
+            "currency": order.currency,
+            "approval_rules": _json_list(approvals.rules),
+            "approval_matrix": f"{policy.section}@{policy.version}",
+            "data_taken_at": judged.taken_at.isoformat(),
+        }
+
+    async def _pre_trade_on_portfolio(self) -> None:
+        order = self._order
+        judged = await self._assess()
+        if order.status is not OrderStatus.PENDING_COMPLIANCE:
+            return  # canceled while compliance ran: its results no longer matter
+        if isinstance(judged, str):
+            self._record(OrderEvent.COMPLIANCE_FAILED, reason=judged)
+            return
+        details = self._compliance_details(judged)
+        assessment = judged.assessment
+        if assessment.outcome is ComplianceOutcome.FAIL:
+            self._record(
+                OrderEvent.COMPLIANCE_FAILED,
+                reason=_worded(assessment.results, ComplianceOutcome.FAIL),
+                details=details,
+            )
+            return
+        order.approvals.required = list(assessment.approval.levels)
+        details["approvals_required"] = list(order.approvals.required)
+        self._set_approval_deadlines(
+            judged.approval_policy.escalate_after, judged.approval_policy.expire_after
+        )
+        if assessment.outcome is ComplianceOutcome.WARN:
+            self._record(
+                OrderEvent.COMPLIANCE_WARNED,
+                reason=_worded(assessment.results, ComplianceOutcome.WARN),
+                details=details,
+            )
+            return
+        self._record(OrderEvent.COMPLIANCE_PASSED, details=details)
+        self._complete_if_no_levels(actor="policy")
+
+    def _set_approval_deadlines(self, escalate_after: timedelta, expire_after: timedelta) -> None:
+        timeouts = self._input.timeouts
+        if timeouts.override_approval_deadlines:
+            escalate_after, expire_after = (
+                timeouts.approval_escalate_after,
+                timeouts.approval_expire_after,
+            )
+        now = workflow.now()
+        self._order.approval_escalate_at = now + escalate_after
+        self._order.approval_expire_at = now + expire_after
+
     async def _await_override(self) -> None:
         """Wait for compliance to override the soft breaches; expire when nobody does."""
         order = self._order
@@ -378,7 +504,75 @@ class OrderWorkflow:
             self._notify_decided(level, Decision.EXPIRED, None)
 
     async def _await_release(self) -> None:
-        await self._wait_until(lambda: self._order.status is not OrderStatus.APPROVED, None)
+        """Wait for a release; run compliance again on it before the order goes to the venue."""
+        order = self._order
+        await self._wait_until(
+            lambda: order.status is not OrderStatus.APPROVED or self._release is not None, None
+        )
+        request = self._release
+        if request is None:
+            return
+        if order.status is not OrderStatus.APPROVED:  # canceled before the re-check began
+            request.refuse(
+                f"the order is {order.status.value}, not approved", RefusalType.INVALID_STATE
+            )
+            self._release = None
+            return
+        judged = await self._assess()
+        self._release = None
+        if order.status is not OrderStatus.APPROVED:  # canceled while it ran
+            request.refuse(
+                f"the order is {order.status.value}, not approved", RefusalType.INVALID_STATE
+            )
+            return
+        if isinstance(judged, str):
+            request.refuse(judged, RefusalType.COMPLIANCE_REFUSED)
+            return
+        assessment = judged.assessment
+        switch = next(
+            (
+                r
+                for r in assessment.results
+                if r.rule == KILL_SWITCH_RULE and r.outcome is ComplianceOutcome.FAIL
+            ),
+            None,
+        )
+        if switch is not None:
+            # The order stays approved: it may go once the switch is lifted.
+            request.refuse(switch.message, RefusalType.KILL_SWITCH_ENGAGED)
+            return
+        accepted = set(order.override.rules) if order.override is not None else set()
+        new_warnings = [
+            r
+            for r in assessment.results
+            if r.outcome is ComplianceOutcome.WARN and r.rule not in accepted
+        ]
+        if assessment.outcome is ComplianceOutcome.FAIL:
+            reason = _worded(assessment.results, ComplianceOutcome.FAIL)
+            details = self._compliance_details(judged)
+            self._record(
+                OrderEvent.COMPLIANCE_FAILED, reason=f"at release: {reason}", details=details
+            )
+            request.refuse(
+                f"compliance refused the release: {reason}", RefusalType.COMPLIANCE_REFUSED
+            )
+            return
+        if new_warnings:
+            reason = "; ".join(r.message for r in new_warnings)
+            details = self._compliance_details(judged)
+            order.override = None
+            policy = judged.approval_policy
+            self._set_approval_deadlines(policy.escalate_after, policy.expire_after)
+            self._record(
+                OrderEvent.COMPLIANCE_WARNED, reason=f"at release: {reason}", details=details
+            )
+            request.refuse(
+                f"compliance needs an override before release: {reason}",
+                RefusalType.COMPLIANCE_REFUSED,
+            )
+            return
+        self._released(request.input)
+        request.accept()
 
     async def _at_venue(self) -> None:
         """Send queued venue commands one at a time; chase an acknowledgement that does not come."""
@@ -775,6 +969,7 @@ class OrderWorkflow:
             justification=input.justification,
             at=workflow.now(),
             policy=authority.policy if authority is not None else input.policy,
+            rules=list(input.rules),
         )
         self._record(
             OrderEvent.OVERRIDDEN,
@@ -798,14 +993,46 @@ class OrderWorkflow:
         if input.user == self._order.created_by:
             raise _refuse("the order's creator cannot override its breaches", RefusalType.FORBIDDEN)
         self._verified(input.authority, Action.OVERRIDE, input.user)
+        warned = [r.rule for r in self._order.compliance if r.outcome is ComplianceOutcome.WARN]
+        missing = [rule for rule in warned if rule not in input.rules]
+        if missing:
+            raise _refuse(
+                "an override must name every warned rule it accepts; not named: "
+                + ", ".join(missing),
+                RefusalType.INVALID_INPUT,
+                "rules",
+            )
+        unknown = [rule for rule in input.rules if rule not in warned]
+        if unknown:
+            raise _refuse(
+                "these rules did not warn on this order: " + ", ".join(unknown),
+                RefusalType.INVALID_INPUT,
+                "rules",
+            )
 
     @workflow.update
     async def release(self, input: ReleaseInput) -> Order:
-        """Release the approved order to a venue; the venue phase sends it."""
-        order = self._order
-        order.venue = input.venue
+        """Release the approved order to a venue once compliance, run again, still agrees.
+
+        A new hard breach rejects the order, a new soft one returns it for an override; either
+        way the release is refused with compliance's reasons.
+        """
         if input.authority is not None:
             self._use(input.authority)
+        if not workflow.patched(_PORTFOLIO_COMPLIANCE):  # released before the re-check existed
+            self._released(input)
+            return await self._answer()
+        request = _ReleaseRequest(input)
+        self._release = request
+        await workflow.wait_condition(lambda: request.decided)
+        if request.refusal is not None:
+            await self._answer()  # the read model shows what the re-check changed
+            raise _refuse(request.refusal, request.refusal_type)
+        return await self._answer()
+
+    def _released(self, input: ReleaseInput) -> None:
+        order = self._order
+        order.venue = input.venue
         self._record(
             OrderEvent.RELEASED,
             actor=input.user,
@@ -816,7 +1043,6 @@ class OrderWorkflow:
             },
         )
         self._commands.append(self._command(VenueCommandKind.SUBMIT, input.user))
-        return await self._answer()
 
     @release.validator
     def _validate_release(self, input: ReleaseInput) -> None:
@@ -825,6 +1051,10 @@ class OrderWorkflow:
             raise _refuse("a release needs a venue", RefusalType.INVALID_INPUT, "venue")
         if input.user == self._order.created_by:
             raise _refuse("the order's creator cannot release it", RefusalType.FORBIDDEN)
+        if self._release is not None:
+            raise _refuse(
+                "a release of this order is being checked by compliance", RefusalType.INVALID_STATE
+            )
         self._verified(input.authority, Action.RELEASE, input.user, subject=input.venue)
 
     @workflow.update

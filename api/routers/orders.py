@@ -17,6 +17,7 @@ from api.authority import attest
 from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
 from api.errors import ApiError, invalid
 from api.history import render_history
+from api.kill_switch import cancel_if_engaged, ensure_not_engaged
 from api.order_access import (
     locate,
     order_handle,
@@ -103,6 +104,7 @@ async def create_order(
 ) -> OrderPublic:
     """Create an order; the same client_order_id again returns the existing order (200) or 409."""
     request = await run_db(services, lambda session: normalise_order(body, services, session, user))
+    await ensure_not_engaged(services, request.fund)
     order_id = order_id_for(request.fund, request.client_order_id)
     settings = services.settings
     workflow_input = OrderWorkflowInput(
@@ -344,6 +346,7 @@ async def override_order(
         update = OverrideInput(
             user=user,
             justification=body.justification,
+            rules=body.rules,
             policy=authority.authority().policy,
             authority=authority,
         )
@@ -358,6 +361,7 @@ async def release_order(
     ref = await locate(services, user, order_id)
     async with refusals_recorded(services, ref, user, "release"):
         require(services, user, ref.fund, "orders", "release")
+        await ensure_not_engaged(services, ref.fund)
         venue = (body.venue if body else None) or services.settings.default_venue
         if venue not in services.settings.known_venues:
             raise invalid(
@@ -376,7 +380,11 @@ async def release_order(
         update = ReleaseInput(
             user=user, venue=venue, policy=authority.authority().policy, authority=authority
         )
-        return await run_update(services, ref, "release", update)
+        released = await run_update(services, ref, "release", update)
+        # A switch engaged while this release was on its way: its sweep may have looked before
+        # the order was at the venue, so this release cancels it itself (and answers 423).
+        await cancel_if_engaged(services, ref)
+        return released
 
 
 @router.post("/{order_id}/cancel", response_model=OrderPublic)

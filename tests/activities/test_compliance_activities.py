@@ -100,7 +100,10 @@ async def test_snapshot_of_a_fund_without_limits_has_none(
     sessions: SessionFactory, tmp_path: Path
 ) -> None:
     shutil.copytree(POLICIES, tmp_path, dirs_exist_ok=True)
-    (tmp_path / "compliance.toml").write_text('[firm]\nrestricted_symbols = ["GME"]\n')
+    (tmp_path / "compliance.toml").write_text(
+        '[[rules]]\nid = "firm-restricted-list"\ntype = "restricted_list"\nseverity = "fail"\n'
+        'scope = "firm"\nparams = { symbols = ["GME"] }\n'
+    )
 
     taken = snapshot(ComplianceActivities(sessions, tmp_path), order("GME", "fund-beta"))
 
@@ -127,7 +130,9 @@ async def test_snapshot_reads_the_rule_file_afresh_each_time(
 
     rules = tmp_path / "compliance.toml"
     rules.write_text(
-        rules.read_text().replace('restricted_symbols = ["GME"]', 'restricted_symbols = ["AAPL"]')
+        rules.read_text().replace(
+            'params = { symbols = ["GME"] }', 'params = { symbols = ["AAPL"] }'
+        )
     )
 
     assert snapshot(activities, order()).restricted_symbols == ["AAPL"]

@@ -395,6 +395,9 @@ def build_chaos(tmp: Path, http: httpx.AsyncClient, timeline: Timeline, api_port
             "OMS_SIMULATOR_LEASE_SECONDS": str(LEASE_SECONDS),
             "OMS_BACK_OFFICE_CONFIRM_DELAY_SECONDS": str(CONFIRM_DELAY_SECONDS),
             "OMS_VENUE_ACK_TIMEOUT_SECONDS": str(VENUE_ACK_TIMEOUT_SECONDS),
+            # The suite's rules (tests/conftest.py): 52 alike orders in seconds are the point
+            # here, not something for compliance to stop.
+            "OMS_POLICIES_DIR": os.environ["OMS_POLICIES_DIR"],
         }
     )
     temporal = Service(

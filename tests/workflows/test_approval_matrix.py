@@ -8,7 +8,7 @@ import pytest
 
 from domain.models import AllocationRequest, OrderStatus
 from tests.workflows.conftest import Desk, wait_for_status
-from tests.workflows.test_order_workflow import CIO, DESK_HEAD, approve_as
+from tests.workflows.test_order_workflow import CIO, DESK_HEAD, approve_as, warned
 from workflows.messages import CancelInput, OverrideInput
 from workflows.order import OrderWorkflow
 
@@ -73,7 +73,8 @@ async def test_a_soft_breach_never_goes_straight_through(desk: Desk) -> None:
     state = await wait_for_status(handle, OrderStatus.PENDING_OVERRIDE)
     assert state.approvals.required == ["desk_head", "cio"]
     state = await handle.execute_update(
-        OrderWorkflow.override, OverrideInput(user="cora", justification="index rebalance")
+        OrderWorkflow.override,
+        OverrideInput(user="cora", justification="index rebalance", rules=warned(state)),
     )
     assert (state.status, state.approvals.current_level) == (
         OrderStatus.PENDING_APPROVAL,

@@ -25,8 +25,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.assessment import AssessmentActivities, AssessOrderInput, AssessOrderResult
 from activities.back_office import BackOfficeActivities, InstructSettlementsInput
-from activities.compliance import ComplianceActivities, PreTradeData, PreTradeDataInput
+from activities.portfolio import PortfolioActivities, ReadModelPrices
 from activities.projection import ProjectionActivities
 from activities.venue import VenueActivities
 from db.engine import SessionFactory
@@ -56,12 +57,14 @@ async def order_worker(
     *,
     queue: str | None = None,
     venues: Mapping[str, Venue] | None = None,
-    compliance: ComplianceActivities | None = None,
+    compliance: AssessmentActivities | None = None,
 ) -> AsyncIterator[str]:
     """Run an orders worker (on `queue`, or one of its own) with the given venues; yield the queue."""
     queue = queue or f"orders-{uuid.uuid4().hex[:8]}"
     projection = ProjectionActivities(sessions)
-    compliance = compliance or ComplianceActivities(sessions, desk.settings.policies_dir)
+    compliance = compliance or AssessmentActivities(
+        PortfolioActivities(sessions, ReadModelPrices(sessions)), desk.settings.policies_dir
+    )
     venue_activities = VenueActivities(venues or {"manual": ManualVenue()})
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
         async with Worker(
@@ -70,7 +73,7 @@ async def order_worker(
             workflows=[OrderWorkflow],
             activities=[
                 projection.project_events,
-                compliance.pre_trade_data,
+                compliance.assess_order,
                 venue_activities.submit_order,
                 venue_activities.cancel_at_venue,
                 venue_activities.venue_order_status,
@@ -96,19 +99,21 @@ def projected_kinds(sessions: SessionFactory, order_id: str) -> list[str]:
     return [row.kind for row in sorted(rows, key=lambda r: r.seq)]
 
 
-class HeldCompliance(ComplianceActivities):
-    """Compliance whose data arrives only when the test lets it (a slow reference-data read)."""
+class HeldCompliance(AssessmentActivities):
+    """Compliance whose answer arrives only when the test lets it (a slow portfolio read)."""
 
     def __init__(self, sessions: SessionFactory, desk: Desk) -> None:
-        super().__init__(sessions, desk.settings.policies_dir)
+        super().__init__(
+            PortfolioActivities(sessions, ReadModelPrices(sessions)), desk.settings.policies_dir
+        )
         self.started = threading.Event()
         self.release = threading.Event()
 
     @activity.defn
-    def pre_trade_data(self, input: PreTradeDataInput) -> PreTradeData:
+    def assess_order(self, input: AssessOrderInput) -> AssessOrderResult:
         self.started.set()
         self.release.wait(timeout=30)
-        return super().pre_trade_data(input)
+        return super().assess_order(input)
 
 
 async def test_cancel_while_compliance_runs_ends_the_order_canceled(

@@ -11,8 +11,15 @@ from temporalio.exceptions import ApplicationError
 
 from domain.errors import RefusalType
 from domain.executions import ExecutionReport
-from domain.models import AllocationRequest, AssetClass, ExecType, OrderStatus, SettlementStatus
-from domain.order import FlagKind
+from domain.models import (
+    AllocationRequest,
+    AssetClass,
+    ComplianceOutcome,
+    ExecType,
+    OrderStatus,
+    SettlementStatus,
+)
+from domain.order import FlagKind, Order
 from domain.settlement import settlement_date
 from tests.workflows.conftest import (
     SHORT_APPROVALS,
@@ -36,6 +43,11 @@ from workflows.order import OrderWorkflow
 
 DESK_HEAD = PolicyGrant(permission="desk_head", policy=["desk_head", "*", "approvals", "desk_head"])
 CIO = PolicyGrant(permission="cio", policy=["cio", "*", "approvals", "cio"])
+
+
+def warned(state: Order) -> list[str]:
+    """Return the rules that warned on the order: what an override must name."""
+    return [r.rule for r in state.compliance if r.outcome is ComplianceOutcome.WARN]
 
 
 def approve_as(user: str, *grants: PolicyGrant) -> ApproveInput:
@@ -99,9 +111,10 @@ async def test_order_goes_from_creation_to_settled(desk: Desk) -> None:
         ],
     )
     state = await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
-    assert [r.outcome.value for r in state.compliance] == ["pass", "pass"]
+    assert {r.outcome for r in state.compliance} == {ComplianceOutcome.PASS}
+    assert state.compliance[0].rule == "kill_switch"  # then every rule the order answers to
     assert state.approvals.required == ["desk_head"]
-    assert state.notional == Decimal("230500.00")
+    assert state.notional == Decimal("230500")  # at the reference price, in the fund's USD
 
     state = await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
     assert state.status is OrderStatus.APPROVED
@@ -136,7 +149,7 @@ async def test_restricted_symbol_is_rejected_by_compliance(desk: Desk) -> None:
     assert result.status is OrderStatus.COMPLIANCE_REJECTED
     state = await handle.query(OrderWorkflow.state)
     assert "GME is on the firm's restricted list" in state.status_reason
-    restricted = next(r for r in state.compliance if r.rule == "restricted_list")
+    restricted = next(r for r in state.compliance if r.rule == "firm-restricted-list")
     assert restricted.outcome.value == "fail"
 
 
@@ -144,8 +157,9 @@ async def test_hard_notional_breach_is_rejected(desk: Desk) -> None:
     handle = await desk.start(quantity="300000")  # 69.15M > fund-alpha's 50M maximum
     assert (await handle.result()).status is OrderStatus.COMPLIANCE_REJECTED
     state = await handle.query(OrderWorkflow.state)
-    breach = next(r for r in state.compliance if r.rule == "max_order_notional")
-    assert (breach.outcome.value, breach.limit) == ("fail", "50000000")
+    breach = next(r for r in state.compliance if r.rule == "alpha-max-order-notional")
+    assert breach.outcome is ComplianceOutcome.FAIL
+    assert "69,150,000.00 USD" in breach.message and "50,000,000.00 USD" in breach.message
 
 
 async def test_segregation_of_duties_and_two_levels(desk: Desk) -> None:
@@ -179,21 +193,33 @@ async def test_segregation_of_duties_and_two_levels(desk: Desk) -> None:
 async def test_soft_breach_waits_for_a_compliance_override(desk: Desk) -> None:
     handle = await desk.start(quantity="100000")  # 23.05M: above the 20M soft limit
     state = await wait_for_status(handle, OrderStatus.PENDING_OVERRIDE)
-    assert [r.outcome.value for r in state.compliance] == ["pass", "warn"]
+    assert warned(state) == ["alpha-soft-order-notional"]
 
+    rules = warned(state)
     by_creator = await refusal_of(
-        handle, OrderWorkflow.override, OverrideInput(user="alice", justification="x")
+        handle, OrderWorkflow.override, OverrideInput(user="alice", justification="x", rules=rules)
     )
     assert by_creator.type == RefusalType.FORBIDDEN
     blank = await refusal_of(
-        handle, OrderWorkflow.override, OverrideInput(user="cora", justification="  ")
+        handle, OrderWorkflow.override, OverrideInput(user="cora", justification="  ", rules=rules)
     )
     assert blank.type == RefusalType.INVALID_INPUT
+    unnamed = await refusal_of(
+        handle, OrderWorkflow.override, OverrideInput(user="cora", justification="ok", rules=[])
+    )
+    assert unnamed.type == RefusalType.INVALID_INPUT and "not named" in unnamed.message
+    stranger = await refusal_of(
+        handle,
+        OrderWorkflow.override,
+        OverrideInput(user="cora", justification="ok", rules=[*rules, "no_such_rule"]),
+    )
+    assert "did not warn" in stranger.message
 
     state = await handle.execute_update(
         OrderWorkflow.override,
-        OverrideInput(user="cora", justification="index rebalance, pre-agreed"),
+        OverrideInput(user="cora", justification="index rebalance, pre-agreed", rules=rules),
     )
+    assert state.override is not None and state.override.rules == rules
     assert state.status is OrderStatus.PENDING_APPROVAL
     assert state.override is not None and state.override.user == "cora"
     assert state.approvals.required == ["desk_head", "cio"]

@@ -19,6 +19,7 @@ from temporalio.worker import Replayer
 
 from domain.models import AllocationRequest, OrderStatus
 from tests.workflows.conftest import SHORT_APPROVALS, Desk, wait_for_status
+from tests.workflows.test_order_workflow import warned
 from workflows.messages import ApproveInput, OverrideInput, PolicyGrant, ReleaseInput
 from workflows.order import OrderWorkflow
 from workflows.order_v1 import OrderWorkflowV1
@@ -68,9 +69,10 @@ async def test_fresh_run_replays(desk: Desk) -> None:
 
 async def test_fresh_override_escalation_and_expiry_replays(desk: Desk) -> None:
     handle = await desk.start(quantity="100000", timeouts=SHORT_APPROVALS)  # a soft breach
-    await wait_for_status(handle, OrderStatus.PENDING_OVERRIDE)
+    state = await wait_for_status(handle, OrderStatus.PENDING_OVERRIDE)
     await handle.execute_update(
-        OrderWorkflow.override, OverrideInput(user="cora", justification="pre-agreed rebalance")
+        OrderWorkflow.override,
+        OverrideInput(user="cora", justification="pre-agreed rebalance", rules=warned(state)),
     )
     await desk.env.sleep(timedelta(hours=3))  # escalates, then expires
     assert (await handle.result()).status is OrderStatus.APPROVAL_EXPIRED

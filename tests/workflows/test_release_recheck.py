@@ -1,0 +1,145 @@
+"""Compliance runs again at release: a new hard breach rejects, a new soft one needs an override.
+
+Each test runs its own orders worker on a copy of the rules it can edit between approval and
+release, as compliance would edit policies/compliance.toml while orders wait.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from activities.assessment import AssessmentActivities
+from activities.portfolio import PortfolioActivities, ReadModelPrices
+from db.engine import SessionFactory
+from db.tables import KillSwitchRow
+from domain.errors import RefusalType
+from domain.models import OrderStatus
+from tests.workflows.conftest import Desk, wait_for_status
+from tests.workflows.test_order_wedges import order_worker
+from tests.workflows.test_order_workflow import approve_as, refusal_of, warned
+from workflows.messages import CancelInput, OverrideInput, ReleaseInput
+from workflows.order import OrderWorkflow
+
+
+@pytest.fixture
+def rules_dir(desk: Desk, tmp_path: Path) -> Path:
+    shutil.copytree(desk.settings.policies_dir, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def add_rule(rules_dir: Path, table: str) -> None:
+    path = rules_dir / "compliance.toml"
+    path.write_text(path.read_text() + "\n" + table)
+
+
+def compliance_on(rules_dir: Path, sessions: SessionFactory) -> AssessmentActivities:
+    return AssessmentActivities(PortfolioActivities(sessions, ReadModelPrices(sessions)), rules_dir)
+
+
+async def test_a_new_hard_breach_refuses_the_release_and_rejects_the_order(
+    desk: Desk, layer_sessions: SessionFactory, rules_dir: Path
+) -> None:
+    compliance = compliance_on(rules_dir, layer_sessions)
+    async with order_worker(desk, layer_sessions, compliance=compliance) as queue:
+        handle = await desk.start(quantity="10", task_queue=queue)
+        await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+        await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+        # Restricted while it waited for release.
+        add_rule(
+            rules_dir,
+            '[[rules]]\nid = "alpha-aapl-restricted"\ntype = "restricted_list"\n'
+            'severity = "fail"\nscope = "fund"\nfund = "fund-alpha"\n'
+            'params = { symbols = ["AAPL"] }\n',
+        )
+        refused = await refusal_of(
+            handle, OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
+        )
+        assert refused.type == RefusalType.COMPLIANCE_REFUSED
+        assert "AAPL is on fund-alpha's restricted list" in refused.message
+        state = await handle.query(OrderWorkflow.state)
+        assert state.status is OrderStatus.COMPLIANCE_REJECTED
+        assert state.status_reason.startswith("at release: ")
+        assert (await handle.result()).status is OrderStatus.COMPLIANCE_REJECTED
+
+
+async def test_a_new_soft_breach_returns_the_order_for_an_override(
+    desk: Desk, layer_sessions: SessionFactory, rules_dir: Path
+) -> None:
+    compliance = compliance_on(rules_dir, layer_sessions)
+    async with order_worker(desk, layer_sessions, compliance=compliance) as queue:
+        handle = await desk.start(quantity="10", task_queue=queue)
+        await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+        await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+        add_rule(
+            rules_dir,
+            '[[rules]]\nid = "alpha-tiny-soft-notional"\ntype = "max_order_notional"\n'
+            'severity = "warn"\nscope = "fund"\nfund = "fund-alpha"\n'
+            'params = { max_notional = "1000" }\n',
+        )
+        refused = await refusal_of(
+            handle, OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
+        )
+        assert refused.type == RefusalType.COMPLIANCE_REFUSED
+        assert "needs an override" in refused.message
+        state = await handle.query(OrderWorkflow.state)
+        assert state.status is OrderStatus.PENDING_OVERRIDE
+        assert warned(state) == ["alpha-tiny-soft-notional"]
+        await handle.execute_update(
+            OrderWorkflow.override,
+            OverrideInput(user="cora", justification="small ticket", rules=warned(state)),
+        )
+        # dana's approval stands: every level is approved, so the order is approved again.
+        state = await wait_for_status(handle, OrderStatus.APPROVED)
+        assert [g.user for g in state.approvals.given] == ["dana"]
+        # The override accepts that warning: the release's re-check lets it through now.
+        state = await handle.execute_update(
+            OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
+        )
+        assert state.status is OrderStatus.RELEASED
+        await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="done"))
+
+
+async def test_a_kill_switch_holds_an_approved_order_until_it_is_lifted(
+    desk: Desk, layer_sessions: SessionFactory
+) -> None:
+    """The API refuses a release while a switch is engaged; the order refuses it as well."""
+    handle = await desk.start(quantity="10", created_by="bob", fund="fund-beta", allocations=[])
+    await wait_for_status(handle, OrderStatus.APPROVED, OrderStatus.PENDING_APPROVAL)
+    state = await handle.query(OrderWorkflow.state)
+    if state.status is OrderStatus.PENDING_APPROVAL:
+        await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    now = datetime.now(UTC)
+    with layer_sessions() as session:
+        session.add(
+            KillSwitchRow(
+                scope="fund-beta",
+                engaged=True,
+                engaged_by="cora",
+                reason="desk drill",
+                engaged_at=now,
+                updated_at=now,
+            )
+        )
+        session.commit()
+    try:
+        refused = await refusal_of(
+            handle, OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
+        )
+        assert refused.type == RefusalType.KILL_SWITCH_ENGAGED
+        assert "cora" in refused.message and "desk drill" in refused.message
+        assert (await handle.query(OrderWorkflow.state)).status is OrderStatus.APPROVED
+    finally:
+        with layer_sessions() as session:
+            switch = session.get(KillSwitchRow, "fund-beta")
+            if switch is not None:
+                session.delete(switch)
+            session.commit()
+    state = await handle.execute_update(
+        OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
+    )
+    assert state.status is OrderStatus.RELEASED
+    await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="done"))
