@@ -17,10 +17,10 @@ from activities.portfolio import PortfolioActivities, ReadModelPrices
 from db.engine import SessionFactory
 from db.tables import KillSwitchRow
 from domain.errors import RefusalType
-from domain.models import OrderStatus
-from tests.workflows.conftest import Desk, wait_for_status
+from domain.models import ExecType, OrderStatus
+from tests.workflows.conftest import Desk, OrderHandle, wait_for_status
 from tests.workflows.test_order_wedges import order_worker
-from tests.workflows.test_order_workflow import approve_as, refusal_of, warned
+from tests.workflows.test_order_workflow import approve_as, refusal_of, report_input, warned
 from workflows.messages import CancelInput, OverrideInput, ReleaseInput
 from workflows.order import OrderWorkflow
 
@@ -100,7 +100,20 @@ async def test_a_new_soft_breach_returns_the_order_for_an_override(
             OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
         )
         assert state.status is OrderStatus.RELEASED
-        await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="done"))
+        await close_at_the_manual_venue(desk, handle)
+
+
+async def close_at_the_manual_venue(desk: Desk, handle: OrderHandle) -> None:
+    """Cancel, and confirm as the manual venue would: no order is left waiting on a queue
+    whose worker is gone (its timers would stop the test server from skipping time)."""
+    await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="done"))
+    now = await desk.env.get_current_time()
+    order_id = handle.id.removeprefix("order:")
+    await handle.execute_update(
+        OrderWorkflow.execution_report,
+        report_input(order_id, f"x-{order_id}", ExecType.CANCELED, transact_time=now),
+    )
+    assert (await handle.result()).status is OrderStatus.CANCELED
 
 
 async def test_a_kill_switch_holds_an_approved_order_until_it_is_lifted(
@@ -142,4 +155,4 @@ async def test_a_kill_switch_holds_an_approved_order_until_it_is_lifted(
         OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
     )
     assert state.status is OrderStatus.RELEASED
-    await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="done"))
+    await close_at_the_manual_venue(desk, handle)
