@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,11 @@ def test_has_reached(
     status: OrderStatus, wanted: set[OrderStatus], filled: bool, reached: bool
 ) -> None:
     assert has_reached(status, wanted, filled=filled) is reached
+
+
+def test_the_readme_draws_every_transition() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    diagram = readme.split("```mermaid", 1)[1].split("```", 1)[0]
+    drawn = {line.strip() for line in diagram.splitlines()}
+    for (status, event), target in TRANSITIONS.items():
+        assert f"{status.value} --> {target.value}: {event.value}" in drawn
