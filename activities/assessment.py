@@ -12,11 +12,12 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio import activity
 
 from activities.compliance import load_approval_policies
 from activities.portfolio import PortfolioActivities, PortfolioSnapshotInput
+from activities.trading_day import session_close
 from domain.approvals import FundApprovalPolicy
 from domain.assessment import Assessment, assess
 from domain.compliance_policy import CompliancePolicy, parse_compliance_policy
@@ -38,6 +39,10 @@ class AssessOrderResult(BaseModel):
     instrument: InstrumentData
     approval_policy: FundApprovalPolicy
     taken_at: datetime
+    session_close: datetime | None = Field(
+        default=None,
+        description="When the instrument's trading day ends (a day order's time in force).",
+    )
 
 
 def load_compliance_policy(policies_dir: Path) -> CompliancePolicy:
@@ -81,11 +86,13 @@ class AssessmentActivities:
         )
         if not judged:  # nothing to reserve, so `passes` was not asked
             judged.append(assess(input.order, snapshot, rules, matrix, created_by=input.created_by))
+        instrument = snapshot.instruments[input.order.symbol]
         return AssessOrderResult(
             assessment=judged[0],
-            instrument=snapshot.instruments[input.order.symbol],
+            instrument=instrument,
             approval_policy=matrix,
             taken_at=snapshot.taken_at,
+            session_close=session_close(instrument, snapshot.taken_at),
         )
 
     @activity.defn

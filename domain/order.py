@@ -115,6 +115,11 @@ class Order(BaseModel):
     compliance: list[ComplianceResult] = Field(default_factory=list)
     override: Override | None = None
     approvals: ApprovalState = Field(default_factory=ApprovalState)
+    time_in_force_ends_at: datetime | None = Field(
+        default=None,
+        description="When a day order's session closes (or a gtd order's expire_at): an order "
+        "not released by then expires.",
+    )
     approval_escalate_at: datetime | None = None
     approval_expire_at: datetime | None = None
     filled_quantity: Decimal = Decimal(0)

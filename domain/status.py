@@ -17,6 +17,7 @@ class OrderEvent(StrEnum):
     APPROVAL_REJECTED = "approval_rejected"
     APPROVAL_EXPIRED = "approval_expired"
     CANCELED_BEFORE_RELEASE = "canceled_before_release"
+    EXPIRED_BEFORE_RELEASE = "expired_before_release"  # a day or gtd order's time came first
     RELEASED = "released"
     VENUE_ACCEPTED = "venue_accepted"
     VENUE_REJECTED = "venue_rejected"
@@ -102,6 +103,9 @@ TRANSITIONS: MappingProxyType[tuple[S, OrderEvent], S] = MappingProxyType(
         (S.APPROVED, E.COMPLIANCE_FAILED): S.COMPLIANCE_REJECTED,
         (S.APPROVED, E.COMPLIANCE_WARNED): S.PENDING_OVERRIDE,
         (S.APPROVED, E.CANCELED_BEFORE_RELEASE): S.CANCELED,
+        (S.PENDING_OVERRIDE, E.EXPIRED_BEFORE_RELEASE): S.EXPIRED,
+        (S.PENDING_APPROVAL, E.EXPIRED_BEFORE_RELEASE): S.EXPIRED,
+        (S.APPROVED, E.EXPIRED_BEFORE_RELEASE): S.EXPIRED,
         (S.RELEASED, E.VENUE_ACCEPTED): S.WORKING,
         (S.RELEASED, E.VENUE_REJECTED): S.VENUE_REJECTED,
         **{(S.RELEASED, event): status for event, status in _AT_VENUE.items()},

@@ -67,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         OrderStatus,
         SettlementInstruction,
         SettlementStatus,
+        TimeInForce,
     )
     from domain.order import FlagKind, Order, OrderProjection, Override, summarise
     from domain.settlement import settlement_date
@@ -121,6 +122,11 @@ _SIGNED_AUTHORITY = "signed-authority"
 # Compliance on the fund's portfolio after the trade (rules as data, open orders reserved), and
 # again at release.
 _PORTFOLIO_COMPLIANCE = "portfolio-compliance"
+# Day and gtd orders not released in time expire (a day order at its market's close).
+_TIME_IN_FORCE = "time-in-force"
+_WAITING_FOR_RELEASE = frozenset(
+    {OrderStatus.PENDING_OVERRIDE, OrderStatus.PENDING_APPROVAL, OrderStatus.APPROVED}
+)
 # Approval levels and deadlines from the fund's section of the approval matrix.
 _FUND_APPROVAL_MATRIX = "fund-approval-matrix"
 # Each approval level waits (and is notified) on its own.
@@ -258,7 +264,9 @@ class OrderWorkflow:
         while not self._order.closed:
             if self._should_continue_as_new():
                 await self._continue_as_new(projector, notifier)
-            if self._order.is_done:
+            if self._time_in_force_over():
+                self._expire_before_release()
+            elif self._order.is_done:
                 self._close()
             elif self._order.status in phases:
                 await phases[self._order.status]()
@@ -432,6 +440,18 @@ class OrderWorkflow:
             return
         order.approvals.required = list(assessment.approval.levels)
         details["approvals_required"] = list(order.approvals.required)
+        if workflow.patched(_TIME_IN_FORCE):
+            tif = order.request.time_in_force
+            if tif is TimeInForce.DAY and judged.session_close is not None:
+                # As long from now as the close was from the check: the worker's clock and
+                # the order's may differ, and the order's is the one its timers keep.
+                order.time_in_force_ends_at = workflow.now() + (
+                    judged.session_close - judged.taken_at
+                )
+            elif tif is TimeInForce.GTD:
+                order.time_in_force_ends_at = order.request.expire_at
+            if order.time_in_force_ends_at is not None:
+                details["time_in_force_ends_at"] = order.time_in_force_ends_at.isoformat()
         self._set_approval_deadlines(
             judged.approval_policy.escalate_after, judged.approval_policy.expire_after
         )
@@ -444,6 +464,26 @@ class OrderWorkflow:
             return
         self._record(OrderEvent.COMPLIANCE_PASSED, details=details)
         self._complete_if_no_levels(actor="policy")
+
+    def _time_in_force_over(self) -> bool:
+        order = self._order
+        return order.status in _WAITING_FOR_RELEASE and self._deadline_passed(
+            order.time_in_force_ends_at
+        )
+
+    def _expire_before_release(self) -> None:
+        """End a day or gtd order whose time came before it was released."""
+        order = self._order
+        assert order.time_in_force_ends_at is not None
+        tif = order.request.time_in_force
+        why = "its market closed" if tif is TimeInForce.DAY else "its expire_at passed"
+        reason = (
+            f"a {tif.value} order not released by {order.time_in_force_ends_at.isoformat()}: {why}"
+        )
+        self._record(OrderEvent.EXPIRED_BEFORE_RELEASE, reason=reason)
+        if self._release is not None:
+            self._release.refuse(f"the order expired: {why}", RefusalType.INVALID_STATE)
+            self._release = None
 
     def _set_approval_deadlines(self, escalate_after: timedelta, expire_after: timedelta) -> None:
         timeouts = self._input.timeouts
@@ -1474,6 +1514,11 @@ class OrderWorkflow:
 
         def woken() -> bool:
             return condition() or self._should_continue_as_new()
+
+        ends = self._order.time_in_force_ends_at
+        if ends is not None and self._order.status in _WAITING_FOR_RELEASE:
+            # Whatever an order waits for before release, its time in force may end first.
+            deadline = ends if deadline is None else min(deadline, ends)
 
         if deadline is None:
             await workflow.wait_condition(woken)

@@ -37,7 +37,7 @@ def order_body(**overrides: Any) -> dict[str, Any]:
         "quantity": 1000,
         "order_type": "limit",
         "limit_price": "230.25",
-        "time_in_force": "day",
+        "time_in_force": "gtc",
         "allocations": [
             {"account": "alpha-main", "quantity": 600},
             {"account": "alpha-growth", "quantity": 400},

@@ -64,6 +64,9 @@ class Desk:
             "allocations",
             [AllocationRequest(account="alpha-main", quantity=Decimal(quantity))],
         )
+        # Good till canceled unless a test says otherwise: a day order would expire at the next
+        # close, which depends on when the suite runs, within the hours tests skip.
+        fields.setdefault("time_in_force", "gtc")
         request = OrderRequest(
             client_order_id=f"t-{uuid.uuid4().hex[:10]}",
             fund=fund,
