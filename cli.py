@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from config import Settings
+from config import Settings, UnsafeSettingsError
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -31,7 +31,7 @@ def parse_duration(text: str) -> timedelta:
 
 def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     from api.auth import Authorizer
-    from api.tokens import issue_token
+    from api.tokens import token_for
 
     if not Authorizer(settings.policies_dir).is_known_user(args.user):
         print(
@@ -40,7 +40,14 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     ttl = args.ttl or timedelta(seconds=settings.jwt_default_ttl_seconds)
-    print(issue_token(args.user, settings.jwt_secret, ttl))
+    if ttl > settings.jwt_max_ttl:
+        print(
+            f"error: a token may live at most {settings.jwt_max_ttl} (OMS_JWT_MAX_TTL); "
+            f"--ttl {ttl} is longer",
+            file=sys.stderr,
+        )
+        return 2
+    print(token_for(settings, args.user, ttl))
     return 0
 
 
@@ -99,6 +106,22 @@ def _cmd_simulators(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from db import audit
+    from db.engine import create_schema, make_engine, session_factory
+
+    engine = make_engine(settings.resolved_database_url)
+    create_schema(engine)  # a read model older than the audit log has empty chains
+    with session_factory(engine)() as session:
+        problems = audit.verify(session, args.fund or None)
+    engine.dispose()
+    for problem in problems:
+        print(f"{problem.fund}: row {problem.position}: {problem.problem}")
+    if not problems:
+        print("every audit chain verifies")
+    return 1 if problems else 0
+
+
 def _cmd_load_demo_data(_: argparse.Namespace, settings: Settings) -> int:
     from db.demo import load_demo_data
     from db.engine import create_schema, make_engine, session_factory
@@ -124,9 +147,9 @@ def _cmd_api(_: argparse.Namespace, settings: Settings) -> int:
 def _call(
     settings: Settings, user: str, method: str, path: str, body: dict[str, Any] | None = None
 ) -> int:
-    from api.tokens import issue_token
+    from api.tokens import token_for
 
-    token = issue_token(user, settings.jwt_secret, timedelta(minutes=5))
+    token = token_for(settings, user, timedelta(minutes=5))
     response = httpx.request(
         method,
         settings.resolved_api_url + path,
@@ -206,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "load-demo-data", help="create the schema and load demo reference data (idempotent)"
     ).set_defaults(run=_cmd_load_demo_data)
+    audit_cmd = sub.add_parser("audit", help="the tamper-evident audit log")
+    audit_actions = audit_cmd.add_subparsers(dest="audit_action", required=True)
+    verify_cmd = audit_actions.add_parser(
+        "verify", help="recompute every fund's chain; name the first row that does not match"
+    )
+    verify_cmd.add_argument("--fund", action="append", help="only this fund (repeatable)")
+    verify_cmd.set_defaults(run=_cmd_audit_verify)
     token = sub.add_parser("token", help="print a bearer token for a user")
     token.add_argument("user")
     token.add_argument("--ttl", type=parse_duration, help="lifetime, e.g. 30m, 8h, 2d")
@@ -269,7 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.run(args, Settings())
+    settings = Settings()
+    if args.command == "dev" and "env" not in settings.model_fields_set:
+        # `oms dev` is development unless OMS_ENV says otherwise; every other command production.
+        settings = settings.model_copy(update={"env": "development"})
+    try:
+        code: int = args.run(args, settings)
+    except UnsafeSettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.authority import private_key_from_text, public_key_from_text
@@ -17,12 +20,52 @@ ORDERS_TASK_QUEUE = "orders"
 BACK_OFFICE_TASK_QUEUE = "back-office"
 # Published with the code (sha256 of "oms development authority key"): for development only.
 DEV_AUTHORITY_SIGNING_KEY = "RpOW432L1oIRwR3DDeLjK6JRPCKzENKfCDXgw9BSv4g="
+# Published with the code as well: accepted only when OMS_ENV=development (`oms dev`).
+DEV_JWT_SECRET = "dev-only-secret-change-me-in-production-please"
+DEV_SLACK_SIGNING_SECRET = "dev-only-slack-signing-secret-change-me"
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse '90s', '15m', '8h' or '2d'.
+
+    Raises:
+        ValueError: the text is not such a duration.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 8h, 2d)")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+class UnsafeSettingsError(RuntimeError):
+    """Production settings that still hold a published development secret."""
 
 
 class Settings(BaseSettings):
     """Every knob of the OMS; the defaults are the embedded development setup."""
 
     model_config = SettingsConfigDict(env_prefix="OMS_", env_file=".env", extra="ignore")
+
+    # `oms dev` runs as development; everything else is production unless OMS_ENV says so.
+    # Production refuses the published development secrets and serves no API docs by default.
+    env: Literal["development", "production"] = Field(
+        default="production", description="development (oms dev) or production."
+    )
+    api_docs: bool | None = Field(
+        default=None,
+        description="Serve /docs, /redoc and /openapi.json; unset: only in development.",
+    )
+    api_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Largest request body the API reads (then 413)."
+    )
+    # /metrics shows live order flow: it needs a token with (metrics, read) firm-wide unless
+    # this is true (a listener only the monitoring system reaches); unset: open in development.
+    metrics_public: bool | None = Field(
+        default=None, description="Serve /metrics without a token; unset: only in development."
+    )
 
     data_dir: Path = Field(
         default=Path(".oms"), description="Where the dev server and SQLite keep state."
@@ -64,8 +107,18 @@ class Settings(BaseSettings):
         default=40, ge=1, description="Threads for the API's sync endpoints and dependencies."
     )
 
-    jwt_secret: str = "dev-only-secret-change-me-in-production-please"
+    jwt_secret: str = DEV_JWT_SECRET
     jwt_default_ttl_seconds: int = 8 * 3600
+    # Tokens are HS256 with jwt_secret; they must name this issuer and audience, carry an
+    # expiry, and live no longer than jwt_max_ttl (a number of seconds, or 30m, 12h, 1d).
+    jwt_issuer: str = Field(default="oms", min_length=1)
+    jwt_audience: str = Field(default="oms-api", min_length=1)
+    jwt_max_ttl: timedelta = Field(default=timedelta(hours=12))
+    # A company identity provider: RS256 tokens verified with the public keys it publishes
+    # there (a JWKS document), with the same issuer, audience and lifetime checks.
+    jwt_jwks_url: str | None = Field(
+        default=None, description="JWKS URL for RS256 tokens; unset: HS256 tokens only."
+    )
 
     # Chat-ops (Slack-compatible). No webhook: approval notifications are not sent at all.
     chat_webhook_url: str | None = Field(
@@ -76,7 +129,7 @@ class Settings(BaseSettings):
     )
     # Slack signs every request with it; the default only suits `oms dev` (it is public).
     slack_signing_secret: str = Field(
-        default="dev-only-slack-signing-secret-change-me",
+        default=DEV_SLACK_SIGNING_SECRET,
         min_length=1,
         description="Verifies /chat/slack/* requests (the Slack app's Signing Secret).",
     )
@@ -94,6 +147,12 @@ class Settings(BaseSettings):
     known_venues: list[str] = Field(default_factory=lambda: ["simulator", "manual"])
     simulator_fill_delay_seconds: float = 0.2
     simulator_identity: str = "sim-venue"
+    # Who reports executions for each venue (JSON: venue -> users). "*" lets anyone holding
+    # ("executions", "create") in the order's fund report, as people do for the manual venue.
+    # A report on an order released to another venue, or to a venue with no entry, answers 404.
+    venue_reporters: dict[str, list[str]] = Field(
+        default_factory=lambda: {"simulator": ["sim-venue"], "manual": ["*"]}
+    )
     # How long the simulated venue holds an order while reporting on it; after a worker dies,
     # its successor waits this long before it takes the dead one's orders over.
     # The simulated venue's and back office's loops run in the worker of their queue; false when
@@ -112,6 +171,20 @@ class Settings(BaseSettings):
     # Activities (and local activities) one worker runs at once; also its thread pool's size.
     worker_max_concurrent_activities: int = 32
 
+    @field_validator("jwt_max_ttl", mode="before")
+    @classmethod
+    def _duration_text(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip() and value.strip()[-1] in _UNIT_SECONDS:
+            return parse_duration(value)
+        return value
+
+    @field_validator("jwt_max_ttl")
+    @classmethod
+    def _positive_ttl(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("jwt_max_ttl must be positive")
+        return value
+
     @model_validator(mode="after")
     def _slots_leave_a_connection_for_healthz(self) -> Settings:
         if self.api_db_concurrency >= self.db_pool_size + self.db_max_overflow:
@@ -120,6 +193,61 @@ class Settings(BaseSettings):
                 "one connection is kept for /healthz"
             )
         return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.api_docs if self.api_docs is not None else self.is_development
+
+    @property
+    def metrics_open(self) -> bool:
+        return self.metrics_public if self.metrics_public is not None else self.is_development
+
+    @property
+    def chat_uses_default_secret(self) -> bool:
+        return self.slack_signing_secret == DEV_SLACK_SIGNING_SECRET
+
+    def development_secrets(self, process: Literal["api", "worker"]) -> list[str]:
+        """Return the variables still holding a published development secret that `process` uses."""
+        found = []
+        if self.jwt_secret == DEV_JWT_SECRET:
+            found.append("OMS_JWT_SECRET")
+        if process == "api" and self.authority_signing_key == DEV_AUTHORITY_SIGNING_KEY:
+            found.append("OMS_AUTHORITY_SIGNING_KEY")
+        if process == "worker":
+            dev_key = (
+                private_key_from_text(DEV_AUTHORITY_SIGNING_KEY).public_key().public_bytes_raw()
+            )
+            if any(key.public_bytes_raw() == dev_key for key in self.verify_keys()):
+                found.append(
+                    "OMS_AUTHORITY_VERIFY_KEYS"
+                    if self.authority_verify_keys
+                    else "OMS_AUTHORITY_SIGNING_KEY (or OMS_AUTHORITY_VERIFY_KEYS)"
+                )
+        # Chat is in use once notifications go out: Slack's answers must then be verifiable.
+        if self.chat_webhook_url and self.chat_uses_default_secret:
+            found.append("OMS_SLACK_SIGNING_SECRET")
+        return found
+
+    def refuse_development_secrets(self, process: Literal["api", "worker"]) -> None:
+        """Refuse to run `process` in production with a published development secret.
+
+        Raises:
+            UnsafeSettingsError: naming each variable to set.
+        """
+        if self.is_development:
+            return
+        found = self.development_secrets(process)
+        if found:
+            raise UnsafeSettingsError(
+                f"refusing to start the {process} in production (OMS_ENV={self.env}) with the "
+                f"published development value of {', '.join(found)}: set "
+                f"{'it' if len(found) == 1 else 'them'} to your own secret, or run `oms dev` "
+                "(OMS_ENV=development) for development"
+            )
 
     def signing_key(self) -> Ed25519PrivateKey:
         return private_key_from_text(self.authority_signing_key)

@@ -170,7 +170,10 @@ def _banner(settings: Settings) -> None:
                 "",
                 "OMS is running (Ctrl-C stops all of it)",
                 f"  API           {api}",
-                f"  API docs      {api}/docs",
+                f"  API docs      {api}/docs"
+                if settings.docs_enabled
+                else "  API docs      off (OMS_API_DOCS=true serves them)",
+                f"  Mode          {settings.env} (OMS_ENV)",
                 f"  Temporal UI   http://{settings.temporal_host}:{settings.temporal_ui_port}",
                 f"  Temporal      {settings.resolved_temporal_address} (state in {settings.data_dir / 'temporal.db'})",
                 f"  Read model    {settings.resolved_database_url}",

@@ -23,7 +23,7 @@ from activities.portfolio import PortfolioActivities, ReadModelPrices
 from activities.projection import ProjectionActivities
 from activities.venue import VenueActivities
 from api.auth import Authorizer
-from api.tokens import issue_token
+from api.tokens import token_for as signed_token
 from config import Settings
 from db import queries
 from db.engine import SessionFactory, create_schema, make_engine, session_factory
@@ -182,6 +182,8 @@ async def run_workers(
     (default: the `run_simulators` setting) says whether their loops run here; `oms simulators`
     runs them in a process of their own (no queues, simulate=True).
     """
+    # Production refuses the published development secrets before anything starts.
+    settings.refuse_development_secrets("worker")
     simulate = settings.run_simulators if simulate is None else simulate
     simulated = queues or QUEUES
     # One connection per activity thread, and a few for the simulators' loops.
@@ -197,7 +199,7 @@ async def run_workers(
     ttl = timedelta(seconds=settings.jwt_default_ttl_seconds)
 
     def token_for(user: str) -> str:
-        return issue_token(user, settings.jwt_secret, ttl)
+        return signed_token(settings, user, min(ttl, settings.jwt_max_ttl))
 
     async with httpx.AsyncClient(timeout=10) as http:
         callbacks = HttpCallbacks(http, settings.resolved_api_url, token_for)

@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from temporalio.client import Client
 
 from api.auth import Authorizer
 from api.deps import DatabaseGate, Services
-from api.errors import install_error_handlers
+from api.errors import BodySizeLimit, install_error_handlers
 from api.metrics import Metrics, metrics_middleware
 from api.routers import approvals, compliance, executions, health, orders, settlements, views
 from api.routers import chat as chat_router
@@ -21,8 +22,13 @@ from db.engine import create_schema, make_engine, session_factory
 
 
 def create_app(settings: Settings | None = None, temporal: Client | None = None) -> FastAPI:
-    """Build the app. Without `temporal`, it connects at start-up using `settings`."""
+    """Build the app. Without `temporal`, it connects at start-up using `settings`.
+
+    Raises:
+        UnsafeSettingsError: production settings that hold a published development secret.
+    """
     settings = settings or Settings()
+    settings.refuse_development_secrets("api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,20 +56,38 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         finally:
             engine.dispose()
 
-    app = FastAPI(
-        title="OMS",
-        version="1",
-        summary="Order management for institutional trading desks; every order is a Temporal workflow.",
-        lifespan=lifespan,
+    title, version = "OMS", "1"
+    summary = (
+        "Order management for institutional trading desks; every order is a Temporal workflow."
     )
+    if settings.docs_enabled:
+        # Swagger UI and ReDoc from the assets fastapi-offline installs, never from a CDN: the
+        # page works on a desk without internet and runs no third-party script next to tokens.
+        app = FastAPIOffline(title=title, version=version, summary=summary, lifespan=lifespan)
+    else:
+        # Production: no /docs, /redoc or /openapi.json unless OMS_API_DOCS=true.
+        app = FastAPI(
+            title=title,
+            version=version,
+            summary=summary,
+            lifespan=lifespan,
+            docs_url=None,
+            redoc_url=None,
+            openapi_url=None,
+        )
     app.state.metrics = Metrics()
+    # The last added runs first: the metrics see every answer, the size limit's 413s included.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.middleware("http")(metrics_middleware(app.state.metrics))
     install_error_handlers(app)
     # approvals before views: the first route for a path answers it, and the paged inbox
     # replaces the list views.py served at the same path.
     for module in (orders, approvals, compliance, executions, settlements, views, health):
         app.include_router(module.router)
-    # Chat-ops: verified by the Slack signing secret, not by a bearer token.
-    app.include_router(chat_router.router)
+    # Chat-ops: verified by the Slack signing secret, not by a bearer token. In production with
+    # the published development secret anyone could sign a request: chat is not served then
+    # (with notifications on, refuse_development_secrets has already refused to start).
+    if settings.is_development or not settings.chat_uses_default_secret:
+        app.include_router(chat_router.router)
     app.include_router(kill_switch_router.router)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from temporalio.client import Client
 
 from api.auth import Authorizer
 from api.errors import ApiError, database_busy
-from api.tokens import InvalidTokenError, user_from_token
+from api.tokens import InvalidTokenError, user_from_token, uses_provider_key
 from config import Settings
 from db.engine import SessionFactory
 
@@ -143,20 +144,34 @@ async def get_session(
                 await anyio.to_thread.run_sync(_close, session, limiter=services.db.threads)
 
 
-_bearer = HTTPBearer(auto_error=False)
+bearer = HTTPBearer(auto_error=False)
 
 
 # Async for the same reason as get_services: decoding an HS256 token and looking the user up
 # in the in-memory policy costs less than a hop to a thread and back.
 async def current_user(
     services: Annotated[Services, Depends(get_services)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
     """Return the caller's user id from a valid bearer token; 401 otherwise."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(401, "unauthenticated", "missing bearer token")
     try:
-        user = user_from_token(credentials.credentials, services.settings.jwt_secret)
+        settings = services.settings
+        verify = functools.partial(
+            user_from_token,
+            credentials.credentials,
+            settings.jwt_secret,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            max_ttl=settings.jwt_max_ttl,
+            jwks_url=settings.jwt_jwks_url,
+        )
+        if settings.jwt_jwks_url and uses_provider_key(credentials.credentials):
+            # The provider's keys may have to be fetched: not on the event loop.
+            user = await anyio.to_thread.run_sync(verify)
+        else:
+            user = verify()
     except InvalidTokenError as exc:
         raise ApiError(401, "unauthenticated", f"invalid token: {exc}") from exc
     if not services.authorizer.is_known_user(user):

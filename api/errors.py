@@ -6,13 +6,17 @@ header and a message that names no internals; the detail goes to the log.
 
 from __future__ import annotations
 
+import decimal
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import (
     RPCTimeoutOrCancelledError,
     WorkflowQueryFailedError,
@@ -159,12 +163,135 @@ def _body(
     )
 
 
+# A validation message may quote what was sent (a custom validator's text): cut it short.
+_MAX_MESSAGE = 200
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def validation_body(exc: RequestValidationError) -> dict[str, Any]:
+    """Return the contract's error shape for a refused request, without the values sent.
+
+    FastAPI's own answer echoes each bad value back (`input`, `ctx`): a 5,000-character field
+    came back whole. The first problem is the `error`; `detail` keeps FastAPI's list of every
+    problem (`loc`, `msg`, `type`) for clients that read it, minus the values.
+    """
+    errors = list(exc.errors())
+    detail = [
+        {
+            "loc": [_short(str(part)) if isinstance(part, str) else part for part in e["loc"]],
+            "msg": _short(str(e["msg"])),
+            "type": str(e["type"]),
+        }
+        for e in errors
+    ]
+    if not detail:
+        return {"error": {"code": "invalid", "message": "invalid request", "field": None}}
+    first = detail[0]
+    # The location's first part says where (body, query, path, header): the field is the rest.
+    parts = [str(part) for part in first["loc"]]
+    field = ".".join(parts[1:]) if len(parts) > 1 else (parts[0] if parts else None)
+    return {
+        "error": {"code": "invalid", "message": first["msg"], "field": field or None},
+        "detail": detail,
+    }
+
+
+class BodySizeLimit:
+    """Answer 413 in the contract's shape to a request body longer than `max_bytes`.
+
+    Looks at `Content-Length` first, and counts what a chunked body actually sends: once over
+    the limit, the application reads an end of stream and its answer is replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Send) -> None:
+        body = JSONResponse(
+            status_code=413,
+            content={
+                "error": {
+                    "code": "payload_too_large",
+                    "message": f"request body is larger than {self.max_bytes} bytes",
+                    "field": None,
+                }
+            },
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    await self._refuse(send)
+                    return
+        received = 0
+        too_large = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if too_large:
+                return  # the application's answer to a cut-off body is replaced below
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
+            await self._refuse(send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every known failure a JSON error with the right status (never a bare 500)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _body(exc.status, exc.code, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=validation_body(exc))
+
+    @app.exception_handler(decimal.DecimalException)
+    async def _decimal(_: Request, exc: decimal.DecimalException) -> JSONResponse:
+        # A number beyond what decimal arithmetic can hold (1e28 against a lot size): the input
+        # is at fault, not the server.
+        logger.info("decimal arithmetic refused a number: %r", exc)
+        return _body(422, "invalid", "a number is out of range")
+
+    # The last resort: answered in the contract's shape, with no exception text; Starlette
+    # still logs the traceback (and /metrics counts the 500, see api.metrics).
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _body(500, "internal_error", "the request failed; it has been logged")
 
     @app.exception_handler(WorkflowUpdateFailedError)
     async def _update_failed(_: Request, exc: WorkflowUpdateFailedError) -> JSONResponse:
@@ -173,7 +300,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(WorkflowQueryFailedError)
     async def _query_failed(_: Request, exc: WorkflowQueryFailedError) -> JSONResponse:
-        return _body(503, "query_failed", f"order could not be read: {exc.message}")
+        # The failure's text comes from the worker (it may carry paths): it goes to the log.
+        logger.warning("order query failed: %s", exc.message)
+        return _body(503, "query_failed", "the order could not be read; try again shortly")
 
     @app.exception_handler(RPCError)
     async def _rpc_error(_: Request, exc: RPCError) -> JSONResponse:

@@ -71,7 +71,14 @@ def metrics_middleware(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            # Unhandled: the server answers 500 outside this middleware; count it here.
+            metrics.observe(
+                request.method, route_template(request), 500, time.perf_counter() - started
+            )
+            raise
         metrics.observe(
             request.method,
             route_template(request),

@@ -15,6 +15,7 @@ from sqlalchemy import and_, case, delete, func, literal, not_, or_, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
+from db import audit
 from db.tables import (
     FIRM_WIDE_SCOPE,
     AccountRow,
@@ -147,7 +148,28 @@ def project_order(session: Session, projection: OrderProjection) -> None:
                 for e in projection.events
             ]
         )
-        session.execute(events.on_conflict_do_nothing())
+        inserted = set(
+            session.execute(events.on_conflict_do_nothing().returning(OrderEventRow.seq)).scalars()
+        )
+        # Only events this projection wrote join the audit chain: a repeat appends nothing.
+        audit.append(
+            session,
+            summary.fund,
+            [
+                audit.AuditEntry(
+                    order_id=summary.order_id,
+                    seq=e.seq,
+                    kind=e.kind.value,
+                    actor=e.actor,
+                    at=e.at,
+                    status=e.status.value,
+                    reason=e.reason,
+                    details=dict(e.details),
+                )
+                for e in projection.events
+                if e.seq in inserted
+            ],
+        )
     for execution in projection.executions:
         _upsert_execution(session, summary.order_id, summary.fund, execution)
     if projection.allocations:
@@ -277,9 +299,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, order_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(order_id)
+        at = datetime.fromisoformat(created_at)
     except Exception as exc:
         raise ValueError("cursor is not valid") from exc
+    # Ours always carry an offset; a naive time cannot be compared with the stored ones.
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("cursor is not valid")
+    return at, str(order_id)
 
 
 def list_orders(

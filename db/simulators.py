@@ -39,10 +39,13 @@ class SimVenueOrderRow(SQLModel, table=True):
     order_type: str = Field(max_length=16)
     limit_price: Decimal | None = _decimal(nullable=True)
     time_in_force: str = Field(max_length=8)
-    # The listing as it was when the order arrived, so a restarted simulator fills at the same price.
+    # The listing as it was when the order arrived (a resting order's as it last looked), so a
+    # restarted simulator fills at the same price.
     reference_price: Decimal = _decimal()
     lot_size: Decimal = _decimal()
     state: str = Field(max_length=16)
+    # The `sim:` scenario the order asked for, as `Scenario.canonical` writes it ("": none).
+    scenario: str = Field(default="", max_length=256)
     filled: Decimal = _decimal(default=Decimal(0))
     next_exec: int = 1
     cancel_requested: bool = False
@@ -181,12 +184,14 @@ def record_venue_step(
     cancel_answered: bool,
     next_step_at: datetime | None,
     now: datetime,
+    reference_price: Decimal | None = None,
 ) -> bool:
     """Record a step whose report was delivered, and release the lease.
 
     The step is recorded only if the order's exec sequence is still `reported_exec`, so a step
     another simulator recorded first is never recorded twice. A cancel request that arrived while
-    the report was on its way stays due at once.
+    the report was on its way stays due at once. `reference_price`, if given, is the price the
+    order's next fill is at (a resting order's market moved).
 
     Returns:
         Whether the step was recorded.
@@ -205,6 +210,7 @@ def record_venue_step(
             next_step_at=next_step_at,
             lease_owner=None,
             lease_until=None,
+            **({} if reference_price is None else {"reference_price": reference_price}),
         )
     )
     recorded = bool(result.rowcount)

@@ -352,3 +352,38 @@ class KillSwitchEventRow(SQLModel, table=True):
     by: str = Field(max_length=64)
     reason: str = Field(max_length=2000)
     at: datetime = _timestamp()
+
+
+class AuditRow(SQLModel, table=True):
+    """One order event in the fund's tamper-evident audit chain (appended only, never changed).
+
+    Each row carries the hash of the previous row of its fund's chain and its own hash over its
+    content and that previous hash, so altering, deleting or reordering any row breaks the chain
+    from there on; the chain's head is kept apart (`AuditHeadRow`), so removing the last rows is
+    detected too.
+    """
+
+    __tablename__ = "audit_log"
+
+    fund: str = Field(primary_key=True, max_length=64)
+    position: int = Field(primary_key=True)
+    order_id: str = Field(index=True, max_length=64)
+    seq: int
+    kind: str = Field(max_length=48)
+    actor: str = Field(max_length=64)
+    at: datetime = _timestamp()
+    status: str = Field(max_length=32)
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHeadRow(SQLModel, table=True):
+    """Where each fund's audit chain ends: its last position and hash."""
+
+    __tablename__ = "audit_heads"
+
+    fund: str = Field(primary_key=True, max_length=64)
+    position: int
+    hash: str = Field(max_length=64)

@@ -1,9 +1,17 @@
-"""Applying a venue's execution report to an order: FIX semantics, duplicate and overfill guards."""
+"""Applying a venue's execution report to an order: FIX semantics and the guards that refuse it.
+
+The guards (each a refusal naming the field at fault and the numbers): a duplicate ExecID, a
+report the order's status cannot take, a fill through the limit price, a fill that is not a
+whole number of lots, a fill priced more than `PRICE_BAND` away from the instrument's reference
+price, an overfill. The transact_time window (`transact_time_problem`) and the venue's identity
+(`may_report_for`) are checked before a report reaches the order.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -17,12 +25,28 @@ from domain.models import (
     OrderState,
     OrderStatus,
     PositiveDecimal,
+    Side,
     tidy,
 )
-from domain.status import CLOSED_BY_VENUE, OrderEvent, allows
+from domain.status import AT_VENUE, CLOSED_BY_VENUE, OrderEvent, allows
 
 # Average prices keep more places than any venue quotes, so the block's notional reproduces.
 AVERAGE_PRICE_PLACES = Decimal("0.00000001")
+# A fill priced further than this fraction of the reference price from it is refused as a
+# fat finger: |last_price - reference| / reference may be exactly 0.5, not more.
+PRICE_BAND = Decimal("0.5")
+# A report's transact_time may be at most this far ahead of the order's clock.
+REPORT_TIME_AHEAD = timedelta(days=1)
+# ... and no earlier than the release, less this much: the venue stamps its own clock, which may
+# run a little behind ours (NTP keeps them within milliseconds; 5 s covers a bad day), while an
+# execution seconds before the order reached the venue cannot be real.
+RELEASE_CLOCK_SKEW = timedelta(seconds=5)
+# Who may report for a venue (settings.venue_reporters): this entry means any holder of
+# ("executions", "create") in the order's fund, as for the manual venue keyed in by people.
+ANY_REPORTER = "*"
+# The type of the workflow's refusal of a report from another venue than the order's: the API
+# answers 404, as for an order that venue cannot see.
+WRONG_VENUE = "ExecutionWrongVenue"
 
 
 class ExecutionReport(BaseModel):
@@ -54,6 +78,93 @@ class ReportOutcome:
     execution: Execution | None = None
     reason: str = ""
     field: str | None = None  # the report field a refusal is about
+
+
+@dataclass(frozen=True)
+class ReportGuards:
+    """What an order's fills are checked against: its side, limit, lot and reference price.
+
+    `None` for a value skips its guard (a market order has no limit; an order whose instrument
+    is not known yet has no lot or reference price).
+    """
+
+    side: Side
+    limit_price: Decimal | None = None
+    lot_size: Decimal | None = None
+    reference_price: Decimal | None = None
+
+
+def _refused(reason: str, field: str) -> ReportOutcome:
+    return ReportOutcome(ReportVerdict.REFUSED, reason=reason, field=field)
+
+
+def _fill_problem(
+    guards: ReportGuards, last_quantity: Decimal, last_price: Decimal, leaves: Decimal
+) -> ReportOutcome | None:
+    """Return the refusal of a fill that breaks the order's limit, lot or price band, if any."""
+    lot = guards.lot_size
+    # An order whose own quantity is an odd lot can only complete with an odd fill: its last.
+    completes_odd_order = last_quantity == leaves and leaves % (lot or 1) != 0
+    if lot is not None and last_quantity % lot != 0 and not completes_odd_order:
+        return _refused(
+            f"last_quantity {last_quantity} is not a whole number of lots of {lot}", "last_quantity"
+        )
+    limit = guards.limit_price
+    if limit is not None:
+        buying = guards.side is Side.BUY
+        if (buying and last_price > limit) or (not buying and last_price < limit):
+            word = "above" if buying else "below"
+            return _refused(
+                f"last_price {last_price} is through the limit: a {guards.side.value} limited "
+                f"at {limit} cannot fill {word} it",
+                "last_price",
+            )
+    reference = guards.reference_price
+    if reference is not None and abs(last_price - reference) > PRICE_BAND * reference:
+        low, high = (
+            tidy(reference - PRICE_BAND * reference),
+            tidy(reference + PRICE_BAND * reference),
+        )
+        return _refused(
+            f"last_price {last_price} is more than {PRICE_BAND:%} away from the reference "
+            f"price {reference} (fills are taken from {low} to {high})",
+            "last_price",
+        )
+    return None
+
+
+def transact_time_problem(
+    transact_time: datetime, *, now: datetime, released_at: datetime | None
+) -> str | None:
+    """Return why a report's transact_time cannot be true, or None when it can.
+
+    It may not be more than `REPORT_TIME_AHEAD` after `now`, nor before the order's release
+    (less `RELEASE_CLOCK_SKEW`, for the venue's clock).
+    """
+    if transact_time > now + REPORT_TIME_AHEAD:
+        return (
+            f"transact_time {transact_time.isoformat()} is more than a day after now "
+            f"({now.isoformat()})"
+        )
+    if released_at is not None and transact_time < released_at - RELEASE_CLOCK_SKEW:
+        return (
+            f"transact_time {transact_time.isoformat()} is before the order was released "
+            f"({released_at.isoformat()})"
+        )
+    return None
+
+
+def may_report_for(
+    venue: str | None, reporter: str, reporters: Mapping[str, Sequence[str]]
+) -> bool:
+    """Tell whether `reporter` speaks for `venue` (`reporters`: venue -> users, or `ANY_REPORTER`).
+
+    Nobody reports for an order at no venue, or for a venue no entry names.
+    """
+    if venue is None:
+        return False
+    allowed = reporters.get(venue, ())
+    return ANY_REPORTER in allowed or reporter in allowed
 
 
 def _event_for(
@@ -95,16 +206,29 @@ def apply_report(
     report: ExecutionReport,
     reported_by: str,
     received_at: datetime,
+    guards: ReportGuards | None = None,
 ) -> ReportOutcome:
     """Decide what one execution report does to an order.
 
     A repeated ExecID is a duplicate and changes nothing. A trade that would take the cumulative
     quantity past the order quantity, a trade without a price, or a report the order's status
-    does not accept is refused (and the caller flags it).
+    does not accept is refused (and the caller flags it). With `guards` (the v2 order), a report
+    on an order not at a venue, and a fill through the limit, not in whole lots or outside the
+    price band, are refused too; without them (the first workflow's recorded histories) those
+    are not checked, so old histories replay as they ran.
     """
     if report.exec_id in seen_exec_ids:
         return ReportOutcome(
             ReportVerdict.DUPLICATE, reason=f"exec_id {report.exec_id} already applied"
+        )
+    if guards is not None and status not in AT_VENUE:
+        # Every venue event of the status table starts at a venue; reports that raise no event
+        # (done_for_day, replaced, ...) must not slip past it on an order never released or
+        # already done there.
+        return _refused(
+            f"a {report.exec_type.value} report is not allowed while the order is "
+            f"{status.value}: it is not at a venue",
+            "exec_type",
         )
     cumulative, avg = filled_quantity, average_price
     if report.exec_type is ExecType.TRADE:
@@ -114,6 +238,12 @@ def apply_report(
                 reason="a trade needs a positive last_quantity and a last_price",
                 field="last_price" if report.last_quantity > 0 else "last_quantity",
             )
+        if guards is not None:
+            problem = _fill_problem(
+                guards, report.last_quantity, report.last_price, quantity - filled_quantity
+            )
+            if problem is not None:
+                return problem
         cumulative = filled_quantity + report.last_quantity
         if cumulative > quantity:
             return ReportOutcome(

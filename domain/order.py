@@ -120,6 +120,10 @@ class Order(BaseModel):
         description="When a day order's session closes (or a gtd order's expire_at): an order "
         "not released by then expires.",
     )
+    expiring: bool = Field(
+        default=False,
+        description="Its time in force ended at the venue: the cancel sent for it ends it expired.",
+    )
     approval_escalate_at: datetime | None = None
     approval_expire_at: datetime | None = None
     filled_quantity: Decimal = Decimal(0)

@@ -50,6 +50,7 @@ def without_rule_types(compliance_toml: str, rule_types: tuple[str, ...]) -> str
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("OMS_ENV", "development")  # the suite's processes run as `oms dev`
     if "OMS_POLICIES_DIR" in os.environ:
         return
     policies = Path(tempfile.mkdtemp(prefix="oms-test-policies-"))

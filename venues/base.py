@@ -31,6 +31,13 @@ class VenueOrder(BaseModel):
     order_type: OrderType
     limit_price: Decimal | None
     time_in_force: TimeInForce
+    notes: str = Field(
+        default="",
+        description=(
+            "The order's notes (`OrderRequest.notes`), for the simulator's `sim:` scenarios. "
+            "Internal: an adapter to an outside venue must not send them."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod

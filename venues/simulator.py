@@ -1,4 +1,10 @@
-"""The built-in venue simulator: acknowledges, then fills in two parts, reporting back like a venue.
+"""The built-in venue simulator: a small market that reports back like a venue, with FIX semantics.
+
+A marketable order is acknowledged, then filled at the reference price in parts; a limit order
+that is not marketable rests, working, until the reference price comes to it or it is canceled;
+ioc and fok orders are dealt with at once. An order's notes can ask for a scenario
+(`sim:partial=3`, `sim:reject`, ...: see `parse_scenario`), so a test or a demo can play the
+venue's less happy paths.
 
 Its orders live in the database (`db.simulators`), not in the worker's memory, and a loop
 (`SimulatedVenue.run`) drives them: a worker killed at any point is replaced by one that carries
@@ -10,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
 from db import simulators
 from db.engine import SessionFactory
@@ -33,18 +40,115 @@ RECEIVED = "new"  # received, not acknowledged yet
 WORKING = "working"  # acknowledged; filled_quantity says how much is done
 FILLED = "filled"
 CANCELED = "canceled"
+REJECTED = "rejected"
 
 # Exec ids are f"SIM-{cl_ord_id}-{n}" and at most 128 characters.
 MAX_CL_ORD_ID_LENGTH = 100
 _DUE_BATCH = 200  # orders taken per poll; the rest come on the next one
 _MAX_RETRY_SECONDS = 5.0
+_MAX_PARTS = 100
+_DEFAULT_PARTS = 2
+_DEFAULT_IOC_REMAINDER = Decimal(50)
+_IMMEDIATE = (TimeInForce.IOC.value, TimeInForce.FOK.value)
+
+# "sim:name" or "sim:name=value", anywhere in the notes, not glued to a word before it.
+_SCENARIO_TOKEN = re.compile(r"(?<![\w:/-])sim:([a-z][a-z-]*)(?:=(\S+))?")
+_FLAGS = ("reject", "cancel-reject", "never-ack", "late-fill-after-cancel")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What an order asked the simulator to play (all off: a plain market).
+
+    Attributes:
+        parts: How many fills a marketable order is filled in, `delay_seconds` apart.
+        reject: Reject the order instead of acknowledging it.
+        cancel_reject: Refuse every cancel request (`cancel_rejected`); the order carries on.
+        never_ack: Say nothing at all, ever (not even to a cancel request).
+        late_fill_after_cancel: Rest after the acknowledgement; when a cancel request comes,
+            report one fill first, then the cancel of the rest.
+        ioc_remainder: Percent of an ioc order left unfilled (and canceled); a fok order
+            that cannot fill completely is canceled whole. None: the market takes it all.
+    """
+
+    parts: int = _DEFAULT_PARTS
+    reject: bool = False
+    cancel_reject: bool = False
+    never_ack: bool = False
+    late_fill_after_cancel: bool = False
+    ioc_remainder: Decimal | None = None
+
+    def canonical(self) -> str:
+        """Return the scenario as `sim:` tokens (empty for the plain market); parses back alike."""
+        tokens = [f"sim:partial={self.parts}"] if self.parts != _DEFAULT_PARTS else []
+        flags = (self.reject, self.cancel_reject, self.never_ack, self.late_fill_after_cancel)
+        tokens += [f"sim:{name}" for name, on in zip(_FLAGS, flags, strict=True) if on]
+        if self.ioc_remainder is not None:
+            tokens.append(f"sim:ioc-remainder={tidy(self.ioc_remainder)}%")
+        return " ".join(tokens)
+
+
+def parse_scenario(notes: str) -> Scenario:
+    """Read the `sim:` tokens of an order's notes; the rest of the notes is ignored.
+
+    Tokens: `sim:partial=N` (1 to 100 fills), `sim:reject`, `sim:cancel-reject`,
+    `sim:never-ack`, `sim:late-fill-after-cancel`, `sim:ioc-remainder=P%` (0 < P < 100; 50 if
+    no value). They combine: `"sim:partial=3 sim:cancel-reject"`.
+
+    Raises:
+        VenueRefusedError: A `sim:` token the simulator does not know, or a bad value.
+    """
+    parts, remainder, flags = _DEFAULT_PARTS, None, set()
+    for name, value in _SCENARIO_TOKEN.findall(notes):
+        if name == "partial":
+            if not value.isdigit() or not 1 <= int(value) <= _MAX_PARTS:
+                raise VenueRefusedError(
+                    f"sim:partial needs a whole number of fills from 1 to {_MAX_PARTS}"
+                )
+            parts = int(value)
+        elif name == "ioc-remainder":
+            remainder = _percent(value)
+        elif name in _FLAGS and not value:
+            flags.add(name)
+        else:
+            known = ", ".join(["partial=N", *_FLAGS, "ioc-remainder=P%"])
+            raise VenueRefusedError(f"unknown simulator scenario sim:{name}; known: {known}")
+    return Scenario(
+        parts=parts,
+        reject="reject" in flags,
+        cancel_reject="cancel-reject" in flags,
+        never_ack="never-ack" in flags,
+        late_fill_after_cancel="late-fill-after-cancel" in flags,
+        ioc_remainder=remainder,
+    )
+
+
+def _percent(value: str) -> Decimal:
+    if not value:
+        return _DEFAULT_IOC_REMAINDER
+    try:
+        percent = Decimal(value.removesuffix("%"))
+    except InvalidOperation:
+        percent = Decimal(-1)
+    if not (percent.is_finite() and 0 < percent < 100):
+        raise VenueRefusedError("sim:ioc-remainder needs a percent between 0 and 100, e.g. 40%")
+    return percent
+
+
+def is_marketable(order: VenueOrder, reference_price: Decimal) -> bool:
+    """Return whether the order trades at the reference price (a market order always does)."""
+    if order.order_type is not OrderType.LIMIT or order.limit_price is None:
+        return True
+    if order.side is Side.BUY:
+        return order.limit_price >= reference_price
+    return order.limit_price <= reference_price
 
 
 def fill_price(order: VenueOrder, reference_price: Decimal) -> Decimal:
     """Return where the simulator fills: the market (reference) price, never worse than the limit.
 
-    A marketable limit order gets the market price; one that is not marketable is filled at its
-    limit, as if the market came to it.
+    A marketable limit order gets the market price; one that is not marketable (only a late
+    fill after a cancel request trades one) is filled at its limit, as if the market came to it.
     """
     if order.order_type is not OrderType.LIMIT or order.limit_price is None:
         return reference_price
@@ -53,9 +157,26 @@ def fill_price(order: VenueOrder, reference_price: Decimal) -> Decimal:
     return max(order.limit_price, reference_price)
 
 
+def _whole_lots(quantity: Decimal, lot_size: Decimal) -> Decimal:
+    return (quantity / lot_size).to_integral_value(rounding=ROUND_FLOOR) * lot_size
+
+
 def first_fill(quantity: Decimal, lot_size: Decimal) -> Decimal:
     """Return the first of the two fills: half the order, rounded down to whole lots."""
-    return (quantity / 2 / lot_size).to_integral_value(rounding=ROUND_FLOOR) * lot_size
+    return _whole_lots(quantity / 2, lot_size)
+
+
+def next_part(quantity: Decimal, filled: Decimal, lot_size: Decimal, parts: int) -> Decimal:
+    """Return the next fill when `quantity` is filled in `parts` parts of whole lots.
+
+    After part k of n the order has `floor(quantity * k / n)` in whole lots, the last part
+    takes the rest; a part that would be empty (an order of few lots) is skipped.
+    """
+    for k in range(1, parts):
+        target = _whole_lots(quantity * k / parts, lot_size)
+        if target > filled:
+            return target - filled
+    return quantity - filled
 
 
 @dataclass(frozen=True)
@@ -70,6 +191,7 @@ class _Step:
     last_quantity: Decimal = Decimal(0)
     last_price: Decimal | None = None
     text: str = ""
+    reference_price: Decimal | None = None  # a new reference price to keep; None: unchanged
 
 
 def _venue_order(row: SimVenueOrderRow) -> VenueOrder:
@@ -86,61 +208,190 @@ def _venue_order(row: SimVenueOrderRow) -> VenueOrder:
     )
 
 
-def _next_step(row: SimVenueOrderRow, delay: float) -> _Step:
-    """Decide what the order's next step is, from its row alone (so any simulator decides alike)."""
-    if row.cancel_requested and not row.cancel_answered:
-        if row.state in (FILLED, CANCELED):
-            return _Step(
-                ExecType.CANCEL_REJECTED,
-                row.state,
-                row.filled,
-                cancel_answered=True,
-                then_in=None,
-                text="too late to cancel: order is done",
-            )
+def _rests(row: SimVenueOrderRow) -> bool:
+    """Whether the order is working, unfilled in part, and waits for the market (a limit order)."""
+    return (
+        row.state == WORKING
+        and row.quantity > row.filled
+        and row.order_type == OrderType.LIMIT.value
+        and row.time_in_force not in _IMMEDIATE
+        and not (row.cancel_requested and not row.cancel_answered)
+    )
+
+
+def _trade(
+    row: SimVenueOrderRow, quantity: Decimal, then_in: float | None, text: str = ""
+) -> _Step:
+    filled = row.filled + quantity
+    done = filled >= row.quantity
+    return _Step(
+        ExecType.TRADE,
+        FILLED if done else WORKING,
+        filled,
+        row.cancel_answered,
+        then_in=None if done else then_in,
+        last_quantity=quantity,
+        last_price=fill_price(_venue_order(row), row.reference_price),
+        text=text,
+    )
+
+
+def _answer_cancel(row: SimVenueOrderRow, scenario: Scenario, delay: float) -> _Step:
+    if row.state in (FILLED, CANCELED, REJECTED):
+        return _Step(
+            ExecType.CANCEL_REJECTED,
+            row.state,
+            row.filled,
+            cancel_answered=True,
+            then_in=None,
+            text="too late to cancel: order is done",
+        )
+    if scenario.cancel_reject:
+        return _Step(
+            ExecType.CANCEL_REJECTED,
+            row.state,
+            row.filled,
+            cancel_answered=True,
+            then_in=delay,  # the order carries on where it was
+            text="cancel refused (sim:cancel-reject)",
+        )
+    if scenario.late_fill_after_cancel and row.state == WORKING and row.filled == 0:
+        # The cancel stays unanswered, so it is due again as soon as this fill is recorded.
+        part = next_part(row.quantity, row.filled, row.lot_size, scenario.parts)
+        return _trade(row, part, then_in=0, text="filled before the cancel (sim:late-fill)")
+    return _Step(
+        ExecType.CANCELED,
+        CANCELED,
+        row.filled,
+        cancel_answered=True,
+        then_in=None,
+        text="canceled on request",
+    )
+
+
+def _immediate(row: SimVenueOrderRow, scenario: Scenario) -> _Step:
+    """Deal with an acknowledged ioc or fok order at once: fill what the market has, cancel the rest."""
+    tif = row.time_in_force
+    if not is_marketable(_venue_order(row), row.reference_price):
         return _Step(
             ExecType.CANCELED,
             CANCELED,
             row.filled,
-            cancel_answered=True,
+            row.cancel_answered,
             then_in=None,
-            text="canceled on request",
+            text=f"{tif}: not marketable at {tidy(row.reference_price)}; canceled",
         )
+    available = row.quantity
+    if scenario.ioc_remainder is not None:
+        share = (100 - scenario.ioc_remainder) / 100
+        available = _whole_lots(row.quantity * share, row.lot_size)
+    if tif == TimeInForce.FOK.value and available < row.quantity:
+        return _Step(
+            ExecType.CANCELED,
+            CANCELED,
+            row.filled,
+            row.cancel_answered,
+            then_in=None,
+            text=f"fok: only {tidy(available)} of {tidy(row.quantity)} available; canceled",
+        )
+    if row.filled < available:
+        return _trade(row, available - row.filled, then_in=0)
+    return _Step(
+        ExecType.CANCELED,
+        CANCELED,
+        row.filled,
+        row.cancel_answered,
+        then_in=None,
+        text=f"{tif}: remainder {tidy(row.quantity - row.filled)} canceled",
+    )
+
+
+def _next_step(
+    row: SimVenueOrderRow,
+    delay: float,
+    *,
+    market: Decimal | None = None,
+    recheck: float | None = None,
+) -> _Step:
+    """Decide what the order's next step is, from its row alone (so any simulator decides alike).
+
+    Args:
+        row: The order as it stands.
+        delay: Seconds between the steps of an order.
+        market: The reference price now, for an order resting on the book (`_rests`).
+        recheck: Seconds until a resting order looks at the market again.
+    """
+    scenario = parse_scenario(row.scenario)
+    if scenario.never_ack and row.state == RECEIVED:
+        # Silence, even to a cancel request (answered, so it is not due again).
+        return _Step(None, RECEIVED, row.filled, row.cancel_requested, then_in=None)
+    if row.cancel_requested and not row.cancel_answered:
+        return _answer_cancel(row, scenario, delay)
     if row.state == RECEIVED:
-        return _Step(ExecType.NEW, WORKING, row.filled, row.cancel_answered, delay, text="accepted")
+        if scenario.reject:
+            return _Step(
+                ExecType.REJECTED,
+                REJECTED,
+                row.filled,
+                row.cancel_answered,
+                then_in=None,
+                text="rejected by the venue (sim:reject)",
+            )
+        immediate = row.time_in_force in _IMMEDIATE
+        then_in = 0 if immediate else delay
+        return _Step(
+            ExecType.NEW, WORKING, row.filled, row.cancel_answered, then_in, text="accepted"
+        )
     leaves = row.quantity - row.filled
     if row.state != WORKING or leaves <= 0:
         done = FILLED if row.state == WORKING else row.state
         return _Step(None, done, row.filled, row.cancel_answered, then_in=None)
-    first = first_fill(row.quantity, row.lot_size)
-    quantity = first - row.filled if row.filled < first else leaves
-    filled = row.filled + quantity
-    return _Step(
-        ExecType.TRADE,
-        FILLED if filled >= row.quantity else WORKING,
-        filled,
-        row.cancel_answered,
-        then_in=None if filled >= row.quantity else delay,
-        last_quantity=quantity,
-        last_price=fill_price(_venue_order(row), row.reference_price),
-    )
+    if row.time_in_force in _IMMEDIATE:
+        return _immediate(row, scenario)
+    if scenario.late_fill_after_cancel:
+        # Rests until the cancel request it is waiting for (which makes it due).
+        return _Step(None, WORKING, row.filled, row.cancel_answered, then_in=None)
+    if _rests(row):
+        price = row.reference_price if market is None else market
+        if not is_marketable(_venue_order(row), price):
+            return _Step(
+                None,
+                WORKING,
+                row.filled,
+                row.cancel_answered,
+                then_in=delay if recheck is None else recheck,
+                reference_price=price,
+            )
+        if price != row.reference_price:
+            # Keep the new price before filling at it, so a resent fill has the same price.
+            return _Step(
+                None, WORKING, row.filled, row.cancel_answered, then_in=0, reference_price=price
+            )
+    part = next_part(row.quantity, row.filled, row.lot_size, scenario.parts)
+    return _trade(row, part, then_in=delay)
 
 
 class SimulatedVenue:
-    """A venue whose orders are acknowledged, then filled in two parts, `delay_seconds` apart.
+    """A small market: orders are acknowledged, then filled in parts, `delay_seconds` apart.
 
-    Fills are at the price `fill_price` gives (the reference price, or the limit). `submit`,
+    A market order, or a marketable limit order, fills at the reference price (in two parts,
+    or as its scenario says). A limit order that is not marketable rests, working, and looks at
+    the market every `recheck_seconds` until it becomes marketable or is canceled. An ioc order
+    fills what it can at once and the remainder is canceled; a fok order fills whole at once or
+    is canceled. An unfilled ioc or fok remainder is reported `canceled` (FIX ExecType=4). `submit`,
     `cancel` and `order_status` only read and write the simulator's table; `run` is the loop
     that sends the reports, and must be running (one per worker) for orders to move.
 
     Args:
         sink: Where the execution reports go.
-        prices: The listing of a symbol, looked up once when an order arrives.
+        prices: The listing of a symbol: looked up when an order arrives, and again while a
+            limit order rests or fills.
         sessions: The database the simulator keeps its orders in.
         delay_seconds: Time from receipt to acknowledgement, and between the steps after it.
         identity: Who the reports are from (the OMS user of the venue).
         lease_seconds: How long a simulator may hold an order while reporting on it. Another
             simulator (a restarted worker) takes over an order held this long.
+        recheck_seconds: How often a resting limit order looks at the reference price.
     """
 
     name = "simulator"
@@ -154,11 +405,13 @@ class SimulatedVenue:
         delay_seconds: float = 0.2,
         identity: str = "sim-venue",
         lease_seconds: float = 10.0,
+        recheck_seconds: float = 1.0,
     ) -> None:
         self._sink = sink
         self._prices = prices
         self._sessions = sessions
         self._delay = delay_seconds
+        self._recheck = recheck_seconds
         self._identity = identity
         self._lease = timedelta(seconds=lease_seconds)
         # A report still unanswered at half the lease is given up on (and resent later), so
@@ -177,7 +430,8 @@ class SimulatedVenue:
         """Receive an order; a resend of a known ClOrdID is counted and answered OK.
 
         Raises:
-            VenueRefusedError: The symbol is not listed, or the ClOrdID is too long.
+            VenueRefusedError: The symbol is not listed, the ClOrdID is too long, or the notes
+                ask for a scenario the simulator does not know (`parse_scenario`).
         """
         if await asyncio.to_thread(self._count_resubmission, order.cl_ord_id):
             return
@@ -185,6 +439,7 @@ class SimulatedVenue:
             raise VenueRefusedError(
                 f"ClOrdID {order.cl_ord_id!r} is longer than {MAX_CL_ORD_ID_LENGTH} characters"
             )
+        scenario = parse_scenario(order.notes)
         # The price source may read a database: keep it off the event loop the workers share.
         listing = await asyncio.to_thread(self._prices, order.symbol)
         if listing is None:
@@ -204,6 +459,7 @@ class SimulatedVenue:
             reference_price=reference_price,
             lot_size=lot_size,
             state=RECEIVED,
+            scenario=scenario.canonical(),
             next_step_at=now + timedelta(seconds=self._delay),
             received_at=now,
         )
@@ -279,7 +535,11 @@ class SimulatedVenue:
             row = await asyncio.to_thread(self._claim, cl_ord_id)
             if row is None:
                 return  # no longer due, or another simulator has it
-            step = _next_step(row, self._delay)
+            market = None
+            if _rests(row):
+                listing = await asyncio.to_thread(self._prices, row.symbol)
+                market = None if listing is None else listing[0]
+            step = _next_step(row, self._delay, market=market, recheck=self._recheck)
             if step.exec_type is not None:
                 report = ExecutionReport(
                     order_id=row.order_id,
@@ -357,6 +617,7 @@ class SimulatedVenue:
                 state=step.state,
                 filled=step.filled,
                 cancel_answered=step.cancel_answered,
+                reference_price=step.reference_price,
                 next_step_at=None
                 if step.then_in is None
                 else now + timedelta(seconds=step.then_in),

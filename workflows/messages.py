@@ -138,6 +138,11 @@ class CancelInput(BaseModel):
 class ExecutionReportInput(BaseModel):
     report: ExecutionReport
     reported_by: str
+    venues: list[str] | None = Field(
+        default=None,
+        description="The venues the reporter speaks for, as the API knows them (None: not "
+        "checked, e.g. the in-process simulator's own reports).",
+    )
 
 
 class ExecutionReportResult(BaseModel):

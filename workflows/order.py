@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -57,7 +58,14 @@ with workflow.unsafe.imports_passed_through():
         worst_outcome,
     )
     from domain.errors import RefusalType
-    from domain.executions import ReportVerdict, apply_report
+    from domain.executions import (
+        WRONG_VENUE,
+        ReportGuards,
+        ReportOutcome,
+        ReportVerdict,
+        apply_report,
+        transact_time_problem,
+    )
     from domain.ids import settlement_id_for
     from domain.models import (
         ApprovalGiven,
@@ -124,6 +132,9 @@ _SIGNED_AUTHORITY = "signed-authority"
 _PORTFOLIO_COMPLIANCE = "portfolio-compliance"
 # Day and gtd orders not released in time expire (a day order at its market's close).
 _TIME_IN_FORCE = "time-in-force"
+_WORKING_AT_VENUE = frozenset(
+    {OrderStatus.RELEASED, OrderStatus.WORKING, OrderStatus.PARTIALLY_FILLED}
+)
 _WAITING_FOR_RELEASE = frozenset(
     {OrderStatus.PENDING_OVERRIDE, OrderStatus.PENDING_APPROVAL, OrderStatus.APPROVED}
 )
@@ -136,9 +147,9 @@ _PER_LEVEL_NOTICES = "per-level-approval-notices"
 _CREATION_ATTESTATION_WAIT = timedelta(minutes=1)
 # Statements of authority kept per order to refuse a replayed one (beyond, they are stale anyway).
 _NONCES_KEPT = 200
-# Reports whose transact_time is this far from the order's clock are refused as absurd.
-_REPORT_TIME_AHEAD = timedelta(minutes=5)
-_REPORT_TIME_BEHIND = timedelta(days=7)
+# Fills are checked against the order's limit, lots and the reference price's band, and no
+# report is taken on an order not at a venue (histories from before applied them unchecked).
+_EXECUTION_GUARDS = "execution-report-guards"
 
 
 def _inner(err: FailureError) -> BaseException | None:
@@ -621,14 +632,19 @@ class OrderWorkflow:
             await self._execute(self._commands.pop(0))
             return
         ack_due = order.venue_ack_due_at
+        ends = order.time_in_force_ends_at if self._may_expire_at_venue() else None
+        deadline = ack_due if ends is None else ends if ack_due is None else min(ack_due, ends)
         if await self._wait_until(
             lambda: (
                 bool(self._commands)
                 or order.status not in AT_VENUE
                 or order.venue_ack_due_at != ack_due
             ),
-            ack_due,
+            deadline,
         ):
+            return
+        if self._may_expire_at_venue() and self._deadline_passed(ends):
+            self._expire_at_venue()
             return
         if not self._deadline_passed(order.venue_ack_due_at):
             return
@@ -644,6 +660,32 @@ class OrderWorkflow:
                     ref=order.terms.cl_ord_id,
                 )
             self._commands.append(self._command(VenueCommandKind.STATUS))
+
+    def _may_expire_at_venue(self) -> bool:
+        order = self._order
+        return (
+            order.time_in_force_ends_at is not None
+            and not order.expiring
+            and order.status in _WORKING_AT_VENUE
+        )
+
+    def _expire_at_venue(self) -> None:
+        """The order's time in force ended while it works at the venue: cancel it there.
+
+        The venue's confirmation ends it `expired` (see `execution_report`).
+        """
+        order = self._order
+        order.expiring = True
+        why = (
+            "its market closed"
+            if order.request.time_in_force is TimeInForce.DAY
+            else ("its expire_at passed")
+        )
+        self._record(
+            OrderEvent.CANCEL_REQUESTED,
+            reason=f"a {order.request.time_in_force.value} order: {why}",
+        )
+        self._commands.append(self._command(VenueCommandKind.CANCEL))
 
     async def _execute(self, command: VenueCommand) -> None:
         handlers = {
@@ -665,6 +707,7 @@ class OrderWorkflow:
             order_type=order.request.order_type,
             limit_price=order.terms.limit_price,
             time_in_force=order.request.time_in_force,
+            notes=order.request.notes,
         )
         try:
             await workflow.execute_local_activity_method(
@@ -1138,17 +1181,36 @@ class OrderWorkflow:
         self._updates_this_run += 1
         order = self._order
         report = input.report
-        outcome = apply_report(
-            status=order.status,
-            quantity=order.terms.quantity,
-            filled_quantity=order.filled_quantity,
-            average_price=order.average_price,
-            seen_exec_ids=set(order.exec_ids_seen),
-            report=report,
-            reported_by=input.reported_by,
-            received_at=workflow.now(),
-        )
-        if outcome.verdict is ReportVerdict.REFUSED:
+        guards = None
+        if workflow.patched(_EXECUTION_GUARDS):
+            instrument = order.instrument
+            guards = ReportGuards(
+                side=order.request.side,
+                limit_price=order.terms.limit_price,
+                lot_size=instrument.lot_size if instrument is not None else None,
+                reference_price=instrument.reference_price if instrument is not None else None,
+            )
+        # Two sends of one report can both pass the validator before either is handled: the
+        # first decision stands, and a refusal is kept, and flagged, once.
+        if guards is not None and report.exec_id in order.refused_reports:
+            outcome = ReportOutcome(
+                ReportVerdict.REFUSED, reason=order.refused_reports[report.exec_id], field="exec_id"
+            )
+            refused_before = True
+        else:
+            refused_before = False
+            outcome = apply_report(
+                status=order.status,
+                quantity=order.terms.quantity,
+                filled_quantity=order.filled_quantity,
+                average_price=order.average_price,
+                seen_exec_ids=set(order.exec_ids_seen),
+                report=report,
+                reported_by=input.reported_by,
+                received_at=workflow.now(),
+                guards=guards,
+            )
+        if outcome.verdict is ReportVerdict.REFUSED and not refused_before:
             order.refused_reports[report.exec_id] = outcome.reason
             order.raise_flag(
                 FlagKind.EXECUTION_REFUSED,
@@ -1161,6 +1223,9 @@ class OrderWorkflow:
             assert execution is not None
             order.add_execution(execution)
             details: dict[str, JsonValue] = execution.model_dump(mode="json")
+            if outcome.event is OrderEvent.VENUE_CANCELED and order.expiring:
+                # The cancel its time in force sent: as FIX reports it, the order expired.
+                outcome = replace(outcome, event=OrderEvent.VENUE_EXPIRED)
             if outcome.event is None:
                 self._record(OrderEvent.EXECUTION_APPLIED, actor=input.reported_by, details=details)
             else:
@@ -1192,18 +1257,27 @@ class OrderWorkflow:
             raise _refuse(
                 order.refused_reports[report.exec_id], RefusalType.EXECUTION_REFUSED, "exec_id"
             )
-        if order.closed or order.status in PRE_RELEASE:
+        if order.closed or order.status in PRE_RELEASE or order.venue is None:
             raise _refuse(
                 f"the order is {order.status.value}, not at a venue", RefusalType.INVALID_STATE
             )
-        now = workflow.now()
-        if not now - _REPORT_TIME_BEHIND <= report.transact_time <= now + _REPORT_TIME_AHEAD:
-            raise _refuse(
-                f"transact_time {report.transact_time.isoformat()} is too far from now "
-                f"({now.isoformat()})",
-                RefusalType.INVALID_INPUT,
-                "transact_time",
+        if input.venues is not None and order.venue not in input.venues:
+            # As for an order this venue cannot see (the API answers 404).
+            raise ApplicationError(
+                f"{input.reported_by} does not report for {order.venue}",
+                type=WRONG_VENUE,
+                non_retryable=True,
             )
+        # After continue-as-new the log may have lost the release; the creation bounds it then.
+        released_at = next(
+            (e.at for e in reversed(order.events) if e.kind is OrderEvent.RELEASED),
+            order.created_at,
+        )
+        problem = transact_time_problem(
+            report.transact_time, now=workflow.now(), released_at=released_at
+        )
+        if problem is not None:
+            raise _refuse(problem, RefusalType.INVALID_INPUT, "transact_time")
 
     # ---- signals: the back office -------------------------------------------------------------
 

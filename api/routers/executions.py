@@ -5,16 +5,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
+from sqlmodel import Session, select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import Services, ServicesDep, UserDep
-from api.errors import ApiError, from_update_failure
-from api.order_access import OrderRef, locate, order_handle, query_order
+from api.deps import Services, ServicesDep, UserDep, run_db
+from api.errors import ApiError, from_update_failure, not_found
+from api.order_access import OrderRef, locate, order_handle, order_state, query_order
 from api.schemas import ExecutionAnswer
+from db.tables import OrderRow
 from domain.errors import RefusalType
-from domain.executions import ExecutionReport, ReportVerdict, apply_report
+from domain.executions import (
+    WRONG_VENUE,
+    ExecutionReport,
+    ReportVerdict,
+    apply_report,
+    may_report_for,
+)
 from workflows.messages import ExecutionReportInput, ExecutionReportResult
 from workflows.order import OrderWorkflow
 
@@ -27,11 +35,20 @@ async def post_execution(
 ) -> ExecutionAnswer:
     """Take one execution report: 202 when taken, 200 for a duplicate exec_id, 409 when refused.
 
-    A refused report (overfill, a report the order's status does not take) is recorded on the
-    order once, and the venue gets 409 with the reason; sending it again gets the same answer.
+    A refused report (overfill, a fill through the limit, not in whole lots or too far from the
+    reference price, a report the order's status does not take) is recorded on the order once,
+    and the venue gets 409 with the reason; sending it again gets the same answer. A caller who
+    does not report for the venue the order was released to gets 404, as for an order it cannot
+    see (`settings.venue_reporters`).
     """
     ref = await locate(services, user, report.order_id, ("executions", "create"))
-    update = ExecutionReportInput(report=report, reported_by=user)
+    await _require_reporter_for_its_venue(services, ref, user)
+    reporters = services.settings.venue_reporters
+    update = ExecutionReportInput(
+        report=report,
+        reported_by=user,
+        venues=[venue for venue in reporters if may_report_for(venue, user, reporters)],
+    )
     if ref.is_v1:
         return await _report_to_v1(services, ref, update, response)
     handle = order_handle(services, ref.order_id)
@@ -42,12 +59,31 @@ async def post_execution(
         if isinstance(cause, ApplicationError) and cause.type == RefusalType.DUPLICATE:
             response.status_code = 200
             return ExecutionAnswer(status="duplicate", detail=cause.message)
+        if isinstance(cause, ApplicationError) and cause.type == WRONG_VENUE:
+            raise not_found() from err
         raise from_update_failure(err) from err
     except RPCError as err:
         if err.status is not RPCStatusCode.NOT_FOUND:
             raise
         return await _report_to_closed_order(services, ref, report, response)
     return _answer(result, response)
+
+
+async def _require_reporter_for_its_venue(services: Services, ref: OrderRef, user: str) -> None:
+    """Answer 404 unless `user` reports for the venue the order was released to.
+
+    The read model's row names the venue; a row not yet projected past the release is asked of
+    the order itself. An order at no venue is left to the order, which refuses the report (409).
+    """
+    venue = await run_db(services, lambda session: _projected_venue(session, ref.order_id))
+    if venue is None:
+        venue = (await order_state(services, ref.order_id, ref.workflow_type)).venue
+    if venue is not None and not may_report_for(venue, user, services.settings.venue_reporters):
+        raise not_found()
+
+
+def _projected_venue(session: Session, order_id: str) -> str | None:
+    return session.exec(select(OrderRow.venue).where(OrderRow.order_id == order_id)).first()
 
 
 async def _report_to_closed_order(

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from sqlmodel import Session
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
 
 from api import decisions
 from api.authority import attest
 from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
-from api.errors import ApiError, invalid
+from api.errors import ApiError, forbidden, invalid
 from api.history import render_history
 from api.kill_switch import cancel_if_engaged, ensure_not_engaged
 from api.order_access import (
@@ -74,10 +77,12 @@ def normalise_order(
 
     The caller needs `permission` (object, action) in the order's fund.
     """
+    # The permission first, and the same 403 for a fund that does not exist: the answer must
+    # not tell a caller which funds exist.
+    require(services, user, body.fund, *permission)
     fund = queries.get_fund(session, body.fund)
     if fund is None:
-        raise invalid("fund", f"unknown fund {body.fund}")
-    require(services, user, body.fund, *permission)
+        raise forbidden(f"{user} may not {permission[1]} {permission[0]} in {body.fund}")
     instrument = queries.get_instrument(session, body.symbol)
     if instrument is None:
         raise invalid("symbol", f"unknown symbol {body.symbol}")
@@ -142,7 +147,16 @@ async def create_order(
             start_workflow_operation=start,
         )
     except WorkflowAlreadyStartedError:
+        # Update-with-start hands a refused start's error to the start operation too: retrieve
+        # it, or asyncio logs "Future exception was never retrieved" (every duplicate create did).
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await start.workflow_handle()
         return await _existing_order(services, order_id, request, response)
+    except RPCError:
+        # The same for a start Temporal refused (the operation holds the error, or a handle).
+        with contextlib.suppress(RPCError):
+            await start.workflow_handle()
+        raise
     return OrderPublic.from_order(order)
 
 
@@ -283,6 +297,19 @@ async def order_refusals(
     return [RefusedAction.model_validate(row, from_attributes=True) for row in rows]
 
 
+# Keys of the raw Temporal history that name a worker's host and process or the code's paths.
+_HIDDEN_HISTORY_KEYS = frozenset({"identity", "lastWorkerIdentity", "stackTrace"})
+
+
+def _without_keys(value: Any, hidden: frozenset[str]) -> Any:
+    """Return the JSON value without the `hidden` keys, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_keys(v, hidden) for k, v in value.items() if k not in hidden}
+    if isinstance(value, list):
+        return [_without_keys(item, hidden) for item in value]
+    return value
+
+
 @router.get("/{order_id}/history", response_model=None)
 async def order_history(
     order_id: str, services: ServicesDep, user: UserDep, format: str | None = None
@@ -295,7 +322,9 @@ async def order_history(
     if format == "temporal" or ref.is_v1:
         history = await order_handle(services, ref.order_id).fetch_history()
         if format == "temporal":
-            return Response(content=history.to_json(), media_type="application/json")
+            # Without the workers' identities (pid@host) and failures' stack traces (paths).
+            raw = _without_keys(history.to_json_dict(), _HIDDEN_HISTORY_KEYS)
+            return Response(content=json.dumps(raw), media_type="application/json")
         return await render_history(history, services.temporal.data_converter)
     rows = await run_db(services, lambda session: queries.order_events(session, ref.order_id))
     return [

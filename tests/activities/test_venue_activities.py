@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -22,13 +23,20 @@ from activities.venue import (
     VenueOrderStatusInput,
 )
 from db import simulators
-from db.engine import SessionFactory, create_schema
+from db.engine import SessionFactory, create_schema, make_engine, session_factory
 from db.simulators import SimVenueOrderRow
 from domain.executions import ExecutionReport
 from domain.models import ExecType, OrderType, Side, TimeInForce
-from venues.base import VenueOrder, VenueOrderStatus
+from venues.base import VenueOrder, VenueOrderStatus, VenueRefusedError
 from venues.manual import ManualVenue
-from venues.simulator import PriceSource, SimulatedVenue, fill_price
+from venues.simulator import (
+    PriceSource,
+    Scenario,
+    SimulatedVenue,
+    fill_price,
+    next_part,
+    parse_scenario,
+)
 
 DELAY = 0.02
 LISTINGS = {
@@ -147,10 +155,16 @@ async def open_venue(
     delay: float = DELAY,
     sink: RecordingSink | None = None,
     lease_seconds: float = 10.0,
+    recheck: float = DELAY,
 ) -> AsyncIterator[Venue]:
     sink = sink or RecordingSink()
     simulator = SimulatedVenue(
-        sink, prices, sessions, delay_seconds=delay, lease_seconds=lease_seconds
+        sink,
+        prices,
+        sessions,
+        delay_seconds=delay,
+        lease_seconds=lease_seconds,
+        recheck_seconds=recheck,
     )
     venue = Venue(sink, simulator, sessions)
     async with running(simulator):
@@ -168,8 +182,10 @@ def venue_order(
     symbol: str = "AAPL",
     quantity: str = "1001",
     order_type: OrderType = OrderType.LIMIT,
-    limit_price: str | None = "229.75",
+    limit_price: str | None = "231",
     side: Side = Side.BUY,
+    time_in_force: TimeInForce = TimeInForce.DAY,
+    notes: str = "",
 ) -> VenueOrder:
     order_id = f"ord_t{uuid.uuid4().hex[:16]}"
     return VenueOrder(
@@ -181,7 +197,8 @@ def venue_order(
         quantity=Decimal(quantity),
         order_type=order_type,
         limit_price=Decimal(limit_price) if limit_price else None,
-        time_in_force=TimeInForce.DAY,
+        time_in_force=time_in_force,
+        notes=notes,
     )
 
 
@@ -210,7 +227,9 @@ async def done(venue: Venue, order: VenueOrder) -> list[ExecutionReport]:
     return venue.sink.of(order)
 
 
-async def test_a_limit_order_is_acknowledged_then_filled_in_two_at_the_limit(venue: Venue) -> None:
+async def test_a_marketable_limit_order_is_acknowledged_then_filled_in_two_at_the_market(
+    venue: Venue,
+) -> None:
     order = venue_order()
     await venue.submit(order)
 
@@ -221,7 +240,7 @@ async def test_a_limit_order_is_acknowledged_then_filled_in_two_at_the_limit(ven
     assert (new.last_quantity, new.last_price, new.text) == (Decimal(0), None, "accepted")
     assert [t.last_quantity for t in trades] == [Decimal(500), Decimal(501)]
     assert sum(t.last_quantity for t in trades) == order.quantity
-    assert {t.last_price for t in trades} == {Decimal("229.75")}
+    assert {t.last_price for t in trades} == {Decimal("230.5")}  # the market, not the limit
     assert [r.exec_id for r in reports] == exec_ids(order, 1, 2, 3)
     assert venue.sink.reporters == {"sim-venue"}
     assert all(r.transact_time.utcoffset() is not None for r in reports)
@@ -246,13 +265,13 @@ async def test_a_market_order_fills_at_the_reference_price(venue: Venue) -> None
 
 
 async def test_fills_respect_the_lot_size(venue: Venue) -> None:
-    order = venue_order(symbol="EURUSD", quantity="2500", limit_price="1.0849")
+    order = venue_order(symbol="EURUSD", quantity="2500", limit_price="1.0851")
     await venue.submit(order)
 
     reports = await done(venue, order)
 
     assert [r.last_quantity for r in reports] == [Decimal(0), Decimal(1000), Decimal(1500)]
-    assert {r.last_price for r in reports[1:]} == {Decimal("1.0849")}
+    assert {r.last_price for r in reports[1:]} == {Decimal("1.085")}
 
 
 async def test_an_order_smaller_than_two_lots_fills_at_once(venue: Venue) -> None:
@@ -593,3 +612,363 @@ def test_fill_price_is_never_worse_than_the_limit(
 ) -> None:
     order = venue_order(side=side, order_type=order_type, limit_price=limit)
     assert fill_price(order, Decimal("230.5")) == Decimal(expected)
+
+
+# The simulated market: resting limit orders, ioc and fok, and the scenarios an order asks for.
+
+
+class Market:
+    """A price source whose prices a test moves, counting how often each symbol is looked at."""
+
+    def __init__(self) -> None:
+        self.listings = dict(LISTINGS)
+        self.looks: dict[str, int] = {}
+
+    def __call__(self, symbol: str) -> tuple[Decimal, Decimal] | None:
+        self.looks[symbol] = self.looks.get(symbol, 0) + 1
+        return self.listings.get(symbol)
+
+    def move(self, symbol: str, price: str) -> None:
+        self.listings[symbol] = (Decimal(price), self.listings[symbol][1])
+
+
+def kinds(reports: list[ExecutionReport]) -> list[tuple[ExecType, Decimal]]:
+    return [(r.exec_type, r.last_quantity) for r in reports]
+
+
+async def acknowledged(venue: Venue, order: VenueOrder) -> None:
+    await eventually(lambda: bool(venue.sink.of(order)))
+    assert [r.exec_type for r in venue.sink.of(order)] == [ExecType.NEW]
+
+
+async def looked_again(venue: Venue, market: Market, symbol: str, times: int = 3) -> None:
+    """Wait until the simulator looked at the market `times` more times (it rechecked)."""
+    seen = market.looks.get(symbol, 0)
+    await eventually(lambda: market.looks.get(symbol, 0) >= seen + times)
+
+
+@pytest.mark.parametrize(("side", "limit"), [(Side.BUY, "100"), (Side.SELL, "300")])
+async def test_a_limit_order_that_is_not_marketable_rests_until_canceled(
+    sessions: SessionFactory, side: Side, limit: str
+) -> None:
+    market = Market()
+    async with open_venue(sessions, market) as venue:
+        order = venue_order(quantity="100", limit_price=limit, side=side)
+        await venue.submit(order)
+        await acknowledged(venue, order)
+        await looked_again(venue, market, "AAPL")
+
+        # Working, nothing filled: the market (230.5) is not at the limit.
+        assert kinds(venue.sink.of(order)) == [(ExecType.NEW, Decimal(0))]
+        assert await venue.status(order.cl_ord_id) == VenueOrderStatus(
+            cl_ord_id=order.cl_ord_id, known=True, state="working", filled_quantity=Decimal(0)
+        )
+
+        await venue.cancel(order)
+        reports = await done(venue, order)
+
+    assert kinds(reports) == [(ExecType.NEW, Decimal(0)), (ExecType.CANCELED, Decimal(0))]
+    assert [r.exec_id for r in reports] == exec_ids(order, 1, 2)
+    assert reports[-1].text == "canceled on request"
+    assert (venue.row(order).state, venue.row(order).filled) == ("canceled", Decimal(0))
+
+
+async def test_a_resting_order_fills_when_the_market_comes_to_it(sessions: SessionFactory) -> None:
+    market = Market()
+    async with open_venue(sessions, market) as venue:
+        order = venue_order(quantity="100", limit_price="230")
+        await venue.submit(order)
+        await acknowledged(venue, order)
+        await looked_again(venue, market, "AAPL")
+
+        market.move("AAPL", "229.9")
+        reports = await done(venue, order)
+
+    assert kinds(reports) == [
+        (ExecType.NEW, Decimal(0)),
+        (ExecType.TRADE, Decimal(50)),
+        (ExecType.TRADE, Decimal(50)),
+    ]
+    assert {r.last_price for r in reports[1:]} == {Decimal("229.9")}  # the market, not worse
+    assert (venue.row(order).reference_price, venue.row(order).state) == (
+        Decimal("229.9"),
+        "filled",
+    )
+
+
+async def test_a_marketable_limit_order_fills_at_the_reference_price(venue: Venue) -> None:
+    order = venue_order(quantity="10", limit_price="250", side=Side.BUY)
+    await venue.submit(order)
+
+    reports = await done(venue, order)
+
+    assert [r.exec_type for r in reports] == [ExecType.NEW, ExecType.TRADE, ExecType.TRADE]
+    assert {r.last_price for r in reports[1:]} == {Decimal("230.5")}
+
+
+async def test_a_resting_order_is_resent_and_reported_once(sessions: SessionFactory) -> None:
+    async with open_venue(sessions) as venue:
+        order = venue_order(limit_price="100")
+        await venue.submit(order)
+        await acknowledged(venue, order)
+        await venue.submit(order)
+        await venue.submit(order)
+        await asyncio.sleep(10 * DELAY)
+
+        assert venue.row(order).submissions == 3
+        assert [r.exec_id for r in venue.sink.of(order)] == exec_ids(order, 1)
+
+
+async def test_a_resting_order_survives_the_simulator_that_acknowledged_it(
+    sessions: SessionFactory,
+) -> None:
+    market = Market()
+    order = venue_order(quantity="10", limit_price="200")
+    async with open_venue(sessions, market, lease_seconds=0.2) as first:
+        await first.submit(order)
+        await acknowledged(first, order)
+        await looked_again(first, market, "AAPL")
+
+    # A new worker on the same database keeps it resting, then fills it once the market moves.
+    async with open_venue(sessions, market, lease_seconds=0.2) as second:
+        await looked_again(second, market, "AAPL")
+        assert second.sink.of(order) == []
+        market.move("AAPL", "199")
+        await eventually(lambda: second.settled(order))
+
+    delivered = first.sink.of(order) + second.sink.of(order)
+    assert [r.exec_id for r in delivered] == exec_ids(order, 1, 2, 3)
+    assert kinds(delivered) == [
+        (ExecType.NEW, Decimal(0)),
+        (ExecType.TRADE, Decimal(5)),
+        (ExecType.TRADE, Decimal(5)),
+    ]
+    assert {r.last_price for r in delivered[1:]} == {Decimal(199)}
+
+
+@pytest.mark.parametrize("tif", [TimeInForce.IOC, TimeInForce.FOK])
+async def test_a_marketable_ioc_or_fok_order_fills_whole_at_once(
+    venue: Venue, tif: TimeInForce
+) -> None:
+    order = venue_order(quantity="100", time_in_force=tif)
+    await venue.submit(order)
+
+    reports = await done(venue, order)
+
+    assert kinds(reports) == [(ExecType.NEW, Decimal(0)), (ExecType.TRADE, Decimal(100))]
+    assert reports[1].last_price == Decimal("230.5")
+    assert venue.row(order).state == "filled"
+
+
+@pytest.mark.parametrize("tif", [TimeInForce.IOC, TimeInForce.FOK])
+async def test_an_ioc_or_fok_order_that_is_not_marketable_is_canceled_at_once(
+    venue: Venue, tif: TimeInForce
+) -> None:
+    order = venue_order(quantity="100", limit_price="100", time_in_force=tif)
+    await venue.submit(order)
+
+    reports = await done(venue, order)
+
+    assert kinds(reports) == [(ExecType.NEW, Decimal(0)), (ExecType.CANCELED, Decimal(0))]
+    assert reports[1].text == f"{tif.value}: not marketable at 230.5; canceled"
+    assert (venue.row(order).state, venue.row(order).filled) == ("canceled", Decimal(0))
+
+
+async def test_an_ioc_remainder_is_canceled(venue: Venue) -> None:
+    order = venue_order(
+        quantity="100", time_in_force=TimeInForce.IOC, notes="sim:ioc-remainder=40%"
+    )
+    await venue.submit(order)
+
+    reports = await done(venue, order)
+
+    assert kinds(reports) == [
+        (ExecType.NEW, Decimal(0)),
+        (ExecType.TRADE, Decimal(60)),
+        (ExecType.CANCELED, Decimal(0)),
+    ]
+    assert reports[-1].text == "ioc: remainder 40 canceled"
+    assert (venue.row(order).state, venue.row(order).filled) == ("canceled", Decimal(60))
+
+
+async def test_a_fok_order_the_market_cannot_fill_whole_is_canceled_unfilled(
+    venue: Venue,
+) -> None:
+    order = venue_order(quantity="100", time_in_force=TimeInForce.FOK, notes="sim:ioc-remainder")
+
+    await venue.submit(order)
+    reports = await done(venue, order)
+
+    assert kinds(reports) == [(ExecType.NEW, Decimal(0)), (ExecType.CANCELED, Decimal(0))]
+    assert reports[-1].text == "fok: only 50 of 100 available; canceled"
+
+
+async def test_partial_fills_over_time(venue: Venue) -> None:
+    order = venue_order(symbol="EURUSD", quantity="5000", limit_price="1.1", notes="sim:partial=3")
+    await venue.submit(order)
+
+    reports = await done(venue, order)
+
+    # Thirds in whole lots of 1000: 1000, 2000, then the rest.
+    assert kinds(reports) == [
+        (ExecType.NEW, Decimal(0)),
+        (ExecType.TRADE, Decimal(1000)),
+        (ExecType.TRADE, Decimal(2000)),
+        (ExecType.TRADE, Decimal(2000)),
+    ]
+    assert [r.exec_id for r in reports] == exec_ids(order, 1, 2, 3, 4)
+    assert venue.row(order).scenario == "sim:partial=3"
+
+
+async def test_a_rejected_order_is_rejected_and_cannot_be_canceled(venue: Venue) -> None:
+    order = venue_order(notes="please work carefully sim:reject")
+    await venue.submit(order)
+    [rejected] = await done(venue, order)
+
+    await venue.cancel(order)
+    reports = await done(venue, order)
+
+    assert (rejected.exec_type, rejected.text) == (
+        ExecType.REJECTED,
+        "rejected by the venue (sim:reject)",
+    )
+    assert [r.exec_type for r in reports] == [ExecType.REJECTED, ExecType.CANCEL_REJECTED]
+    assert (await venue.status(order.cl_ord_id)).state == "rejected"
+
+
+async def test_a_cancel_reject_leaves_the_order_working(sessions: SessionFactory) -> None:
+    market = Market()
+    async with open_venue(sessions, market) as venue:
+        order = venue_order(quantity="10", limit_price="200", notes="sim:cancel-reject")
+        await venue.submit(order)
+        await acknowledged(venue, order)
+
+        await venue.cancel(order)
+        await eventually(lambda: len(venue.sink.of(order)) == 2)
+        await looked_again(venue, market, "AAPL")
+        assert venue.row(order).state == "working"
+
+        market.move("AAPL", "199")
+        reports = await done(venue, order)
+
+    assert [r.exec_type for r in reports] == [
+        ExecType.NEW,
+        ExecType.CANCEL_REJECTED,
+        ExecType.TRADE,
+        ExecType.TRADE,
+    ]
+    assert reports[1].text == "cancel refused (sim:cancel-reject)"
+    assert venue.row(order).state == "filled"
+
+
+async def test_a_never_ack_order_hears_nothing(venue: Venue) -> None:
+    order = venue_order(notes="sim:never-ack")
+    await venue.submit(order)
+    await eventually(lambda: venue.settled(order))
+    await venue.cancel(order)
+    await eventually(lambda: venue.settled(order))
+    await asyncio.sleep(5 * DELAY)
+
+    assert venue.sink.of(order) == []
+    assert await venue.status(order.cl_ord_id) == VenueOrderStatus(
+        cl_ord_id=order.cl_ord_id, known=True, state="new", filled_quantity=Decimal(0)
+    )
+
+
+async def test_a_fill_comes_after_the_cancel_request_then_the_cancel(venue: Venue) -> None:
+    order = venue_order(quantity="100", notes="sim:late-fill-after-cancel")
+    await venue.submit(order)
+    await acknowledged(venue, order)
+    await eventually(lambda: venue.settled(order))  # resting: waits for the cancel
+    assert venue.sink.of(order)[-1].exec_type is ExecType.NEW
+
+    await venue.cancel(order)
+    reports = await done(venue, order)
+
+    assert kinds(reports) == [
+        (ExecType.NEW, Decimal(0)),
+        (ExecType.TRADE, Decimal(50)),
+        (ExecType.CANCELED, Decimal(0)),
+    ]
+    assert reports[1].last_price == Decimal("230.5")
+    assert (venue.row(order).state, venue.row(order).filled) == ("canceled", Decimal(50))
+
+
+@pytest.mark.parametrize(
+    "notes", ["sim:partail=3", "sim:partial=0", "sim:partial=x", "sim:ioc-remainder=100%"]
+)
+async def test_a_scenario_the_simulator_does_not_know_is_refused(venue: Venue, notes: str) -> None:
+    order = venue_order(notes=notes)
+
+    refused = await refusal(venue.submit(order))
+
+    assert refused.type == "VenueRefused"
+    assert "sim:" in refused.message
+    assert (await venue.status(order.cl_ord_id)).known is False
+
+
+@pytest.mark.parametrize(
+    ("notes", "scenario"),
+    [
+        ("", Scenario()),
+        ("call me before 3pm; simulate nothing", Scenario()),
+        ("x sim:partial=4 sim:cancel-reject", Scenario(parts=4, cancel_reject=True)),
+        ("sim:never-ack", Scenario(never_ack=True)),
+        ("sim:late-fill-after-cancel", Scenario(late_fill_after_cancel=True)),
+        ("sim:ioc-remainder=12.5%", Scenario(ioc_remainder=Decimal("12.5"))),
+        ("sim:ioc-remainder=40", Scenario(ioc_remainder=Decimal(40))),
+        ("sim:reject", Scenario(reject=True)),
+    ],
+)
+def test_scenarios_parse_and_write_back_alike(notes: str, scenario: Scenario) -> None:
+    assert parse_scenario(notes) == scenario
+    assert parse_scenario(scenario.canonical()) == scenario
+
+
+def test_an_unknown_scenario_names_the_known_ones() -> None:
+    with pytest.raises(VenueRefusedError, match="late-fill-after-cancel"):
+        parse_scenario("sim:bust")
+
+
+@pytest.mark.parametrize(
+    ("quantity", "lot", "parts", "fills"),
+    [
+        ("1001", "1", 2, ["500", "501"]),
+        ("1000", "1000", 2, ["1000"]),
+        ("300", "1", 3, ["100", "100", "100"]),
+        ("10", "1", 4, ["2", "3", "2", "3"]),
+        ("7", "1", 1, ["7"]),
+    ],
+)
+def test_partial_fills_are_whole_lots_that_add_up(
+    quantity: str, lot: str, parts: int, fills: list[str]
+) -> None:
+    done, taken = Decimal(0), []
+    while done < Decimal(quantity):
+        part = next_part(Decimal(quantity), done, Decimal(lot), parts)
+        taken.append(part)
+        done += part
+    assert taken == [Decimal(f) for f in fills]
+
+
+def test_a_book_from_before_scenarios_gains_the_column(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    create_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE sim_venue_orders DROP COLUMN scenario"))
+        connection.execute(
+            text(
+                "INSERT INTO sim_venue_orders (cl_ord_id, order_id, fund, symbol, side, quantity,"
+                " order_type, time_in_force, reference_price, lot_size, state, filled, next_exec,"
+                " cancel_requested, cancel_answered, submissions, received_at) VALUES ('old-1',"
+                " 'old', 'fund-alpha', 'AAPL', 'buy', 10, 'market', 'day', 230.5, 1, 'new', 0, 1,"
+                " FALSE, FALSE, 1, '2026-01-02 03:04:05')"
+            )
+        )
+
+    create_schema(engine)
+
+    with session_factory(engine)() as session:
+        row = simulators.venue_order(session, "old-1")
+    engine.dispose()
+    assert row is not None and row.scenario == ""

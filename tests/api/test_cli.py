@@ -20,7 +20,11 @@ def test_token_is_signed_for_a_known_user_with_the_asked_lifetime(
     assert cli.main(["token", "alice", "--ttl", "30m"]) == 0
     token = capsys.readouterr().out.strip()
     claims = jwt.decode(
-        token, "cli-test-secret-long-enough-for-hs256-signing", algorithms=["HS256"]
+        token,
+        "cli-test-secret-long-enough-for-hs256-signing",
+        algorithms=["HS256"],
+        audience="oms-api",
+        issuer="oms",
     )
     assert claims["sub"] == "alice"
     lifetime = datetime.fromtimestamp(claims["exp"], UTC) - datetime.now(UTC)
@@ -52,12 +56,12 @@ async def test_order_commands_drive_the_story(
 
     code, created = await oms(
         "order", "new", "--as", "alice", "--fund", "fund-alpha", "--symbol", "MSFT",
-        "--side", "buy", "--quantity", "25", "--limit", "415",
+        "--side", "buy", "--quantity", "25", "--limit", "416",
     )  # fmt: skip
     assert code == 0
     assert isinstance(created, dict)
     order_id = created["order_id"]
-    assert (created["status"], created["limit_price"]) == ("pending_approval", "415")
+    assert (created["status"], created["limit_price"]) == ("pending_approval", "416")
 
     code, refused = await oms("order", "approve", order_id, "--as", "alice")
     assert code == 1

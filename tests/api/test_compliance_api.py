@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+from sqlmodel import col, select
+
+from db import audit
+from db.engine import make_engine, session_factory
+from db.tables import AuditRow
 from tests.api.conftest import Stack
 from tests.api.test_orders_api import create
 
@@ -51,6 +56,16 @@ async def test_a_soft_breach_goes_override_approval_release_settled(stack: Stack
     assert override["actor"] == "cora" and override["details"]["rules"] == warned
     warned_entry = next(h for h in history if h["event"] == "compliance_warned")
     assert len(warned_entry["details"]["rules_version"]) == 64
+
+    # Every event of its life is in fund-alpha's audit chain, in order, and the chain verifies.
+    engine = make_engine(stack.settings.resolved_database_url)
+    with session_factory(engine)() as session:
+        chained = session.exec(
+            select(AuditRow).where(AuditRow.order_id == order_id).order_by(col(AuditRow.position))
+        ).all()
+        assert [row.kind for row in chained] == events
+        assert audit.verify(session, ["fund-alpha"]) == []
+    engine.dispose()
 
 
 async def test_the_what_if_answers_what_the_order_got(stack: Stack) -> None:

@@ -79,7 +79,7 @@ async def test_a_fresh_order_waits_in_the_desk_heads_inbox(stack: Stack) -> None
         "order_type": "limit",
     }
     assert (item["limit_price"], item["notional"], item["currency"]) == (
-        "230.25",
+        "231",
         order["notional"],
         "USD",
     )

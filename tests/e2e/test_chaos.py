@@ -398,6 +398,8 @@ def build_chaos(tmp: Path, http: httpx.AsyncClient, timeline: Timeline, api_port
             # The suite's rules (tests/conftest.py): 52 alike orders in seconds are the point
             # here, not something for compliance to stop.
             "OMS_POLICIES_DIR": os.environ["OMS_POLICIES_DIR"],
+            # The development keys and secrets, as `oms dev` uses them (production refuses them).
+            "OMS_ENV": "development",
         }
     )
     temporal = Service(

@@ -14,10 +14,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from domain.authority import Action, Authority, SignedAuthority, key_id, sign
 from domain.errors import RefusalType
-from domain.models import OrderStatus
+from domain.executions import WRONG_VENUE
+from domain.models import ExecType, OrderStatus
 from tests.authority import statement
 from tests.workflows.conftest import Desk, OrderHandle, wait_for_status
-from tests.workflows.test_order_workflow import CIO, DESK_HEAD, approve_as, refusal_of
+from tests.workflows.test_order_workflow import (
+    CIO,
+    DESK_HEAD,
+    approve_as,
+    refusal_of,
+    report_input,
+)
 from workflows.messages import ApproveInput, CancelInput, ReleaseInput
 from workflows.order import OrderWorkflow
 
@@ -193,4 +200,19 @@ async def test_an_unsigned_cancel_or_release_is_refused(desk: Desk, action: Acti
             ReleaseInput(user="tom", venue="manual", authority=elsewhere),
         )
         assert "issued for another order" in refusal.message
+    await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="alice", reason="done"))
+
+
+async def test_a_report_from_a_venue_the_order_was_not_sent_to_is_refused(desk: Desk) -> None:
+    handle = await desk.start(quantity="10")
+    await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+    await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
+    now = await desk.env.get_current_time()
+    fill = report_input(order_id_of(handle), "elsewhere-1", ExecType.TRADE, "10", "230", now)
+    refusal = await refusal_of(
+        handle, OrderWorkflow.execution_report, fill.model_copy(update={"venues": ["simulator"]})
+    )
+    assert refusal.type == WRONG_VENUE
+    assert (await handle.query(OrderWorkflow.state)).filled_quantity == 0
     await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="alice", reason="done"))

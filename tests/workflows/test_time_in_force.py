@@ -8,10 +8,11 @@ from decimal import Decimal
 import pytest
 
 from activities.trading_day import session_close
-from domain.models import AssetClass, OrderStatus
+from domain.models import AssetClass, ExecType, OrderStatus
 from domain.portfolio import InstrumentData, MarketHours
 from tests.workflows.conftest import Desk, wait_for_status
-from tests.workflows.test_order_workflow import approve_as
+from tests.workflows.test_order_workflow import approve_as, report_input
+from workflows.messages import ReleaseInput
 from workflows.order import OrderWorkflow
 
 XNYS = MarketHours(
@@ -74,3 +75,31 @@ async def test_a_gtd_order_expires_at_its_time(desk: Desk) -> None:
     assert (await handle.result()).status is OrderStatus.EXPIRED
     state = await handle.query(OrderWorkflow.state)
     assert "gtd order not released by" in state.status_reason
+
+
+async def test_a_day_order_at_the_venue_is_canceled_there_at_the_close_and_ends_expired(
+    desk: Desk,
+) -> None:
+    handle = await desk.start(quantity="10", time_in_force="day")
+    state = await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+    ends = state.time_in_force_ends_at
+    assert ends is not None
+    await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
+    order_id = handle.id.removeprefix("order:")
+    now = await desk.env.get_current_time()
+    acknowledged = await handle.execute_update(
+        OrderWorkflow.execution_report,
+        report_input(order_id, "ack-1", ExecType.NEW, transact_time=now),
+    )
+    assert acknowledged.status is OrderStatus.WORKING
+    await desk.env.sleep(ends - await desk.env.get_current_time() + timedelta(seconds=1))
+    state = await wait_for_status(handle, OrderStatus.PENDING_CANCEL)
+    assert state.status_reason == "a day order: its market closed"
+    now = await desk.env.get_current_time()
+    confirmed = await handle.execute_update(
+        OrderWorkflow.execution_report,
+        report_input(order_id, "out-1", ExecType.CANCELED, transact_time=now),
+    )
+    assert confirmed.status is OrderStatus.EXPIRED
+    assert (await handle.result()).status is OrderStatus.EXPIRED
