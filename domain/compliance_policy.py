@@ -498,3 +498,10 @@ def _check_keys(
     for key in required:
         if key not in table:
             raise CompliancePolicyError(f"{where}: {key} is missing")
+
+
+def without_rule_types(compliance_toml: str, rule_types: tuple[str, ...]) -> str:
+    """Return the rules file without its `[[rules]]` tables of the given types."""
+    head, *tables = re.split(r"(?m)^\[\[rules\]\]\n", compliance_toml)
+    kept = [t for t in tables if not any(f'type = "{kind}"' in t for kind in rule_types)]
+    return head + "".join(f"[[rules]]\n{t}" for t in kept)

@@ -7,7 +7,6 @@ Temporal's test helpers download server binaries unless given a path; the binari
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from config import POLICIES_DIR
 from db.demo import load_demo_data
 from db.engine import SessionFactory, create_schema, make_engine, session_factory
+from domain.compliance_policy import without_rule_types
 
 # The suite shares one read model per session and leaves many orders open, as no desk would: the
 # demo rules that look at the whole fund (its open orders reserve exposure, cash and position
@@ -40,13 +40,6 @@ PORTFOLIO_AND_PACE_RULES = (
     "sector_band",
     "cash_available",
 )
-
-
-def without_rule_types(compliance_toml: str, rule_types: tuple[str, ...]) -> str:
-    """Return the rules file without its `[[rules]]` tables of the given types."""
-    head, *tables = re.split(r"(?m)^\[\[rules\]\]\n", compliance_toml)
-    kept = [t for t in tables if not any(f'type = "{kind}"' in t for kind in rule_types)]
-    return head + "".join(f"[[rules]]\n{t}" for t in kept)
 
 
 def pytest_configure(config: pytest.Config) -> None:
