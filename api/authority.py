@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from api.auth import Grant
 from api.deps import Services
 from api.errors import forbidden
+from api.order_access import OrderRef
 from domain.authority import Action, Authority, SignedAuthority, key_id, private_key_from_text, sign
 
 
@@ -48,6 +49,21 @@ def attest(
         action=action,
         permission=permission,
         level=level,
+        subject=subject,
+    )
+
+
+def attest_on(
+    services: Services, user: str, ref: OrderRef, action: Action, *, subject: str = ""
+) -> SignedAuthority:
+    """Return the signed statement for a person's `action` on an order: ("orders", action)."""
+    return attest(
+        services,
+        user,
+        order_id=ref.order_id,
+        fund=ref.fund,
+        action=action,
+        permission=("orders", action.value),
         subject=subject,
     )
 

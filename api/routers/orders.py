@@ -16,7 +16,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api import decisions
-from api.authority import attest
+from api.authority import attest, attest_on
 from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
 from api.errors import ApiError, forbidden, invalid
 from api.history import render_history
@@ -364,14 +364,7 @@ async def override_order(
     """Accept the order's soft compliance breaches (compliance only)."""
     ref = await locate(services, user, order_id)
     async with refusals_recorded(services, ref, user, "override"):
-        authority = attest(
-            services,
-            user,
-            order_id=ref.order_id,
-            fund=ref.fund,
-            action=Action.OVERRIDE,
-            permission=("orders", "override"),
-        )
+        authority = attest_on(services, user, ref, Action.OVERRIDE)
         update = OverrideInput(
             user=user,
             justification=body.justification,
@@ -397,15 +390,7 @@ async def release_order(
                 "venue",
                 f"unknown venue {venue}; known: {', '.join(services.settings.known_venues)}",
             )
-        authority = attest(
-            services,
-            user,
-            order_id=ref.order_id,
-            fund=ref.fund,
-            action=Action.RELEASE,
-            permission=("orders", "release"),
-            subject=venue,
-        )
+        authority = attest_on(services, user, ref, Action.RELEASE, subject=venue)
         update = ReleaseInput(
             user=user, venue=venue, policy=authority.authority().policy, authority=authority
         )
@@ -423,14 +408,7 @@ async def cancel_order(
     """Cancel: at once before release, through pending_cancel after."""
     ref = await locate(services, user, order_id)
     async with refusals_recorded(services, ref, user, "cancel"):
-        authority = attest(
-            services,
-            user,
-            order_id=ref.order_id,
-            fund=ref.fund,
-            action=Action.CANCEL,
-            permission=("orders", "cancel"),
-        )
+        authority = attest_on(services, user, ref, Action.CANCEL)
         update = CancelInput(
             user=user,
             reason=body.reason if body else "",
