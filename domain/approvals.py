@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from domain.models import MAX_AMOUNT, AssetClass, ComplianceOutcome, ComplianceResult
+from domain.policy_files import check_keys
 
 
 class ApprovalLevel(BaseModel):
@@ -271,9 +272,11 @@ def parse_approval_policies(content: bytes, source: str = "approvals.toml") -> A
         data = tomllib.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ApprovalPolicyError(f"{source}: not valid TOML: {err}") from err
-    _check_keys(data, _TOP_KEYS, ("firm", "default"), f"{source}: the top level")
+    check_keys(
+        data, _TOP_KEYS, ("firm", "default"), f"{source}: the top level", ApprovalPolicyError
+    )
     firm = _table(data["firm"], f"{source}: [firm]")
-    _check_keys(firm, _FIRM_KEYS, ("levels",), f"{source}: [firm]")
+    check_keys(firm, _FIRM_KEYS, ("levels",), f"{source}: [firm]", ApprovalPolicyError)
     levels = _names(firm["levels"], f"{source}: [firm] levels", allow_empty=False)
     default = _section(data["default"], "default", "*", levels, version, source)
     funds = {
@@ -288,7 +291,7 @@ def _section(
 ) -> FundApprovalPolicy:
     where = f"{source}: [{section}]"
     table = _table(raw, where)
-    _check_keys(table, _SECTION_KEYS, _SECTION_REQUIRED, where)
+    check_keys(table, _SECTION_KEYS, _SECTION_REQUIRED, where, ApprovalPolicyError)
     order = _names(table["levels_in_order"], f"{where} levels_in_order", allow_empty=False)
     for level in order:
         if level not in known_levels:
@@ -330,7 +333,7 @@ def _section(
 
 def _rule(raw: object, where: str, known_levels: list[str], order: list[str]) -> ApprovalRule:
     table = _table(raw, where)
-    _check_keys(table, _RULE_KEYS, ("name", "levels"), where)
+    check_keys(table, _RULE_KEYS, ("name", "levels"), where, ApprovalPolicyError)
     name = table["name"]
     if not isinstance(name, str) or not name.strip():
         raise ApprovalPolicyError(f"{where} name: must be a non-empty string")
@@ -450,21 +453,6 @@ def _table(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApprovalPolicyError(f"{where}: must be a table")
     return value
-
-
-def _check_keys(
-    table: Mapping[str, object], allowed: set[str], required: Iterable[str], where: str
-) -> None:
-    # An unknown key is most likely a misspelt one (min_notinal), which would otherwise be
-    # ignored in silence and change who approves.
-    for key in table:
-        if key not in allowed:
-            raise ApprovalPolicyError(
-                f"{where}: unknown key {key!r} (expected: {', '.join(sorted(allowed))})"
-            )
-    for key in required:
-        if key not in table:
-            raise ApprovalPolicyError(f"{where}: {key} is missing")
 
 
 def _names(value: object, where: str, *, allow_empty: bool) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
@@ -24,6 +24,7 @@ from typing import Annotated, Any, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from domain.models import AssetClass, ComplianceOutcome
+from domain.policy_files import check_keys
 
 # ---- what a rule is ----------------------------------------------------------------------------
 
@@ -352,7 +353,7 @@ def parse_compliance_policy(content: bytes, source: str = "compliance.toml") -> 
             "max_order_notional); write each rule as a [[rules]] table instead, as the header "
             "of policies/compliance.toml describes"
         )
-    _check_keys(data, _TOP_KEYS, (), f"{source}: the top level")
+    check_keys(data, _TOP_KEYS, (), f"{source}: the top level", CompliancePolicyError)
     if "rules" not in data:
         # An empty file would otherwise check nothing in silence.
         raise CompliancePolicyError(
@@ -385,7 +386,7 @@ def _rule(raw: object, where: str) -> RuleSpec:
             f"not {rule_id!r}"
         )
     where = f"{where} ({rule_id})"
-    _check_keys(raw, _RULE_KEYS, _RULE_REQUIRED, where)
+    check_keys(raw, _RULE_KEYS, _RULE_REQUIRED, where, CompliancePolicyError)
     rule_type = raw["type"]
     params_model = PARAMS_BY_TYPE.get(rule_type) if isinstance(rule_type, str) else None
     if params_model is None:
@@ -483,21 +484,6 @@ def _optional_name(value: object, where: str) -> str | None:
     if not isinstance(value, str) or not value.strip():
         raise CompliancePolicyError(f"{where}: must be a non-empty string")
     return value
-
-
-def _check_keys(
-    table: Mapping[str, object], allowed: set[str], required: Iterable[str], where: str
-) -> None:
-    # An unknown key is most likely a misspelt one (sevrity), which would otherwise be ignored
-    # in silence and change what is checked.
-    for key in table:
-        if key not in allowed:
-            raise CompliancePolicyError(
-                f"{where}: unknown key {key!r} (expected: {', '.join(sorted(allowed))})"
-            )
-    for key in required:
-        if key not in table:
-            raise CompliancePolicyError(f"{where}: {key} is missing")
 
 
 def without_rule_types(compliance_toml: str, rule_types: tuple[str, ...]) -> str:
