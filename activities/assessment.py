@@ -9,6 +9,7 @@ first's reservation. A rejected order reserves nothing.
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +21,11 @@ from activities.portfolio import PortfolioActivities, PortfolioSnapshotInput
 from activities.trading_day import session_close
 from domain.approvals import FundApprovalPolicy
 from domain.assessment import Assessment, assess
-from domain.compliance_policy import CompliancePolicy, parse_compliance_policy
+from domain.compliance_policy import (
+    CompliancePolicy,
+    parse_compliance_policy,
+    without_rule_types,
+)
 from domain.models import ComplianceOutcome, OrderRequest
 from domain.portfolio import InstrumentData, PortfolioSnapshot
 
@@ -53,6 +58,17 @@ def load_compliance_policy(policies_dir: Path) -> CompliancePolicy:
     """
     path = policies_dir / "compliance.toml"
     return parse_compliance_policy(path.read_bytes(), source=path.name)
+
+
+def copy_policies_without(source: Path, into: Path, rule_types: tuple[str, ...]) -> Path:
+    """Copy the policy files in `source` to `into` without the compliance rules of `rule_types`.
+
+    For runs that send orders as no desk would (the test suite, the benchmark); returns `into`.
+    """
+    shutil.copytree(source, into, dirs_exist_ok=True)
+    rules = into / "compliance.toml"
+    rules.write_text(without_rule_types(rules.read_text(), rule_types))
+    return into
 
 
 class AssessmentActivities:

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from api.auth import Grant
 from api.deps import Services
 from api.errors import forbidden
 from api.order_access import OrderRef
@@ -41,45 +40,6 @@ def attest(
     grant = services.authorizer.check(user, fund, *permission)
     if grant is None:
         raise forbidden(f"{user} may not {permission[1]} {permission[0]} in {fund}")
-    return sign_grant(
-        services,
-        user,
-        grant,
-        order_id=order_id,
-        action=action,
-        permission=permission,
-        level=level,
-        subject=subject,
-    )
-
-
-def attest_on(
-    services: Services, user: str, ref: OrderRef, action: Action, *, subject: str = ""
-) -> SignedAuthority:
-    """Return the signed statement for a person's `action` on an order: ("orders", action)."""
-    return attest(
-        services,
-        user,
-        order_id=ref.order_id,
-        fund=ref.fund,
-        action=action,
-        permission=("orders", action.value),
-        subject=subject,
-    )
-
-
-def sign_grant(
-    services: Services,
-    user: str,
-    grant: Grant,
-    *,
-    order_id: str,
-    action: Action,
-    permission: tuple[str, str],
-    level: str | None = None,
-    subject: str = "",
-) -> SignedAuthority:
-    """Sign the statement for a grant Casbin has already given `user`."""
     private_key, signer = _signing_key(services.settings.authority_signing_key)
     authority = Authority(
         order_id=order_id,
@@ -96,3 +56,18 @@ def sign_grant(
         key_id=signer,
     )
     return sign(authority, private_key)
+
+
+def attest_on(
+    services: Services, user: str, ref: OrderRef, action: Action, *, subject: str = ""
+) -> SignedAuthority:
+    """Return the signed statement for a person's `action` on an order: ("orders", action)."""
+    return attest(
+        services,
+        user,
+        order_id=ref.order_id,
+        fund=ref.fund,
+        action=action,
+        permission=("orders", action.value),
+        subject=subject,
+    )

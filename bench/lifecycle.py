@@ -77,7 +77,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -95,6 +94,7 @@ from sqlalchemy.engine import make_url
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.assessment import copy_policies_without
 from api.tokens import issue_token
 from bench import experiments
 from bench.measure import (
@@ -115,7 +115,6 @@ from config import POLICIES_DIR, Settings
 from db.demo import load_demo_data
 from db.engine import create_schema, make_engine, session_factory
 from devserver import running_oms
-from domain.compliance_policy import without_rule_types
 from domain.ids import order_workflow_id
 
 ORDER_TIMEOUT_SECONDS = 120.0
@@ -367,21 +366,12 @@ def process_log_lines(logs: Path) -> list[str]:
 PACE_RULES = ("duplicate_order", "order_rate")
 
 
-def bench_policies(data_dir: Path) -> Path:
-    """Return a copy of policies/ without the pace rules (see PACE_RULES)."""
-    policies = data_dir / "policies"
-    shutil.copytree(POLICIES_DIR, policies, dirs_exist_ok=True)
-    rules = policies / "compliance.toml"
-    rules.write_text(without_rule_types(rules.read_text(), PACE_RULES))
-    return policies
-
-
 def oms_settings(
     args: argparse.Namespace, data_dir: Path, temporal_address: str, database_url: str
 ) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     return Settings(
-        policies_dir=bench_policies(data_dir),
+        policies_dir=copy_policies_without(POLICIES_DIR, data_dir / "policies", PACE_RULES),
         data_dir=data_dir,
         database_url=database_url,
         temporal_address=temporal_address,

@@ -7,7 +7,6 @@ Temporal's test helpers download server binaries unless given a path; the binari
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import uuid
@@ -20,10 +19,10 @@ from sqlalchemy.engine.url import make_url
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.assessment import copy_policies_without
 from config import POLICIES_DIR
 from db.demo import load_demo_data
 from db.engine import SessionFactory, create_schema, make_engine, session_factory
-from domain.compliance_policy import without_rule_types
 
 # The suite shares one read model per session and leaves many orders open, as no desk would: the
 # demo rules that look at the whole fund (its open orders reserve exposure, cash and position
@@ -47,9 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if "OMS_POLICIES_DIR" in os.environ:
         return
     policies = Path(tempfile.mkdtemp(prefix="oms-test-policies-"))
-    shutil.copytree(POLICIES_DIR, policies, dirs_exist_ok=True)
-    rules = policies / "compliance.toml"
-    rules.write_text(without_rule_types(rules.read_text(), PORTFOLIO_AND_PACE_RULES))
+    copy_policies_without(POLICIES_DIR, policies, PORTFOLIO_AND_PACE_RULES)
     os.environ["OMS_POLICIES_DIR"] = str(policies)
 
 
