@@ -9,7 +9,7 @@ import json
 import re
 import sys
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -106,10 +106,31 @@ def _cmd_simulators(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _verify_archive(path: str) -> int:
+    """Verify an `oms audit export` file with nothing but its own lines."""
+    from db import audit
+
+    try:
+        with open(path) as archive:
+            rows = [audit.row_from_json(json.loads(line)) for line in archive if line.strip()]
+    except (OSError, ValueError) as exc:
+        print(f"error: {path}: {exc}", file=sys.stderr)
+        return 2
+    problems = audit.verify_archive(rows)
+    for problem in problems:
+        print(f"{problem.fund}: row {problem.position}: {problem.problem}")
+    if not problems:
+        funds = len({row.fund for row in rows})
+        print(f"{len(rows)} rows of {funds} fund(s) verify")
+    return 1 if problems else 0
+
+
 def _cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     from db import audit
     from db.engine import create_schema, make_engine, session_factory
 
+    if args.archive:
+        return _verify_archive(args.archive)
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)  # a read model older than the audit log has empty chains
     with session_factory(engine)() as session:
@@ -120,6 +141,39 @@ def _cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     if not problems:
         print("every audit chain verifies")
     return 1 if problems else 0
+
+
+def parse_instant(text: str) -> datetime:
+    """Parse an ISO 8601 instant that carries its offset ('2026-01-02T00:00:00Z')."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{text!r} carries no offset (add Z or +00:00)")
+    return value
+
+
+def _cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    from db import audit
+    from db.engine import create_schema, make_engine, session_factory
+
+    if args.end <= args.start:
+        print("error: --to must be after --from", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.resolved_database_url)
+    create_schema(engine)
+    count = 0
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(args.out, "w")) if args.out else sys.stdout
+        session = stack.enter_context(session_factory(engine)())
+        for row in audit.export_rows(session, args.start, args.end, args.fund or None):
+            out.write(json.dumps(audit.row_to_json(row), sort_keys=True, default=str) + "\n")
+            count += 1
+    engine.dispose()
+    if args.out:
+        print(f"{count} audit rows written to {args.out}", file=sys.stderr)
+    return 0
 
 
 def _cmd_load_demo_data(_: argparse.Namespace, settings: Settings) -> int:
@@ -139,8 +193,19 @@ def _cmd_api(_: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.metrics import MetricsPortInUseError, serve_metrics
 
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
+    app = create_app(settings)
+    # The app's Temporal client encrypts payloads: refuse bad or missing keys here, as
+    # `error: ...`, rather than as a traceback from uvicorn's start-up.
+    settings.payload_codec()
+    # Metrics never leave on the API port: their own listener (OMS_METRICS_HOST/PORT).
+    try:
+        with serve_metrics(settings, app.state.metrics):
+            uvicorn.run(app, host=settings.api_host, port=settings.api_port)
+    except MetricsPortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -196,6 +261,15 @@ def _cmd_order(args: argparse.Namespace, settings: Settings) -> int:
         "override": {"justification": text, "rules": getattr(args, "rules", None) or []},
         "release": {"venue": args.venue} if getattr(args, "venue", None) else {},
         "cancel": {"reason": text},
+        "amend": {
+            key: value
+            for key, value in (
+                ("quantity", getattr(args, "quantity", None)),
+                ("limit_price", getattr(args, "limit", None)),
+                ("reason", text),
+            )
+            if value
+        },
     }
     return _call(
         settings, args.as_user, "POST", f"/orders/{args.order_id}/{action}", bodies[action]
@@ -235,7 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="recompute every fund's chain; name the first row that does not match"
     )
     verify_cmd.add_argument("--fund", action="append", help="only this fund (repeatable)")
+    verify_cmd.add_argument(
+        "--archive", help="verify this `oms audit export` file instead, from its lines alone"
+    )
     verify_cmd.set_defaults(run=_cmd_audit_verify)
+    export_cmd = audit_actions.add_parser(
+        "export",
+        help="write the audit rows of a period as JSON Lines, with their chain hashes, to archive",
+    )
+    export_cmd.add_argument(
+        "--from", dest="start", required=True, type=parse_instant, help="ISO 8601, with offset"
+    )
+    export_cmd.add_argument(
+        "--to",
+        dest="end",
+        required=True,
+        type=parse_instant,
+        help="ISO 8601, with offset (excluded)",
+    )
+    export_cmd.add_argument("--fund", action="append", help="only this fund (repeatable)")
+    export_cmd.add_argument("--out", help="write to this file (default: standard output)")
+    export_cmd.set_defaults(run=_cmd_audit_export)
     token = sub.add_parser("token", help="print a bearer token for a user")
     token.add_argument("user")
     token.add_argument("--ttl", type=parse_duration, help="lifetime, e.g. 30m, 8h, 2d")
@@ -261,11 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--for", dest="wait_for", required=True, help="status(es), comma-separated: settled"
     )
     wait.add_argument("--timeout", type=int, default=60, help="seconds, at most 60")
-    for name in ("show", "history", "approve", "reject", "override", "release", "cancel"):
+    for name in ("show", "history", "approve", "reject", "override", "release", "cancel", "amend"):
         one = actions.add_parser(name, help=f"{name} an order")
         one.add_argument("order_id")
-        if name in ("approve", "reject", "override", "cancel"):
+        if name in ("approve", "reject", "override", "cancel", "amend"):
             one.add_argument("text", nargs="?", help="comment, reason or justification")
+        if name == "amend":
+            one.add_argument("--quantity", help="the new quantity")
+            one.add_argument("--limit", help="the new limit price")
         if name == "release":
             one.add_argument("--venue")
         if name == "override":

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from domain.authority import private_key_from_text, public_key_from_text
+from domain.payload_codec import EncryptionCodec, PayloadKeyError, parse_payload_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 POLICIES_DIR = PROJECT_ROOT / "policies"
@@ -61,10 +63,13 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         default=1024 * 1024, ge=1, description="Largest request body the API reads (then 413)."
     )
-    # /metrics shows live order flow: it needs a token with (metrics, read) firm-wide unless
-    # this is true (a listener only the monitoring system reaches); unset: open in development.
-    metrics_public: bool | None = Field(
-        default=None, description="Serve /metrics without a token; unset: only in development."
+    # /metrics shows live order flow: never on the API port, but on a listener of its own that
+    # only the monitoring system reaches (loopback unless configured). Port 0: no listener.
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Where the Prometheus metrics listener binds."
+    )
+    metrics_port: int = Field(
+        default=9464, ge=0, le=65535, description="Prometheus metrics listener port; 0: off."
     )
 
     data_dir: Path = Field(
@@ -141,6 +146,89 @@ class Settings(BaseSettings):
     # the old key as well as the new while rotating, until no order waits on a statement of it.
     authority_verify_keys: list[str] = Field(default_factory=list)
 
+    # --- Payload encryption (domain.payload_codec; README "Payload encryption") -------------
+    # What orders send through Temporal is stored there as AES-256-GCM ciphertext. Keys are
+    # base64 of 32 bytes, by id: every key that encrypted a stored payload stays listed (old
+    # histories decode by the id they carry); the active one encrypts new payloads.
+    payload_encryption: bool | None = Field(
+        default=None,
+        description="Encrypt payloads stored in Temporal; unset: on in production, off in dev.",
+    )
+    payload_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description='Payload keys by id: {"id": "base64"} or id:base64,id:base64.',
+    )
+    payload_key_id: str | None = Field(
+        default=None, description="The key id that encrypts new payloads; unset: the only key."
+    )
+    # Browsers allowed to call /codec/* (the Temporal UI's origin); only those routes send CORS.
+    codec_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:8233"],
+        description="Origins (JSON list or comma-separated) that may call the codec server.",
+    )
+
+    @field_validator("codec_cors_origins", mode="before")
+    @classmethod
+    def _origins_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @property
+    def payload_encryption_enabled(self) -> bool:
+        if self.payload_encryption is not None:
+            return self.payload_encryption
+        return not self.is_development
+
+    def payload_key_map(self) -> dict[str, bytes]:
+        """Return the payload keys by id.
+
+        Raises:
+            UnsafeSettingsError: naming OMS_PAYLOAD_KEYS and the key id at fault (checked here,
+                at start-up, rather than by a validator, whose error would quote the keys).
+        """
+        try:
+            return parse_payload_keys(self.payload_keys.get_secret_value())
+        except PayloadKeyError as exc:
+            raise UnsafeSettingsError(f"OMS_PAYLOAD_KEYS: {exc}") from None
+
+    def payload_codec(self) -> EncryptionCodec | None:
+        """Return the codec every Temporal client uses; None when nothing is (or was) encrypted.
+
+        With encryption off but keys configured, the codec still decrypts what was encrypted
+        before and encrypts nothing new.
+
+        Raises:
+            UnsafeSettingsError: encryption is on and no key (or no single active key) is set,
+                or a key or the active key id is malformed.
+        """
+        keys = self.payload_key_map()
+        active = self.payload_key_id or None  # empty (compose's unset variable): the only key
+        if active is not None and active not in keys:
+            raise UnsafeSettingsError(
+                f"OMS_PAYLOAD_KEY_ID: {active!r} is not an id in OMS_PAYLOAD_KEYS"
+            )
+        if not self.payload_encryption_enabled:
+            return EncryptionCodec(keys, None) if keys else None
+        if not keys:
+            raise UnsafeSettingsError(
+                f"refusing to start with payload encryption on (OMS_ENV={self.env}, "
+                "OMS_PAYLOAD_ENCRYPTION unset or true) and no key: set OMS_PAYLOAD_KEYS "
+                "(e.g. 'k1:<base64 of 32 random bytes>', see README 'Payload encryption'), or "
+                "OMS_PAYLOAD_ENCRYPTION=false to store order contents in Temporal in the clear"
+            )
+        if active is None:
+            if len(keys) > 1:
+                raise UnsafeSettingsError(
+                    "OMS_PAYLOAD_KEYS holds several keys: set OMS_PAYLOAD_KEY_ID to the one "
+                    "that encrypts new payloads"
+                )
+            active = next(iter(keys))
+        return EncryptionCodec(keys, active)
+
     policies_dir: Path = POLICIES_DIR
 
     default_venue: str = "simulator"
@@ -201,10 +289,6 @@ class Settings(BaseSettings):
     @property
     def docs_enabled(self) -> bool:
         return self.api_docs if self.api_docs is not None else self.is_development
-
-    @property
-    def metrics_open(self) -> bool:
-        return self.metrics_public if self.metrics_public is not None else self.is_development
 
     @property
     def chat_uses_default_secret(self) -> bool:

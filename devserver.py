@@ -16,6 +16,7 @@ import uvicorn
 from temporalio.client import Client
 
 from api.app import create_app
+from api.metrics import serve_metrics
 from config import Settings
 from db.demo import load_demo_data
 from db.engine import create_schema, make_engine, session_factory
@@ -62,30 +63,39 @@ class _Server(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def running_oms(
-    settings: Settings, client: Client
+    settings: Settings, client: Client, *, metrics_listener: bool = False
 ) -> AsyncIterator[tuple[asyncio.Task[None], ...]]:
-    """Run the API and both workers in this event loop until the block exits; yield their tasks."""
+    """Run the API and both workers in this event loop until the block exits; yield their tasks.
+
+    With `metrics_listener`, the API's metrics are served on `OMS_METRICS_PORT` too (`oms dev`;
+    tests leave it off, so parallel runs do not fight over the port).
+    """
+    app = create_app(settings, client)
+    metrics = contextlib.ExitStack()
+    if metrics_listener:
+        metrics.enter_context(serve_metrics(settings, app.state.metrics))
     server = _Server(
         uvicorn.Config(
-            create_app(settings, client),
+            app,
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",
         )
     )
-    api = asyncio.create_task(server.serve(), name="api")
-    workers = asyncio.create_task(run_workers(settings), name="workers")
-    try:
-        while not server.started:
-            if api.done():
-                api.result()
-                raise RuntimeError("the API stopped during start-up")
-            await asyncio.sleep(0.02)
-        yield api, workers
-    finally:
-        server.should_exit = True
-        workers.cancel()
-        await asyncio.gather(api, workers, return_exceptions=True)
+    with metrics:
+        api = asyncio.create_task(server.serve(), name="api")
+        workers = asyncio.create_task(run_workers(settings), name="workers")
+        try:
+            while not server.started:
+                if api.done():
+                    api.result()
+                    raise RuntimeError("the API stopped during start-up")
+                await asyncio.sleep(0.02)
+            yield api, workers
+        finally:
+            server.should_exit = True
+            workers.cancel()
+            await asyncio.gather(api, workers, return_exceptions=True)
 
 
 async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes]) -> Client:
@@ -109,6 +119,8 @@ async def run_dev(settings: Settings) -> None:
         },
     )
     check_ports_free(settings.api_host, {"OMS_API_PORT": settings.api_port})
+    if settings.metrics_port:
+        check_ports_free(settings.metrics_host, {"OMS_METRICS_PORT": settings.metrics_port})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_file = (settings.data_dir / "temporal.log").open("ab")
     temporal = subprocess.Popen(
@@ -143,7 +155,7 @@ async def run_dev(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with running_oms(settings, client) as tasks:
+        async with running_oms(settings, client, metrics_listener=True) as tasks:
             _banner(settings)
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -174,6 +186,9 @@ def _banner(settings: Settings) -> None:
                 if settings.docs_enabled
                 else "  API docs      off (OMS_API_DOCS=true serves them)",
                 f"  Mode          {settings.env} (OMS_ENV)",
+                f"  Metrics       http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+                if settings.metrics_port
+                else "  Metrics       off (OMS_METRICS_PORT=0)",
                 f"  Temporal UI   http://{settings.temporal_host}:{settings.temporal_ui_port}",
                 f"  Temporal      {settings.resolved_temporal_address} (state in {settings.data_dir / 'temporal.db'})",
                 f"  Read model    {settings.resolved_database_url}",

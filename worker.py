@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 from collections.abc import Coroutine, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -65,12 +67,28 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """Return the data converter of every Temporal client the OMS builds (API, workers, dev).
+
+    Pydantic models as JSON, then, unless payload encryption is off and no key was ever set,
+    the AES-GCM codec (domain.payload_codec): order contents reach Temporal's database encrypted.
+
+    Raises:
+        UnsafeSettingsError: encryption is on without a key, or a key is malformed.
+    """
+    codec = settings.payload_codec()
+    if codec is None:
+        return pydantic_data_converter
+    return dataclasses.replace(pydantic_data_converter, payload_codec=codec)
+
+
 async def connect(settings: Settings) -> Client:
-    """Connect to Temporal with the pydantic data converter (the API and workers must agree)."""
+    """Connect to Temporal with the OMS data converter (the API and workers must agree)."""
+    converter = data_converter(settings)  # refuses bad key settings before connecting
     return await Client.connect(
         settings.resolved_temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=converter,
     )
 
 
@@ -144,6 +162,7 @@ def build_orders_worker(
             venues.submit_order,
             venues.cancel_at_venue,
             venues.venue_order_status,
+            venues.replace_at_venue,
             notifications.notify_approval_needed,
             notifications.notify_decided,
             # v1 orders still running use these.

@@ -31,6 +31,12 @@ class CancelAtVenueInput(BaseModel):
         return self
 
 
+class ReplaceAtVenueInput(BaseModel):
+    venue: str
+    order: VenueOrder = Field(description="The new terms, under the new ClOrdID.")
+    orig_cl_ord_id: str
+
+
 class VenueOrderStatusInput(BaseModel):
     venue: str
     cl_ord_id: str
@@ -71,6 +77,14 @@ class VenueActivities:
         """Ask the venue to cancel the order sent as `cl_ord_id`; the answer comes as a report."""
         try:
             await self._venue(input.venue).cancel(input.order_id, input.cl_ord_id)
+        except VenueRefusedError as exc:
+            raise _refused(exc) from exc
+
+    @activity.defn
+    async def replace_at_venue(self, input: ReplaceAtVenueInput) -> None:
+        """Ask the venue to replace the order; the answer comes as a report."""
+        try:
+            await self._venue(input.venue).replace(input.order, input.orig_cl_ord_id)
         except VenueRefusedError as exc:
             raise _refused(exc) from exc
 

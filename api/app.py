@@ -12,13 +12,21 @@ from temporalio.client import Client
 
 from api.auth import Authorizer
 from api.deps import DatabaseGate, Services
-from api.errors import BodySizeLimit, install_error_handlers
+from api.errors import (
+    ERROR_RESPONSES,
+    LOCKED_RESPONSES,
+    BodySizeLimit,
+    install_error_handlers,
+)
 from api.metrics import Metrics, metrics_middleware
 from api.routers import approvals, compliance, executions, health, orders, settlements, views
+from api.routers import audit as audit_router
 from api.routers import chat as chat_router
+from api.routers import codec as codec_router
 from api.routers import kill_switch as kill_switch_router
 from config import Settings
 from db.engine import create_schema, make_engine, session_factory
+from domain.payload_codec import EncryptionCodec
 
 
 def create_app(settings: Settings | None = None, temporal: Client | None = None) -> FastAPI:
@@ -34,6 +42,9 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from worker import connect
 
+        # The codec server's keys (and, when not given a client, connect's): bad or missing
+        # payload keys refuse to start here (UnsafeSettingsError), before anything is served.
+        app.state.payload_codec = settings.payload_codec() or EncryptionCodec({}, None)
         engine = make_engine(
             settings.resolved_database_url,
             pool_size=settings.db_pool_size,
@@ -82,12 +93,20 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     install_error_handlers(app)
     # approvals before views: the first route for a path answers it, and the paged inbox
     # replaces the list views.py served at the same path.
-    for module in (orders, approvals, compliance, executions, settlements, views, health):
-        app.include_router(module.router)
+    for module in (orders, approvals, compliance, executions, settlements, views):
+        # The refusals each route may answer, in the schema (tests/api/test_schemathesis.py).
+        extra = LOCKED_RESPONSES if module is orders else {}
+        app.include_router(module.router, responses={**ERROR_RESPONSES, **extra})
+    app.include_router(health.router)
     # Chat-ops: verified by the Slack signing secret, not by a bearer token. In production with
     # the published development secret anyone could sign a request: chat is not served then
     # (with notifications on, refuse_development_secrets has already refused to start).
     if settings.is_development or not settings.chat_uses_default_secret:
         app.include_router(chat_router.router)
-    app.include_router(kill_switch_router.router)
+    app.include_router(kill_switch_router.router, responses=ERROR_RESPONSES)
+    app.include_router(audit_router.router, responses=ERROR_RESPONSES)
+    # The codec server (Temporal UI and CLI), with CORS for the UI's origin on its routes only;
+    # added last, so it runs first and even a 401 reaches the UI as a readable answer.
+    app.include_router(codec_router.router, responses=ERROR_RESPONSES)
+    app.add_middleware(codec_router.CodecCors, origins=settings.codec_cors_origins)
     return app

@@ -13,9 +13,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import (
     RPCTimeoutOrCancelledError,
@@ -269,12 +271,65 @@ class BodySizeLimit:
             await self._refuse(send)
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every refusal's body: `{"error": {"code", "message", "field"}}`."""
+
+    error: ErrorDetail
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The refusals any authenticated route may answer, declared in the OpenAPI schema (422 is
+# FastAPI's own, declared per route; validation answers carry `error` besides its `detail`).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _documented("No token, a bad token, or a user the policy does not know."),
+    403: _documented("The caller may not do this (in this fund)."),
+    404: _documented("Not found, or not visible to the caller."),
+    409: _documented("The order's (or instruction's) state does not allow this now."),
+    413: _documented("The request body is larger than OMS_API_MAX_BODY_BYTES."),
+    503: _documented("The database or Temporal is busy or unreachable; see Retry-After."),
+}
+# Creating, releasing and amending in the scope of an engaged kill switch.
+LOCKED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    423: _documented("A kill switch covers the order's fund (kill_switch_engaged)."),
+}
+
+
+# Starlette's own refusals (no route, wrong method), in the contract's shape.
+_HTTP_CODES = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every known failure a JSON error with the right status (never a bare 500)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _body(exc.status, exc.code, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        if exc.status_code == 400:
+            # FastAPI could not read the body (not UTF-8, a form it cannot parse): the input is
+            # at fault, as with malformed JSON, which FastAPI answers 422.
+            return _body(422, "invalid", "the request body cannot be read", "body")
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return _body(exc.status_code, code, str(exc.detail), None, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,12 +1,13 @@
-"""The audit timeline: an order's Temporal event history rendered as who did what, when."""
+"""The audit timeline of v1 orders rendered from their Temporal history, and any v2 order as it stood."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
+from sqlmodel import Session
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
@@ -16,8 +17,14 @@ from temporalio.converter import DataConverter
 from activities.back_office import InstructSettlementInput
 from activities.projection import BookAllocationsInput, ProjectOrderInput
 from activities.venue import CancelAtVenueInput, SubmitOrderInput
-from api.schemas import HistoryEntry
-from domain.models import ComplianceSnapshot, OrderState
+from api.deps import Services, run_db
+from api.errors import ApiError, invalid
+from api.order_access import OrderRef
+from api.schemas import HistoryEntry, OrderPublic
+from db import queries
+from domain.as_of import BeforeCreationError, LoggedEvent, NoCreationEventError, parse_events
+from domain.as_of import order_as_of as fold_order_as_of
+from domain.models import ComplianceSnapshot, OrderState, SettlementInstruction, tidy
 from workflows.messages import (
     ApproveInput,
     CancelInput,
@@ -192,3 +199,53 @@ async def render_history(history: WorkflowHistory, converter: DataConverter) -> 
         if renderer is not None:
             await renderer(timeline, event)
     return timeline.entries
+
+
+# ---- the order as it stood: `?as_of=` -----------------------------------------------------------
+
+
+def _parse_log(
+    order_id: str, session: Session
+) -> tuple[list[LoggedEvent], list[SettlementInstruction]]:
+    events, settlements = queries.order_log(session, order_id)
+    instructions = [
+        SettlementInstruction.model_validate(row, from_attributes=True) for row in settlements
+    ]
+    # PostgreSQL's NUMERIC(38, 12) gives 600.000000000000: show amounts as the order keeps them.
+    return parse_events(events), [
+        s.model_copy(
+            update={
+                "quantity": tidy(s.quantity),
+                "price": tidy(s.price),
+                "gross_amount": tidy(s.gross_amount),
+            }
+        )
+        for s in instructions
+    ]
+
+
+async def order_as_of(services: Services, ref: OrderRef, as_of: datetime) -> OrderPublic:
+    """Return the order's public view as it stood at `as_of`, from the read model alone.
+
+    Folded from the order's event log (`domain.as_of`), so it answers after Temporal's retention
+    has removed the workflow's history. An instant after the last event gives the order as the
+    log last shows it: the current view.
+    """
+    if as_of.tzinfo is None or as_of.utcoffset() is None:
+        raise invalid("as_of", "as_of must carry a timezone offset (e.g. 2026-01-02T15:04:05Z)")
+    if ref.is_v1:
+        raise invalid(
+            "as_of",
+            "as_of is not available for orders on the first workflow (v1): they keep no event "
+            "log; read their timeline instead",
+        )
+    events, settlements = await run_db(services, lambda s: _parse_log(ref.order_id, s))
+    try:
+        order = fold_order_as_of(ref.order_id, events, as_of, settlements)
+    except BeforeCreationError as err:
+        raise invalid("as_of", f"as_of is before the order's creation: {err}") from err
+    except NoCreationEventError as err:
+        raise ApiError(
+            404, "not_found", "the read model holds no event log for this order"
+        ) from err
+    return OrderPublic.from_order(order)

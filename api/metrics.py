@@ -1,60 +1,61 @@
-"""A small Prometheus text exposition: request counts and latency per route, without extra packages."""
+"""Request counters and latency per route, in `prometheus_client`, served on a listener of their own.
+
+The API port never serves them: `serve_metrics` starts prometheus_client's HTTP server on
+`OMS_METRICS_HOST:OMS_METRICS_PORT` (loopback unless configured) in the process that runs the
+API (`oms api`, `oms dev`). Each app has its own registry, so apps built side by side (tests)
+count apart.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from fastapi import Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import start_http_server
+
+from config import Settings
+
+logger = logging.getLogger(__name__)
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LABELS = ("method", "route", "status")
+
+
+class MetricsPortInUseError(RuntimeError):
+    """The metrics listener's port is taken."""
 
 
 class Metrics:
-    """Counters and a latency histogram per (method, route, status)."""
+    """A request counter and a latency histogram per (method, route template, status)."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.latency_buckets: dict[tuple[str, str], list[int]] = defaultdict(
-            lambda: [0] * len(_BUCKETS)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "oms_http_requests",
+            "HTTP requests by method, route and status.",
+            _LABELS,
+            registry=self.registry,
         )
-        self.latency_sum: dict[tuple[str, str], float] = defaultdict(float)
-        self.latency_count: dict[tuple[str, str], int] = defaultdict(int)
+        self.latency = Histogram(
+            "oms_http_request_seconds",
+            "HTTP request latency by method, route and status.",
+            _LABELS,
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests[(method, route, status)] += 1
-        key = (method, route)
-        self.latency_sum[key] += seconds
-        self.latency_count[key] += 1
-        for i, bound in enumerate(_BUCKETS):
-            if seconds <= bound:
-                self.latency_buckets[key][i] += 1
+        labels = (method, route, str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
 
     def render(self) -> str:
-        lines = [
-            "# HELP oms_http_requests_total HTTP requests by method, route and status.",
-            "# TYPE oms_http_requests_total counter",
-        ]
-        for (method, route, status), count in sorted(self.requests.items()):
-            lines.append(
-                f'oms_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {count}'
-            )
-        lines += [
-            "# HELP oms_http_request_seconds HTTP request latency.",
-            "# TYPE oms_http_request_seconds histogram",
-        ]
-        for (method, route), buckets in sorted(self.latency_buckets.items()):
-            labels = f'method="{method}",route="{route}"'
-            for bound, count in zip(_BUCKETS, buckets, strict=True):
-                lines.append(f'oms_http_request_seconds_bucket{{{labels},le="{bound}"}} {count}')
-            total = self.latency_count[(method, route)]
-            lines.append(f'oms_http_request_seconds_bucket{{{labels},le="+Inf"}} {total}')
-            lines.append(
-                f"oms_http_request_seconds_sum{{{labels}}} {self.latency_sum[(method, route)]:.6f}"
-            )
-            lines.append(f"oms_http_request_seconds_count{{{labels}}} {total}")
-        return "\n".join(lines) + "\n"
+        """Return the Prometheus text exposition of this registry."""
+        return generate_latest(self.registry).decode()
 
 
 def route_template(request: Request) -> str:
@@ -88,3 +89,36 @@ def metrics_middleware(
         return response
 
     return middleware
+
+
+@contextlib.contextmanager
+def serve_metrics(settings: Settings, metrics: Metrics) -> Iterator[str | None]:
+    """Serve `metrics` on `OMS_METRICS_HOST:OMS_METRICS_PORT` until the block exits.
+
+    Yields the listener's URL, or None when `OMS_METRICS_PORT` is 0 (no listener).
+
+    Raises:
+        MetricsPortInUseError: the port is taken, naming the setting that moves it.
+    """
+    if not settings.metrics_port:
+        yield None
+        return
+    try:
+        server, thread = start_http_server(
+            settings.metrics_port, settings.metrics_host, registry=metrics.registry
+        )
+    except OSError as exc:
+        raise MetricsPortInUseError(
+            f"cannot listen on port {settings.metrics_port} on {settings.metrics_host} "
+            f"({exc.strerror or exc}); set OMS_METRICS_PORT to another port "
+            "(0 turns the metrics listener off)"
+        ) from exc
+    host, port = server.server_address[:2]
+    url = f"http://{host!s}:{port}/metrics"
+    logger.info("metrics served on %s", url)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

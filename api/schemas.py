@@ -6,7 +6,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from domain.models import (
     Allocation,
@@ -18,6 +18,7 @@ from domain.models import (
     OrderState,
     OrderStatus,
     OrderType,
+    PositiveDecimal,
     SettlementInstruction,
     Side,
     TimeInForce,
@@ -49,6 +50,16 @@ class ReleaseBody(BaseModel):
 
 
 class CancelBody(BaseModel):
+    reason: str = Field(default="", max_length=2000)
+
+
+class AmendBody(BaseModel):
+    """New terms: a quantity, a limit price, or both; what is left out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quantity: PositiveDecimal | None = None
+    limit_price: PositiveDecimal | None = None
     reason: str = Field(default="", max_length=2000)
 
 
@@ -251,7 +262,7 @@ class OrderPublic(BaseModel):
             time_in_force=request.time_in_force,
             expire_at=request.expire_at,
             notes=request.notes,
-            requested_allocations=list(request.allocations),
+            requested_allocations=list(order.current_request().allocations),
             status=order.status,
             status_actor=order.status_actor,
             status_reason=order.status_reason,
@@ -412,3 +423,25 @@ class KillSwitchEvent(BaseModel):
     by: str
     reason: str
     at: datetime
+
+
+class AuditRecord(BaseModel):
+    """One row of a fund's tamper-evident audit chain (`GET /audit`), with its chain hashes."""
+
+    fund: str
+    position: int = Field(description="The row's place in its fund's chain, from 1.")
+    order_id: str
+    seq: int = Field(description="The event's sequence number in the order's log.")
+    kind: str = Field(description="The event, as the order's timeline names it.")
+    actor: str
+    at: datetime
+    status: str = Field(description="The order's status after the event.")
+    reason: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditRecord] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last.")

@@ -918,3 +918,16 @@ def delete_reservations(session: Session, order_ids: Iterable[str]) -> None:
                 col(ComplianceReservationRow.order_id).in_(chunk)
             )
         )
+
+
+# ---- an order as it stood: the read model's log, for `?as_of=` -------------------------------
+
+
+def order_log(session: Session, order_id: str) -> tuple[list[OrderEventRow], list[SettlementRow]]:
+    """Return what the order's past is folded from: its event log in sequence, its instructions."""
+    settlements = session.exec(
+        select(SettlementRow)
+        .where(SettlementRow.order_id == order_id)
+        .order_by(col(SettlementRow.settlement_id))
+    )
+    return order_events(session, order_id), list(settlements)

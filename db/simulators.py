@@ -50,6 +50,12 @@ class SimVenueOrderRow(SQLModel, table=True):
     next_exec: int = 1
     cancel_requested: bool = False
     cancel_answered: bool = False
+    # The ClOrdID the order goes by since its last replace (None: `cl_ord_id`), and a replace
+    # request waiting for the venue's answer: its new ClOrdID and terms.
+    current_cl_ord_id: str | None = Field(default=None, max_length=128, index=True)
+    replace_cl_ord_id: str | None = Field(default=None, max_length=128)
+    replace_quantity: Decimal | None = _decimal(nullable=True)
+    replace_limit_price: Decimal | None = _decimal(nullable=True)
     next_step_at: datetime | None = _timestamp(nullable=True)
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_until: datetime | None = _timestamp(nullable=True)
@@ -93,6 +99,57 @@ def venue_order(session: Session, cl_ord_id: str) -> SimVenueOrderRow | None:
     return session.get(SimVenueOrderRow, cl_ord_id)
 
 
+def _goes_by(cl_ord_id: str) -> Any:
+    """Match the order that went, goes or is asked to go by `cl_ord_id`."""
+    return or_(
+        col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
+        col(SimVenueOrderRow.current_cl_ord_id) == cl_ord_id,
+        col(SimVenueOrderRow.replace_cl_ord_id) == cl_ord_id,
+    )
+
+
+def venue_order_by_any_id(session: Session, cl_ord_id: str) -> SimVenueOrderRow | None:
+    """Return the order known by `cl_ord_id`: its first, its current, or a requested ClOrdID."""
+    return session.exec(select(SimVenueOrderRow).where(_goes_by(cl_ord_id))).first()
+
+
+def request_replace(
+    session: Session,
+    order_id: str,
+    orig_cl_ord_id: str,
+    cl_ord_id: str,
+    quantity: Decimal,
+    limit_price: Decimal | None,
+    now: datetime,
+) -> bool:
+    """Record a replace request (once per new ClOrdID) and make it due now.
+
+    Returns:
+        Whether the venue has the request: it took it now, or had it already.
+    """
+    if venue_order_by_any_id(session, cl_ord_id) is not None:
+        return True  # a resend
+    result = session.exec(
+        update(SimVenueOrderRow)
+        .where(
+            col(SimVenueOrderRow.order_id) == order_id,
+            or_(
+                col(SimVenueOrderRow.cl_ord_id) == orig_cl_ord_id,
+                col(SimVenueOrderRow.current_cl_ord_id) == orig_cl_ord_id,
+            ),
+            col(SimVenueOrderRow.replace_cl_ord_id).is_(None),
+        )
+        .values(
+            replace_cl_ord_id=cl_ord_id,
+            replace_quantity=quantity,
+            replace_limit_price=limit_price,
+            next_step_at=now,
+        )
+    )
+    session.commit()
+    return bool(result.rowcount)
+
+
 def venue_orders(session: Session) -> list[SimVenueOrderRow]:
     """Return every order the simulated venue received, oldest first."""
     query = select(SimVenueOrderRow).order_by(
@@ -114,14 +171,14 @@ def request_cancel(
     session.exec(
         update(SimVenueOrderRow)
         .where(
-            col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
+            _goes_by(cl_ord_id),
             col(SimVenueOrderRow.order_id) == order_id,
             col(SimVenueOrderRow.cancel_requested).is_(False),
         )
         .values(cancel_requested=True, next_step_at=now)
     )
     session.commit()
-    row = session.get(SimVenueOrderRow, cl_ord_id)
+    row = venue_order_by_any_id(session, cl_ord_id)
     return row if row is not None and row.order_id == order_id else None
 
 
@@ -185,13 +242,15 @@ def record_venue_step(
     next_step_at: datetime | None,
     now: datetime,
     reference_price: Decimal | None = None,
+    replace_answer: str | None = None,
 ) -> bool:
     """Record a step whose report was delivered, and release the lease.
 
     The step is recorded only if the order's exec sequence is still `reported_exec`, so a step
     another simulator recorded first is never recorded twice. A cancel request that arrived while
     the report was on its way stays due at once. `reference_price`, if given, is the price the
-    order's next fill is at (a resting order's market moved).
+    order's next fill is at (a resting order's market moved). `replace_answer` "replaced" gives
+    the order the terms and ClOrdID of its pending replace request; "rejected" drops the request.
 
     Returns:
         Whether the step was recorded.
@@ -211,21 +270,39 @@ def record_venue_step(
             lease_owner=None,
             lease_until=None,
             **({} if reference_price is None else {"reference_price": reference_price}),
+            **_replace_answered(replace_answer),
         )
     )
     recorded = bool(result.rowcount)
-    if recorded and not cancel_answered:
+    if recorded:
+        # A request that arrived while the report was on its way is due at once.
         session.exec(
             update(SimVenueOrderRow)
             .where(
                 col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
-                col(SimVenueOrderRow.cancel_requested).is_(True),
-                col(SimVenueOrderRow.cancel_answered).is_(False),
+                or_(
+                    (col(SimVenueOrderRow.cancel_requested).is_(True))
+                    & (col(SimVenueOrderRow.cancel_answered).is_(False)),
+                    col(SimVenueOrderRow.replace_cl_ord_id).is_not(None),
+                ),
             )
             .values(next_step_at=now)
         )
     session.commit()
     return recorded
+
+
+def _replace_answered(answer: str | None) -> dict[str, Any]:
+    """Return the column changes of a replace request's answer (in the same statement)."""
+    cleared = {"replace_cl_ord_id": None, "replace_quantity": None, "replace_limit_price": None}
+    if answer == "replaced":
+        return {
+            "current_cl_ord_id": col(SimVenueOrderRow.replace_cl_ord_id),
+            "quantity": col(SimVenueOrderRow.replace_quantity),
+            "limit_price": col(SimVenueOrderRow.replace_limit_price),
+            **cleared,
+        }
+    return cleared if answer == "rejected" else {}
 
 
 def instructions_awaiting_confirmation(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_FLOOR, Decimal
 
 from domain.models import Allocation, AllocationRequest
@@ -54,4 +55,25 @@ def allocate(
         Allocation(account=r.account, requested_quantity=r.quantity, quantity=q, price=price)
         for r, q in zip(requests, shares, strict=True)
         if q > 0
+    ]
+
+
+def rescaled(
+    requests: list[AllocationRequest], quantity: Decimal, lot_size: Decimal = Decimal(1)
+) -> list[AllocationRequest]:
+    """Return the accounts' shares of an amended order `quantity`, pro-rata to what each asked.
+
+    Shares round as `allocate` rounds fills. An empty list (the fund's default account) stays
+    empty; an account whose share rounds to nothing drops out.
+    """
+    total = sum((r.quantity for r in requests), Decimal(0))
+    if not requests or quantity == total:
+        return list(requests)
+    # `allocate` never gives an account more than it asked for: scaling every request by the
+    # same whole factor keeps the proportions and leaves room for a larger order.
+    factor = max(1, math.ceil(quantity / total))
+    scaled = [r.model_copy(update={"quantity": r.quantity * factor}) for r in requests]
+    return [
+        AllocationRequest(account=a.account, quantity=a.quantity)
+        for a in allocate(scaled, quantity, Decimal(1), lot_size)
     ]

@@ -43,6 +43,7 @@ class Action(StrEnum):
     OVERRIDE = "override"
     RELEASE = "release"
     CANCEL = "cancel"
+    AMEND = "amend"
 
 
 class Authority(BaseModel):

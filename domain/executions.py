@@ -28,7 +28,7 @@ from domain.models import (
     Side,
     tidy,
 )
-from domain.status import AT_VENUE, CLOSED_BY_VENUE, OrderEvent, allows
+from domain.status import AT_VENUE, CLOSED_BY_VENUE, REPLACED_EVENTS, OrderEvent, allows
 
 # Average prices keep more places than any venue quotes, so the block's notional reproduces.
 AVERAGE_PRICE_PLACES = Decimal("0.00000001")
@@ -168,8 +168,13 @@ def may_report_for(
 
 
 def _event_for(
-    report: ExecutionReport, status: OrderStatus, cumulative: Decimal, quantity: Decimal
+    report: ExecutionReport,
+    status: OrderStatus,
+    cumulative: Decimal,
+    quantity: Decimal,
+    replacing: Decimal | None,
 ) -> OrderEvent | None:
+    after_fills = cumulative > 0
     match report.exec_type:
         case ExecType.NEW:
             return OrderEvent.VENUE_ACCEPTED
@@ -183,17 +188,34 @@ def _event_for(
             return OrderEvent.VENUE_REJECTED
         case ExecType.PENDING_CANCEL:
             return None if status is OrderStatus.PENDING_CANCEL else OrderEvent.CANCEL_REQUESTED
+        case ExecType.CANCEL_REJECTED if status is OrderStatus.PENDING_REPLACE:
+            return _replace_rejected(after_fills)
         case ExecType.CANCEL_REJECTED:
             return (
                 OrderEvent.CANCEL_REJECTED_AFTER_FILLS
-                if cumulative > 0
+                if after_fills
                 else OrderEvent.CANCEL_REJECTED
             )
-        case ExecType.DONE_FOR_DAY:
-            return None
-        case ExecType.REPLACED | ExecType.PENDING_REPLACE:
+        case ExecType.REPLACE_REJECTED:
+            return _replace_rejected(after_fills)
+        case ExecType.REPLACED if replacing is not None:
+            if cumulative >= replacing:
+                return OrderEvent.REPLACED_TO_FILLED
+            return OrderEvent.REPLACED_AFTER_FILLS if after_fills else OrderEvent.REPLACED
+        case ExecType.DONE_FOR_DAY | ExecType.PENDING_REPLACE | ExecType.REPLACED:
+            # Before amend existed a replace report changed nothing.
             return None
     return None
+
+
+def _replace_rejected(after_fills: bool) -> OrderEvent:
+    return OrderEvent.REPLACE_REJECTED_AFTER_FILLS if after_fills else OrderEvent.REPLACE_REJECTED
+
+
+# Reports that answer a replace request: refused when none is pending.
+_REPLACE_REPORTS = frozenset(
+    {ExecType.REPLACED, ExecType.PENDING_REPLACE, ExecType.REPLACE_REJECTED}
+)
 
 
 def apply_report(
@@ -207,6 +229,8 @@ def apply_report(
     reported_by: str,
     received_at: datetime,
     guards: ReportGuards | None = None,
+    replacing: Decimal | None = None,
+    replace_semantics: bool = False,
 ) -> ReportOutcome:
     """Decide what one execution report does to an order.
 
@@ -216,6 +240,13 @@ def apply_report(
     on an order not at a venue, and a fill through the limit, not in whole lots or outside the
     price band, are refused too; without them (the first workflow's recorded histories) those
     are not checked, so old histories replay as they ran.
+
+    `replacing` is the quantity a pending replace request asks for (None: none is pending).
+    With `replace_semantics` (orders that can be amended), `replaced`, `pending_replace` and
+    `replace_rejected` answer that request and are refused without one; `replaced` gives the
+    order its new quantity (leaves are the new quantity less the filled, and an order whose new
+    quantity is already filled is filled). Without it, replace reports change nothing, as the
+    histories recorded before amend existed took them.
     """
     if report.exec_id in seen_exec_ids:
         return ReportOutcome(
@@ -263,7 +294,17 @@ def apply_report(
             reason=f"a {report.exec_type.value} report carries no last_quantity",
             field="last_quantity",
         )
-    event = _event_for(report, status, cumulative, quantity)
+    if not replace_semantics and report.exec_type is ExecType.REPLACE_REJECTED:
+        return _refused("replace_rejected is not understood by this order", "exec_type")
+    if replace_semantics and report.exec_type in _REPLACE_REPORTS and replacing is None:
+        return _refused(
+            f"a {report.exec_type.value} report needs a replace request, and none is pending "
+            f"(the order is {status.value})",
+            "exec_type",
+        )
+    if not replace_semantics:
+        replacing = None
+    event = _event_for(report, status, cumulative, quantity, replacing)
     if event is not None and not allows(status, event):
         return ReportOutcome(
             ReportVerdict.REFUSED,
@@ -271,6 +312,8 @@ def apply_report(
             field="exec_type",
         )
     terminal = event in CLOSED_BY_VENUE
+    if replacing is not None and event in REPLACED_EVENTS:
+        quantity = max(replacing, cumulative)
     execution = Execution(
         exec_id=report.exec_id,
         exec_type=report.exec_type,

@@ -132,6 +132,9 @@ class ExecType(StrEnum):
     PENDING_CANCEL = "pending_cancel"
     PENDING_REPLACE = "pending_replace"
     CANCEL_REJECTED = "cancel_rejected"
+    # FIX answers a refused cancel/replace with an Order Cancel Reject (CxlRejResponseTo=2);
+    # here a report of its own. `cancel_rejected` while only a replace is pending means the same.
+    REPLACE_REJECTED = "replace_rejected"
     DONE_FOR_DAY = "done_for_day"
 
 

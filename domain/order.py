@@ -18,6 +18,7 @@ from domain.authority import Authority
 from domain.compliance import worst_outcome
 from domain.models import (
     Allocation,
+    AllocationRequest,
     ApprovalGiven,
     ApprovalState,
     ComplianceOutcome,
@@ -47,6 +48,7 @@ class FlagKind(StrEnum):
     VENUE_UNCONFIRMED = "venue_unconfirmed"
     VENUE_ACK_OVERDUE = "venue_ack_overdue"
     CANCEL_NOT_SENT = "cancel_not_sent"
+    REPLACE_NOT_SENT = "replace_not_sent"
     SETTLEMENT_NOT_CONFIRMED = "settlement_not_confirmed"
 
 
@@ -94,6 +96,15 @@ class Terms(BaseModel):
     limit_price: Decimal | None
     cl_ord_id: str
     previous_cl_ord_ids: list[str] = Field(default_factory=list)
+    allocations: list[AllocationRequest] | None = Field(
+        default=None,
+        description="The accounts' shares of an amended quantity (None: as the request asked).",
+    )
+
+
+def amendment_subject(quantity: Decimal | None, limit_price: Decimal | None) -> str:
+    """Return what an amend's signed statement names: the new terms, so it covers no others."""
+    return f"quantity={'' if quantity is None else quantity};limit_price={'' if limit_price is None else limit_price}"
 
 
 class Order(BaseModel):
@@ -140,6 +151,12 @@ class Order(BaseModel):
     allocations: list[Allocation] = Field(default_factory=list)
     settlements: list[SettlementInstruction] = Field(default_factory=list)
     venue_ack_due_at: datetime | None = None
+    replacing: Terms | None = Field(
+        default=None, description="The terms a replace request sent to the venue asks for."
+    )
+    cl_ord_ids_issued: int = Field(
+        default=0, description="Replace requests sent: each carries a new ClOrdID."
+    )
     settlement_grace_until: datetime | None = None
     closed: bool = Field(default=False, description="Nothing more will happen to the order.")
     creation: Authority | None = Field(
@@ -192,6 +209,21 @@ class Order(BaseModel):
     def is_done(self) -> bool:
         """Tell whether the order's status leaves nothing more to do but close it."""
         return is_final(self.status, filled=self.filled_quantity > 0)
+
+    def current_request(self, terms: Terms | None = None) -> OrderRequest:
+        """Return the request as amended: its current (or `terms`') quantity, price and shares."""
+        terms, request = terms or self.terms, self.request
+        if terms.quantity == request.quantity and terms.limit_price == request.limit_price:
+            return request
+        allocations = request.allocations if terms.allocations is None else terms.allocations
+        return OrderRequest.model_validate(
+            {
+                **request.model_dump(),
+                "quantity": terms.quantity,
+                "limit_price": terms.limit_price,
+                "allocations": [a.model_dump() for a in allocations],
+            }
+        )
 
     def without_events(self) -> Order:
         """Return a copy without the event log (an answer to a person need not carry it)."""

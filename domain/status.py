@@ -26,6 +26,15 @@ class OrderEvent(StrEnum):
     CANCEL_REQUESTED = "cancel_requested"
     CANCEL_REJECTED = "cancel_rejected"
     CANCEL_REJECTED_AFTER_FILLS = "cancel_rejected_after_fills"
+    # Amend: before release the new terms go through compliance and approvals again; after
+    # release the venue is asked to replace the order (FIX cancel/replace).
+    AMENDED = "amended"
+    REPLACE_REQUESTED = "replace_requested"
+    REPLACED = "replaced"
+    REPLACED_AFTER_FILLS = "replaced_after_fills"
+    REPLACED_TO_FILLED = "replaced_to_filled"  # the new quantity is no more than the filled
+    REPLACE_REJECTED = "replace_rejected"
+    REPLACE_REJECTED_AFTER_FILLS = "replace_rejected_after_fills"
     VENUE_CANCELED = "venue_canceled"
     VENUE_EXPIRED = "venue_expired"
     ALLOCATED = "allocated"
@@ -41,6 +50,7 @@ class OrderEvent(StrEnum):
     EXECUTION_REFUSED = "execution_refused"
     SENT_TO_VENUE = "sent_to_venue"
     CANCEL_SENT_TO_VENUE = "cancel_sent_to_venue"
+    REPLACE_SENT_TO_VENUE = "replace_sent_to_venue"
     VENUE_STATUS_CHECKED = "venue_status_checked"
     SETTLEMENT_ANSWERED = "settlement_answered"
     ORDER_CLOSED = "order_closed"
@@ -57,6 +67,7 @@ INFORMATIONAL = frozenset(
         OrderEvent.EXECUTION_REFUSED,
         OrderEvent.SENT_TO_VENUE,
         OrderEvent.CANCEL_SENT_TO_VENUE,
+        OrderEvent.REPLACE_SENT_TO_VENUE,
         OrderEvent.VENUE_STATUS_CHECKED,
         OrderEvent.SETTLEMENT_ANSWERED,
         OrderEvent.ORDER_CLOSED,
@@ -83,6 +94,18 @@ _AT_VENUE: dict[OrderEvent, S] = {
     E.VENUE_CANCELED: S.CANCELED,
     E.VENUE_EXPIRED: S.EXPIRED,
 }
+
+# The venue's answer to a replace request, where it may come: the order works on (with or
+# without fills), or its new quantity is already filled. A cancel requested while the replace
+# was pending stays pending whatever the answer, unless the order is now filled.
+_REPLACE_ANSWERS: dict[OrderEvent, S] = {
+    E.REPLACED: S.WORKING,
+    E.REPLACED_AFTER_FILLS: S.PARTIALLY_FILLED,
+    E.REPLACED_TO_FILLED: S.FILLED,
+    E.REPLACE_REJECTED: S.WORKING,
+    E.REPLACE_REJECTED_AFTER_FILLS: S.PARTIALLY_FILLED,
+}
+_AMENDABLE_BEFORE_RELEASE = (S.PENDING_OVERRIDE, S.PENDING_APPROVAL, S.APPROVED)
 
 TRANSITIONS: MappingProxyType[tuple[S, OrderEvent], S] = MappingProxyType(
     {
@@ -111,6 +134,24 @@ TRANSITIONS: MappingProxyType[tuple[S, OrderEvent], S] = MappingProxyType(
         **{(S.RELEASED, event): status for event, status in _AT_VENUE.items()},
         **{(S.WORKING, event): status for event, status in _AT_VENUE.items()},
         **{(S.PARTIALLY_FILLED, event): status for event, status in _AT_VENUE.items()},
+        # New terms before release: compliance and the approvals they need, again.
+        **{(status, E.AMENDED): S.PENDING_COMPLIANCE for status in _AMENDABLE_BEFORE_RELEASE},
+        (S.WORKING, E.REPLACE_REQUESTED): S.PENDING_REPLACE,
+        (S.PARTIALLY_FILLED, E.REPLACE_REQUESTED): S.PENDING_REPLACE,
+        **{(S.PENDING_REPLACE, event): status for event, status in _AT_VENUE.items()},
+        # A fill can cross a replace request on the wire; the order stays pending replace.
+        (S.PENDING_REPLACE, E.PARTIAL_FILL): S.PENDING_REPLACE,
+        # The answer may come after the order left pending_replace (a cancel request, or a
+        # cancel's rejection, in between).
+        **{
+            (status, event): target
+            for status in (S.WORKING, S.PARTIALLY_FILLED, S.PENDING_REPLACE)
+            for event, target in _REPLACE_ANSWERS.items()
+        },
+        **{
+            (S.PENDING_CANCEL, event): S.FILLED if target is S.FILLED else S.PENDING_CANCEL
+            for event, target in _REPLACE_ANSWERS.items()
+        },
         # A fill can cross a cancel request on the wire; the order stays pending cancel.
         (S.PENDING_CANCEL, E.PARTIAL_FILL): S.PENDING_CANCEL,
         (S.PENDING_CANCEL, E.FILL): S.FILLED,
@@ -138,6 +179,8 @@ AT_VENUE = frozenset(
 )
 # Events by which the venue ends an order: nothing is left working there after them.
 CLOSED_BY_VENUE = frozenset({E.VENUE_CANCELED, E.VENUE_EXPIRED, E.VENUE_REJECTED})
+# The venue took a replace request: the order has its new terms.
+REPLACED_EVENTS = frozenset({E.REPLACED, E.REPLACED_AFTER_FILLS, E.REPLACED_TO_FILLED})
 DONE_AT_VENUE = frozenset({S.FILLED, S.CANCELED, S.EXPIRED, S.VENUE_REJECTED})
 
 

@@ -24,7 +24,9 @@ from temporalio.client import (
 from config import Settings
 from domain.authority import Action, Authority, SignedAuthority, key_id, sign
 from domain.ids import order_id_from_workflow_id
+from domain.order import amendment_subject
 from workflows.messages import (
+    AmendInput,
     ApproveInput,
     AwaitComplianceInput,
     CancelInput,
@@ -47,6 +49,7 @@ def statement(
     roles: list[str] | None = None,
     issued_at: datetime | None = None,
     nonce: str | None = None,
+    permission: list[str] | None = None,
 ) -> SignedAuthority:
     """Return the statement the API would sign for this action, signed with the development key."""
     authority = Authority(
@@ -56,7 +59,7 @@ def statement(
         level=level,
         subject=subject,
         roles=roles or [],
-        permission=["approvals", level] if level else ["orders", action.value],
+        permission=permission or (["approvals", level] if level else ["orders", action.value]),
         policy=policy or [],
         policy_version="test-policy",
         issued_at=issued_at or datetime.now(UTC),
@@ -88,6 +91,12 @@ def _signed(order_id: str, arg: Any, now: datetime) -> Any:
         subject = arg.venue if isinstance(arg, ReleaseInput) else ""
         signed = statement(
             order_id, action, arg.user, subject=subject, policy=arg.policy, issued_at=now
+        )
+        return arg.model_copy(update={"authority": signed})
+    if isinstance(arg, AmendInput) and arg.authority is None:
+        subject = amendment_subject(arg.quantity, arg.limit_price)
+        signed = statement(
+            order_id, Action.AMEND, arg.user, subject=subject, policy=arg.policy, issued_at=now
         )
         return arg.model_copy(update={"authority": signed})
     return arg

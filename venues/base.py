@@ -77,6 +77,13 @@ class Venue(Protocol):
     async def cancel(self, order_id: str, cl_ord_id: str) -> None:
         """Ask the venue to cancel the order sent as `cl_ord_id`; the answer comes as a report."""
 
+    async def replace(self, order: VenueOrder, orig_cl_ord_id: str) -> None:
+        """Ask the venue to replace the order sent as `orig_cl_ord_id` with `order`'s terms.
+
+        `order.cl_ord_id` is the new ClOrdID (FIX OrigClOrdID chaining); a resend of it is
+        answered OK. The answer (replaced, or replace_rejected) comes as a report.
+        """
+
     async def order_status(self, cl_ord_id: str) -> VenueOrderStatus:
         """Return what the venue knows of `cl_ord_id`."""
         ...

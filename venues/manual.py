@@ -20,6 +20,9 @@ class ManualVenue:
     async def cancel(self, order_id: str, cl_ord_id: str) -> None:
         """Accept the cancel request; the answer comes as a canceled or cancel_rejected report."""
 
+    async def replace(self, order: VenueOrder, orig_cl_ord_id: str) -> None:
+        """Accept the replace request; the answer comes as a replaced or replace_rejected report."""
+
     async def order_status(self, cl_ord_id: str) -> VenueOrderStatus:
         """Answer that the order is known and worked by hand: the people working it know more."""
         return VenueOrderStatus(cl_ord_id=cl_ord_id, known=True, state="manual")

@@ -53,7 +53,10 @@ _IMMEDIATE = (TimeInForce.IOC.value, TimeInForce.FOK.value)
 
 # "sim:name" or "sim:name=value", anywhere in the notes, not glued to a word before it.
 _SCENARIO_TOKEN = re.compile(r"(?<![\w:/-])sim:([a-z][a-z-]*)(?:=(\S+))?")
-_FLAGS = ("reject", "cancel-reject", "never-ack", "late-fill-after-cancel")
+_FLAGS = ("reject", "cancel-reject", "never-ack", "late-fill-after-cancel", "replace-reject")
+# The answers to a replace request, as `simulators.record_venue_step` takes them.
+REPLACED = "replaced"
+REPLACE_REFUSED = "rejected"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Scenario:
         never_ack: Say nothing at all, ever (not even to a cancel request).
         late_fill_after_cancel: Rest after the acknowledgement; when a cancel request comes,
             report one fill first, then the cancel of the rest.
+        replace_reject: Refuse every replace request (`replace_rejected`); the order carries on.
         ioc_remainder: Percent of an ioc order left unfilled (and canceled); a fok order
             that cannot fill completely is canceled whole. None: the market takes it all.
     """
@@ -77,11 +81,18 @@ class Scenario:
     never_ack: bool = False
     late_fill_after_cancel: bool = False
     ioc_remainder: Decimal | None = None
+    replace_reject: bool = False
 
     def canonical(self) -> str:
         """Return the scenario as `sim:` tokens (empty for the plain market); parses back alike."""
         tokens = [f"sim:partial={self.parts}"] if self.parts != _DEFAULT_PARTS else []
-        flags = (self.reject, self.cancel_reject, self.never_ack, self.late_fill_after_cancel)
+        flags = (
+            self.reject,
+            self.cancel_reject,
+            self.never_ack,
+            self.late_fill_after_cancel,
+            self.replace_reject,
+        )
         tokens += [f"sim:{name}" for name, on in zip(_FLAGS, flags, strict=True) if on]
         if self.ioc_remainder is not None:
             tokens.append(f"sim:ioc-remainder={tidy(self.ioc_remainder)}%")
@@ -92,8 +103,8 @@ def parse_scenario(notes: str) -> Scenario:
     """Read the `sim:` tokens of an order's notes; the rest of the notes is ignored.
 
     Tokens: `sim:partial=N` (1 to 100 fills), `sim:reject`, `sim:cancel-reject`,
-    `sim:never-ack`, `sim:late-fill-after-cancel`, `sim:ioc-remainder=P%` (0 < P < 100; 50 if
-    no value). They combine: `"sim:partial=3 sim:cancel-reject"`.
+    `sim:never-ack`, `sim:late-fill-after-cancel`, `sim:replace-reject`, `sim:ioc-remainder=P%`
+    (0 < P < 100; 50 if no value). They combine: `"sim:partial=3 sim:cancel-reject"`.
 
     Raises:
         VenueRefusedError: A `sim:` token the simulator does not know, or a bad value.
@@ -120,6 +131,7 @@ def parse_scenario(notes: str) -> Scenario:
         never_ack="never-ack" in flags,
         late_fill_after_cancel="late-fill-after-cancel" in flags,
         ioc_remainder=remainder,
+        replace_reject="replace-reject" in flags,
     )
 
 
@@ -192,6 +204,7 @@ class _Step:
     last_price: Decimal | None = None
     text: str = ""
     reference_price: Decimal | None = None  # a new reference price to keep; None: unchanged
+    replace_answer: str | None = None  # REPLACED or REPLACE_REFUSED: the pending replace's answer
 
 
 def _venue_order(row: SimVenueOrderRow) -> VenueOrder:
@@ -269,6 +282,34 @@ def _answer_cancel(row: SimVenueOrderRow, scenario: Scenario, delay: float) -> _
     )
 
 
+def _answer_replace(row: SimVenueOrderRow, scenario: Scenario, delay: float) -> _Step:
+    """Take or refuse the pending replace request; a taken one gives the order its new terms."""
+    if row.state in (FILLED, CANCELED, REJECTED) or scenario.replace_reject:
+        done = row.state in (FILLED, CANCELED, REJECTED)
+        return _Step(
+            ExecType.REPLACE_REJECTED,
+            row.state,
+            row.filled,
+            row.cancel_answered,
+            then_in=None if done else delay,
+            text="too late to replace: order is done"
+            if done
+            else "replace refused (sim:replace-reject)",
+            replace_answer=REPLACE_REFUSED,
+        )
+    assert row.replace_quantity is not None
+    filled = row.filled >= row.replace_quantity
+    return _Step(
+        ExecType.REPLACED,
+        FILLED if filled else WORKING,
+        row.filled,
+        row.cancel_answered,
+        then_in=None if filled else delay,
+        text="replaced",
+        replace_answer=REPLACED,
+    )
+
+
 def _immediate(row: SimVenueOrderRow, scenario: Scenario) -> _Step:
     """Deal with an acknowledged ioc or fok order at once: fill what the market has, cancel the rest."""
     tif = row.time_in_force
@@ -325,6 +366,8 @@ def _next_step(
     if scenario.never_ack and row.state == RECEIVED:
         # Silence, even to a cancel request (answered, so it is not due again).
         return _Step(None, RECEIVED, row.filled, row.cancel_requested, then_in=None)
+    if row.replace_cl_ord_id is not None and row.state != RECEIVED:
+        return _answer_replace(row, scenario, delay)
     if row.cancel_requested and not row.cancel_answered:
         return _answer_cancel(row, scenario, delay)
     if row.state == RECEIVED:
@@ -479,6 +522,27 @@ class SimulatedVenue:
             raise VenueRefusedError(f"order {order_id} ({cl_ord_id}) is unknown to the simulator")
         self._wake.set()
 
+    async def replace(self, order: VenueOrder, orig_cl_ord_id: str) -> None:
+        """Record a request to replace the order sent as `orig_cl_ord_id`; the loop answers it.
+
+        A resend of the request (its new ClOrdID) is answered OK and sends no second answer.
+
+        Raises:
+            VenueRefusedError: The venue does not have the order under `orig_cl_ord_id`, or a
+                replace of it is already pending.
+        """
+        if len(order.cl_ord_id) > MAX_CL_ORD_ID_LENGTH:
+            raise VenueRefusedError(
+                f"ClOrdID {order.cl_ord_id!r} is longer than {MAX_CL_ORD_ID_LENGTH} characters"
+            )
+        taken = await asyncio.to_thread(self._request_replace, order, orig_cl_ord_id)
+        if not taken:
+            raise VenueRefusedError(
+                f"order {order.order_id} ({orig_cl_ord_id}) is unknown to the simulator, or a "
+                "replace of it is pending"
+            )
+        self._wake.set()
+
     async def order_status(self, cl_ord_id: str) -> VenueOrderStatus:
         """Return what the simulator knows of `cl_ord_id`."""
         row = await asyncio.to_thread(self._venue_order, cl_ord_id)
@@ -591,9 +655,21 @@ class SimulatedVenue:
         with self._sessions() as session:
             return simulators.request_cancel(session, order_id, cl_ord_id, datetime.now(UTC))
 
+    def _request_replace(self, order: VenueOrder, orig_cl_ord_id: str) -> bool:
+        with self._sessions() as session:
+            return simulators.request_replace(
+                session,
+                order.order_id,
+                orig_cl_ord_id,
+                order.cl_ord_id,
+                order.quantity,
+                order.limit_price,
+                datetime.now(UTC),
+            )
+
     def _venue_order(self, cl_ord_id: str) -> SimVenueOrderRow | None:
         with self._sessions() as session:
-            return simulators.venue_order(session, cl_ord_id)
+            return simulators.venue_order_by_any_id(session, cl_ord_id)
 
     def _due_now(self) -> list[str]:
         with self._sessions() as session:
@@ -618,6 +694,7 @@ class SimulatedVenue:
                 filled=step.filled,
                 cancel_answered=step.cancel_answered,
                 reference_price=step.reference_price,
+                replace_answer=step.replace_answer,
                 next_step_at=None
                 if step.then_in is None
                 else now + timedelta(seconds=step.then_in),

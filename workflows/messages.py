@@ -37,6 +37,7 @@ class VenueCommandKind(StrEnum):
     SUBMIT = "submit"
     CANCEL = "cancel"
     STATUS = "status"
+    REPLACE = "replace"
 
 
 class VenueCommand(BaseModel):
@@ -46,6 +47,7 @@ class VenueCommand(BaseModel):
     venue: str
     cl_ord_id: str
     requested_by: str = "system"
+    orig_cl_ord_id: str = Field(default="", description="A replace: the ClOrdID it replaces.")
 
 
 class CarriedOrder(BaseModel):
@@ -130,6 +132,17 @@ class ReleaseInput(BaseModel):
 
 class CancelInput(BaseModel):
     user: str
+    reason: str = ""
+    policy: list[str] = Field(default_factory=list)
+    authority: SignedAuthority | None = None
+
+
+class AmendInput(BaseModel):
+    """New terms for the order: a quantity, a limit price, or both (None: unchanged)."""
+
+    user: str
+    quantity: Decimal | None = None
+    limit_price: Decimal | None = None
     reason: str = ""
     policy: list[str] = Field(default_factory=list)
     authority: SignedAuthority | None = None

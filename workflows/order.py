@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -35,11 +35,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.projection import ProjectEventsInput, ProjectionActivities
     from activities.venue import (
         CancelAtVenueInput,
+        ReplaceAtVenueInput,
         SubmitOrderInput,
         VenueActivities,
         VenueOrderStatusInput,
     )
-    from domain.allocation import allocate
+    from domain.allocation import allocate, rescaled
     from domain.approvals import required_approvals, required_levels
     from domain.assessment import KILL_SWITCH_RULE
     from domain.authority import (
@@ -69,19 +70,38 @@ with workflow.unsafe.imports_passed_through():
     from domain.ids import settlement_id_for
     from domain.models import (
         ApprovalGiven,
+        ApprovalState,
         ComplianceOutcome,
         ComplianceResult,
+        ExecType,
         Instrument,
+        OrderRequest,
         OrderStatus,
         SettlementInstruction,
         SettlementStatus,
         TimeInForce,
     )
-    from domain.order import FlagKind, Order, OrderProjection, Override, summarise
+    from domain.order import (
+        FlagKind,
+        Order,
+        OrderProjection,
+        Override,
+        Terms,
+        amendment_subject,
+        summarise,
+    )
     from domain.settlement import settlement_date
-    from domain.status import AT_VENUE, CLOSED_BY_VENUE, PRE_RELEASE, OrderEvent, allows
+    from domain.status import (
+        AT_VENUE,
+        CLOSED_BY_VENUE,
+        PRE_RELEASE,
+        REPLACED_EVENTS,
+        OrderEvent,
+        allows,
+    )
     from venues.base import VenueOrder, VenueOrderStatus
     from workflows.messages import (
+        AmendInput,
         ApproveInput,
         AwaitComplianceInput,
         CancelInput,
@@ -150,6 +170,19 @@ _NONCES_KEPT = 200
 # Fills are checked against the order's limit, lots and the reference price's band, and no
 # report is taken on an order not at a venue (histories from before applied them unchecked).
 _EXECUTION_GUARDS = "execution-report-guards"
+# Amend: replace reports answer a replace request (histories from before took them as no-ops).
+_AMEND = "amend"
+# Where an order may be amended: before release (compliance and approvals run again), or
+# working at the venue (cancel/replace).
+_AMENDABLE_BEFORE_RELEASE = frozenset(
+    {OrderStatus.PENDING_OVERRIDE, OrderStatus.PENDING_APPROVAL, OrderStatus.APPROVED}
+)
+_REPLACEABLE = frozenset({OrderStatus.WORKING, OrderStatus.PARTIALLY_FILLED})
+# Reports by which the venue answers a replace request (a cancel reject while only a replace is
+# pending means the replace's rejection, as FIX's CxlRejResponseTo=2 says).
+_REPLACE_ANSWERS = frozenset({ExecType.REPLACE_REJECTED, ExecType.CANCEL_REJECTED})
+# The permission that lets a trader amend only what works at a venue (a PM amends at any stage).
+AMEND_AT_VENUE = ("orders", "amend_at_venue")
 
 
 def _inner(err: FailureError) -> BaseException | None:
@@ -204,10 +237,13 @@ def _worded(results: list[ComplianceResult], outcome: ComplianceOutcome) -> str:
     return "; ".join(r.message for r in results if r.outcome is outcome)
 
 
-class _ReleaseRequest:
-    """A release waiting for compliance's re-check (the phase answers it, the Update waits)."""
+_InputT = TypeVar("_InputT")
 
-    def __init__(self, input: ReleaseInput) -> None:
+
+class _PhaseRequest(Generic[_InputT]):
+    """An action the running phase decides (after compliance's re-check); the Update waits."""
+
+    def __init__(self, input: _InputT) -> None:
         self.input = input
         self.decided = False
         self.refusal: str | None = None
@@ -254,7 +290,9 @@ class OrderWorkflow:
         self._projector_stopping = False
         self._notices: list[ApprovalNeededInput | ApprovalDecidedInput] = []
         # A release waiting for compliance's re-check, and the re-check's answer to it.
-        self._release: _ReleaseRequest | None = None
+        self._release: _PhaseRequest[ReleaseInput] | None = None
+        # An amend of an order at the venue, waiting for compliance before the replace goes.
+        self._amend: _PhaseRequest[AmendInput] | None = None
 
     # ---- the life of the order ----------------------------------------------------------------
 
@@ -381,14 +419,19 @@ class OrderWorkflow:
         self._record(OrderEvent.COMPLIANCE_PASSED, details=details)
         self._complete_if_no_levels(actor="policy")
 
-    async def _assess(self) -> AssessOrderResult | str:
-        """Judge the order on its fund after the trade; a string says why it could not be."""
+    async def _assess(self, request: OrderRequest | None = None) -> AssessOrderResult | str:
+        """Judge the order (as `request`, else as it stands) on its fund after the trade.
+
+        A string says why it could not be judged.
+        """
         order = self._order
         try:
             return await workflow.execute_local_activity_method(
                 AssessmentActivities.assess_order,
                 AssessOrderInput(
-                    order_id=order.order_id, order=order.request, created_by=order.created_by
+                    order_id=order.order_id,
+                    order=request or order.current_request(),
+                    created_by=order.created_by,
                 ),
                 **_LOCAL_IO,
             )
@@ -406,7 +449,7 @@ class OrderWorkflow:
         order.compliance = list(assessment.results)
         order.currency = assessment.base_currency
         order.notional = assessment.size_notional
-        price = instrument.reference_price or order.request.limit_price
+        price = instrument.reference_price or order.terms.limit_price
         if price is not None:
             order.instrument = Instrument(
                 symbol=instrument.symbol,
@@ -628,6 +671,10 @@ class OrderWorkflow:
     async def _at_venue(self) -> None:
         """Send queued venue commands one at a time; chase an acknowledgement that does not come."""
         order = self._order
+        if self._amend is not None:
+            request, self._amend = self._amend, None
+            await self._decide_replace(request)
+            return
         if self._commands:
             await self._execute(self._commands.pop(0))
             return
@@ -637,6 +684,7 @@ class OrderWorkflow:
         if await self._wait_until(
             lambda: (
                 bool(self._commands)
+                or self._amend is not None
                 or order.status not in AT_VENUE
                 or order.venue_ack_due_at != ack_due
             ),
@@ -692,22 +740,29 @@ class OrderWorkflow:
             VenueCommandKind.SUBMIT: self._submit,
             VenueCommandKind.CANCEL: self._cancel_at_venue,
             VenueCommandKind.STATUS: self._ask_venue_status,
+            VenueCommandKind.REPLACE: self._replace_at_venue,
         }
         await handlers[command.kind](command)
 
-    async def _submit(self, command: VenueCommand) -> None:
+    def _venue_order(self, terms: Terms) -> VenueOrder:
         order = self._order
-        venue_order = VenueOrder(
+        return VenueOrder(
             order_id=order.order_id,
-            cl_ord_id=command.cl_ord_id,
+            cl_ord_id=terms.cl_ord_id,
             fund=order.fund,
             symbol=order.request.symbol,
             side=order.request.side,
-            quantity=order.terms.quantity,
+            quantity=terms.quantity,
             order_type=order.request.order_type,
-            limit_price=order.terms.limit_price,
+            limit_price=terms.limit_price,
             time_in_force=order.request.time_in_force,
             notes=order.request.notes,
+        )
+
+    async def _submit(self, command: VenueCommand) -> None:
+        order = self._order
+        venue_order = self._venue_order(order.terms).model_copy(
+            update={"cl_ord_id": command.cl_ord_id}
         )
         try:
             await workflow.execute_local_activity_method(
@@ -786,6 +841,166 @@ class OrderWorkflow:
             details={"venue": command.venue, "cl_ord_id": command.cl_ord_id},
         )
 
+    async def _decide_replace(self, request: _PhaseRequest[AmendInput]) -> None:
+        """Send an amend of a working order to the venue, once compliance agrees to its terms.
+
+        New terms that raise the notional are judged again first; an amend that fails or warns
+        on compliance, or needs an approval level the order did not have, is refused and the
+        order works on as it was.
+        """
+        order = self._order
+        if order.status not in _REPLACEABLE:
+            request.refuse(
+                f"the order is {order.status.value}: it can no longer be amended",
+                RefusalType.INVALID_STATE,
+            )
+            return
+        terms = self._amended_terms(request.input)
+        if self._raises_notional(terms):
+            judged = await self._assess(order.current_request(terms))
+            if order.status not in _REPLACEABLE:
+                request.refuse(
+                    f"the order is {order.status.value}: it can no longer be amended",
+                    RefusalType.INVALID_STATE,
+                )
+                return
+            refusal = self._amendment_refusal(judged)
+            if refusal is not None:
+                request.refuse(*refusal)
+                return
+        self._request_replace(request.input, terms)
+        request.accept()
+
+    def _raises_notional(self, terms: Terms) -> bool:
+        """Tell whether `terms` ask the market for more than the order's current terms."""
+        current = self._order.terms
+        if terms.quantity > current.quantity:
+            return True
+        if terms.limit_price is None or current.limit_price is None:
+            return False
+        return terms.quantity * terms.limit_price > current.quantity * current.limit_price
+
+    def _amendment_refusal(self, judged: AssessOrderResult | str) -> tuple[str, RefusalType] | None:
+        """Return why compliance's judgement of new terms refuses them, or None if it takes them."""
+        if isinstance(judged, str):
+            return judged, RefusalType.COMPLIANCE_REFUSED
+        results = judged.assessment.results
+        switch = next(
+            (
+                r
+                for r in results
+                if r.rule == KILL_SWITCH_RULE and r.outcome is ComplianceOutcome.FAIL
+            ),
+            None,
+        )
+        if switch is not None:
+            return switch.message, RefusalType.KILL_SWITCH_ENGAGED
+        if judged.assessment.outcome is ComplianceOutcome.FAIL:
+            return (
+                "compliance refused the new terms: " + _worded(results, ComplianceOutcome.FAIL),
+                RefusalType.COMPLIANCE_REFUSED,
+            )
+        order = self._order
+        accepted = set(order.override.rules) if order.override is not None else set()
+        warned = [
+            r for r in results if r.outcome is ComplianceOutcome.WARN and r.rule not in accepted
+        ]
+        if warned:
+            return (
+                "compliance warns on the new terms ("
+                + "; ".join(r.message for r in warned)
+                + "): an order at the venue cannot be overridden again; cancel it and create "
+                "a new order",
+                RefusalType.COMPLIANCE_REFUSED,
+            )
+        given = {g.level for g in order.approvals.given}
+        missing = [level for level in judged.assessment.approval.levels if level not in given]
+        if missing:
+            return (
+                f"the new terms need approval by {', '.join(missing)}, which this order did not "
+                "have: cancel it and create a new order for the larger size",
+                RefusalType.COMPLIANCE_REFUSED,
+            )
+        return None
+
+    def _request_replace(self, input: AmendInput, terms: Terms) -> None:
+        """Ask the venue to replace the order with `terms`, under a new ClOrdID."""
+        order = self._order
+        assert order.venue is not None
+        order.cl_ord_ids_issued += 1
+        current = order.terms
+        new_cl_ord_id = f"{order.order_id}-R{order.cl_ord_ids_issued}"
+        order.replacing = terms.model_copy(
+            update={
+                "cl_ord_id": new_cl_ord_id,
+                "previous_cl_ord_ids": [*current.previous_cl_ord_ids, current.cl_ord_id],
+            }
+        )
+        self._record(
+            OrderEvent.REPLACE_REQUESTED,
+            actor=input.user,
+            reason=input.reason,
+            details={
+                **self._terms_details(terms),
+                "cl_ord_id": new_cl_ord_id,
+                "orig_cl_ord_id": current.cl_ord_id,
+                **_attested(input.authority, input.policy),
+            },
+        )
+        self._commands.append(
+            VenueCommand(
+                kind=VenueCommandKind.REPLACE,
+                venue=order.venue,
+                cl_ord_id=new_cl_ord_id,
+                orig_cl_ord_id=current.cl_ord_id,
+                requested_by=input.user,
+            )
+        )
+
+    async def _replace_at_venue(self, command: VenueCommand) -> None:
+        order = self._order
+        replacing = order.replacing
+        if replacing is None or replacing.cl_ord_id != command.cl_ord_id:
+            return  # the venue answered (or the order ended) before the request went out
+        try:
+            await workflow.execute_local_activity_method(
+                VenueActivities.replace_at_venue,
+                ReplaceAtVenueInput(
+                    venue=command.venue,
+                    order=self._venue_order(replacing),
+                    orig_cl_ord_id=command.orig_cl_ord_id,
+                ),
+                **_VENUE_CALL,
+            )
+        except FailureError as err:
+            _not_cancellation(err)
+            if order.replacing is None or order.status not in AT_VENUE:
+                return
+            if _refused_by_venue(err):
+                reason = f"the venue refused the replace: {_cause(err)}"
+            else:
+                reason = f"the replace could not be sent to {command.venue}: {_cause(err)}"
+                order.raise_flag(
+                    FlagKind.REPLACE_NOT_SENT, reason, at=workflow.now(), ref=command.cl_ord_id
+                )
+            order.replacing = None
+            self._record(
+                OrderEvent.REPLACE_REJECTED_AFTER_FILLS
+                if order.filled_quantity > 0
+                else OrderEvent.REPLACE_REJECTED,
+                reason=reason,
+            )
+            return
+        self._record(
+            OrderEvent.REPLACE_SENT_TO_VENUE,
+            actor=command.requested_by,
+            details={
+                "venue": command.venue,
+                "cl_ord_id": command.cl_ord_id,
+                "orig_cl_ord_id": command.orig_cl_ord_id,
+            },
+        )
+
     async def _venue_status(self, command: VenueCommand) -> VenueOrderStatus | None:
         """Ask the venue what it knows of the order and record the answer; None: no answer."""
         try:
@@ -846,7 +1061,7 @@ class OrderWorkflow:
         assert order.instrument is not None
         assert order.average_price is not None
         order.allocations = allocate(
-            list(order.request.allocations),
+            list(order.current_request().allocations),
             order.filled_quantity,
             order.average_price,
             order.instrument.lot_size,
@@ -1105,7 +1320,7 @@ class OrderWorkflow:
         if not workflow.patched(_PORTFOLIO_COMPLIANCE):  # released before the re-check existed
             self._released(input)
             return await self._answer()
-        request = _ReleaseRequest(input)
+        request = _PhaseRequest(input)
         self._release = request
         await workflow.wait_condition(lambda: request.decided)
         if request.refusal is not None:
@@ -1173,6 +1388,132 @@ class OrderWorkflow:
             )
         self._verified(input.authority, Action.CANCEL, input.user)
 
+    @workflow.update
+    async def amend(self, input: AmendInput) -> Order:
+        """Give the order new terms: checked again before release, replaced at the venue after."""
+        order = self._order
+        if input.authority is not None:
+            self._use(input.authority)
+        terms = self._amended_terms(input)
+        if order.status in _AMENDABLE_BEFORE_RELEASE:
+            # In place: compliance judges the new terms, and the approvals they need start over.
+            details = {**self._terms_details(terms), **_attested(input.authority, input.policy)}
+            order.terms = terms
+            order.leaves_quantity = terms.quantity
+            order.override = None
+            order.approvals = ApprovalState()
+            order.approvals_notified = []
+            self._record(
+                OrderEvent.AMENDED,
+                actor=input.user,
+                reason=input.reason,
+                details=details,
+            )
+            await workflow.wait_condition(
+                lambda: order.status is not OrderStatus.PENDING_COMPLIANCE
+            )
+            return await self._answer()
+        request = _PhaseRequest(input)
+        self._amend = request
+        await workflow.wait_condition(lambda: request.decided)
+        if request.refusal is not None:
+            raise _refuse(request.refusal, request.refusal_type)
+        return await self._answer()
+
+    @amend.validator
+    def _validate_amend(self, input: AmendInput) -> None:
+        order = self._order
+        status = order.status
+        if order.closed or not (status in _AMENDABLE_BEFORE_RELEASE or status in _REPLACEABLE):
+            why = {
+                OrderStatus.PENDING_COMPLIANCE: "; compliance is still judging it",
+                OrderStatus.RELEASED: "; the venue has not acknowledged it yet",
+                OrderStatus.PENDING_CANCEL: "; a cancel is pending at the venue",
+                OrderStatus.PENDING_REPLACE: "; an amend is pending at the venue",
+            }.get(status, "")
+            raise _refuse(
+                f"an order that is {status.value} cannot be amended{why}",
+                RefusalType.INVALID_STATE,
+            )
+        if self._release is not None or self._amend is not None:
+            raise _refuse(
+                "another action on this order is being checked by compliance; try again",
+                RefusalType.INVALID_STATE,
+            )
+        if input.quantity is None and input.limit_price is None:
+            raise _refuse("an amend needs a quantity or a limit_price", RefusalType.INVALID_INPUT)
+        if input.limit_price is not None and order.terms.limit_price is None:
+            raise _refuse(
+                "a market order has no limit_price to amend",
+                RefusalType.INVALID_INPUT,
+                "limit_price",
+            )
+        if input.quantity is not None and input.quantity <= 0:
+            raise _refuse("quantity must be positive", RefusalType.INVALID_INPUT, "quantity")
+        if input.limit_price is not None and input.limit_price <= 0:
+            raise _refuse("limit_price must be positive", RefusalType.INVALID_INPUT, "limit_price")
+        lot_size = order.instrument.lot_size if order.instrument is not None else None
+        if input.quantity is not None and lot_size is not None and input.quantity % lot_size:
+            raise _refuse(
+                f"quantity must be a multiple of the lot size {lot_size}",
+                RefusalType.INVALID_INPUT,
+                "quantity",
+            )
+        terms = self._amended_terms(input)
+        if (terms.quantity, terms.limit_price) == (order.terms.quantity, order.terms.limit_price):
+            raise _refuse(
+                "the amend changes nothing: those are the order's terms already",
+                RefusalType.INVALID_INPUT,
+            )
+        authority = self._verified(
+            input.authority,
+            Action.AMEND,
+            input.user,
+            subject=amendment_subject(input.quantity, input.limit_price),
+        )
+        if tuple(authority.permission) == AMEND_AT_VENUE and status not in _REPLACEABLE:
+            raise _refuse(
+                f"{input.user} may amend only orders working at a venue; this one is "
+                f"{status.value}",
+                RefusalType.FORBIDDEN,
+            )
+
+    def _amended_terms(self, input: AmendInput) -> Terms:
+        """Return the order's terms as `input` changes them.
+
+        A quantity below what is filled is taken as the filled quantity: the order is then
+        filled. The accounts' shares follow the new quantity, pro-rata to the request's.
+        """
+        order = self._order
+        current = order.terms
+        quantity = max(
+            current.quantity if input.quantity is None else input.quantity, order.filled_quantity
+        )
+        limit_price = current.limit_price if input.limit_price is None else input.limit_price
+        lot_size = order.instrument.lot_size if order.instrument is not None else Decimal(1)
+        allocations = (
+            None
+            if quantity == order.request.quantity
+            else rescaled(list(order.request.allocations), quantity, lot_size)
+        )
+        return current.model_copy(
+            update={"quantity": quantity, "limit_price": limit_price, "allocations": allocations}
+        )
+
+    def _terms_details(self, terms: Terms) -> dict[str, JsonValue]:
+        current = self._order.terms
+        return {
+            "quantity": str(terms.quantity),
+            "limit_price": None if terms.limit_price is None else str(terms.limit_price),
+            "allocations": None
+            if terms.allocations is None
+            else [a.model_dump(mode="json") for a in terms.allocations],
+            "previous": {
+                "quantity": str(current.quantity),
+                "limit_price": None if current.limit_price is None else str(current.limit_price),
+            },
+        }
+
     # ---- updates: the venue -------------------------------------------------------------------
 
     @workflow.update
@@ -1209,6 +1550,8 @@ class OrderWorkflow:
                 reported_by=input.reported_by,
                 received_at=workflow.now(),
                 guards=guards,
+                replacing=None if order.replacing is None else order.replacing.quantity,
+                replace_semantics=guards is not None and workflow.patched(_AMEND),
             )
         if outcome.verdict is ReportVerdict.REFUSED and not refused_before:
             order.refused_reports[report.exec_id] = outcome.reason
@@ -1226,6 +1569,15 @@ class OrderWorkflow:
             if outcome.event is OrderEvent.VENUE_CANCELED and order.expiring:
                 # The cancel its time in force sent: as FIX reports it, the order expired.
                 outcome = replace(outcome, event=OrderEvent.VENUE_EXPIRED)
+            if outcome.event in REPLACED_EVENTS and order.replacing is not None:
+                terms = order.replacing
+                details |= self._terms_details(terms)
+                order.terms = terms.model_copy(
+                    update={"quantity": max(terms.quantity, order.filled_quantity)}
+                )
+                order.replacing = None
+            elif report.exec_type in _REPLACE_ANSWERS and outcome.event is not None:
+                order.replacing = None
             if outcome.event is None:
                 self._record(OrderEvent.EXECUTION_APPLIED, actor=input.reported_by, details=details)
             else:
@@ -1236,6 +1588,8 @@ class OrderWorkflow:
                 self._record(outcome.event, actor=input.reported_by, reason=reason, details=details)
             if order.status is not OrderStatus.RELEASED:
                 order.venue_ack_due_at = None
+            if order.status not in AT_VENUE:
+                order.replacing = None
         return ExecutionReportResult(
             verdict=outcome.verdict,
             reason=outcome.reason,
@@ -1433,6 +1787,14 @@ class OrderWorkflow:
     # ---- continue-as-new ----------------------------------------------------------------------
 
     def _should_continue_as_new(self) -> bool:
+        # A new run waits for every handler to finish, so never while a handler waits on this
+        # run's phases: compliance judging the order, a release or an amend being checked.
+        if (
+            self._release is not None
+            or self._amend is not None
+            or self._order.status is OrderStatus.PENDING_COMPLIANCE
+        ):
+            return False
         return (
             workflow.info().is_continue_as_new_suggested()
             or self._updates_this_run >= self._input.updates_before_continue_as_new

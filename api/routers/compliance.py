@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
+from sqlmodel import Session
 from temporalio.exceptions import ApplicationError
 
 from activities.assessment import AssessmentActivities, AssessOrderInput, load_compliance_policy
@@ -105,7 +106,14 @@ async def rules_in_force(services: ServicesDep, user: UserDep, fund: str) -> Rul
     """List the rules an order of `fund` answers to: the firm's, the fund's and its accounts'."""
     if services.authorizer.check(user, fund, "compliance", "rules") is None:
         raise forbidden(f"{user} may not read the compliance rules of {fund}")
-    accounts = await run_db(services, lambda session: queries.fund_accounts(session, fund))
+
+    def accounts_of(session: Session) -> list[str]:
+        # After the permission, so only a caller who may read every fund's rules learns this.
+        if queries.get_fund(session, fund) is None:
+            raise invalid("fund", f"unknown fund {fund}")
+        return queries.fund_accounts(session, fund)
+
+    accounts = await run_db(services, accounts_of)
     try:
         policy = load_compliance_policy(services.settings.policies_dir)
     except CompliancePolicyError as exc:

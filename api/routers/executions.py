@@ -29,7 +29,12 @@ from workflows.order import OrderWorkflow
 router = APIRouter(prefix="/executions", tags=["executions"])
 
 
-@router.post("", status_code=202, response_model=ExecutionAnswer)
+@router.post(
+    "",
+    status_code=202,
+    response_model=ExecutionAnswer,
+    responses={200: {"model": ExecutionAnswer, "description": "A duplicate exec_id: ignored."}},
+)
 async def post_execution(
     report: ExecutionReport, response: Response, services: ServicesDep, user: UserDep
 ) -> ExecutionAnswer:

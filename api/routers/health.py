@@ -1,27 +1,21 @@
-"""Liveness of the API and what it depends on; Prometheus metrics."""
+"""Liveness of the API and what it depends on (metrics: `api.metrics`, on a listener of their own)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from datetime import timedelta
-from typing import Annotated
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import Services, ServicesDep, bearer, current_user
-from api.order_access import require
+from api.deps import Services, ServicesDep
 
 router = APIRouter(tags=["health"])
 logger = logging.getLogger(__name__)
-
-# A firm-wide permission is checked in the "*" domain (see policies/model.conf).
-FIRM = "*"
 
 # Each check answers within this, so /healthz answers within it too (the checks run at once).
 CHECK_SECONDS = 2.0
@@ -62,7 +56,10 @@ async def _check_database(services: Services) -> str:
     return "ok"
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz",
+    responses={503: {"description": "Temporal or the database does not answer (same body)."}},
+)
 async def healthz(services: ServicesDep) -> JSONResponse:
     """200 when Temporal and the database both answer within two seconds; 503 naming what does not.
 
@@ -76,22 +73,3 @@ async def healthz(services: ServicesDep) -> JSONResponse:
         status_code=200 if healthy else 503,
         content={"status": "ok" if healthy else "degraded", **checks},
     )
-
-
-# Async: rendering is quick, and a sync endpoint would wait for a thread behind a burst.
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(
-    request: Request,
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> str:
-    """Prometheus text exposition: live order flow, so (metrics, read) firm-wide is needed.
-
-    `OMS_METRICS_PUBLIC=true` serves it without a token (a listener only the monitoring
-    system reaches); unset, it is open only in development (`oms dev`).
-    """
-    if not services.settings.metrics_open:
-        user = await current_user(services, credentials)
-        require(services, user, FIRM, "metrics", "read")
-    rendered: str = request.app.state.metrics.render()
-    return rendered

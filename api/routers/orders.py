@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -19,7 +19,7 @@ from api import decisions
 from api.authority import attest, attest_on
 from api.deps import Services, ServicesDep, SessionDep, UserDep, run_db
 from api.errors import ApiError, forbidden, invalid
-from api.history import render_history
+from api.history import order_as_of, render_history
 from api.kill_switch import cancel_if_engaged, ensure_not_engaged
 from api.order_access import (
     locate,
@@ -32,6 +32,7 @@ from api.order_access import (
     run_update,
 )
 from api.schemas import (
+    AmendBody,
     ApproveBody,
     CancelBody,
     HistoryEntry,
@@ -48,8 +49,10 @@ from db import queries
 from domain.authority import Action
 from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
+from domain.order import amendment_subject
 from domain.status import has_reached
 from workflows.messages import (
+    AmendInput,
     AwaitComplianceInput,
     CancelInput,
     OrderTimeouts,
@@ -57,7 +60,7 @@ from workflows.messages import (
     OverrideInput,
     ReleaseInput,
 )
-from workflows.order import WORKFLOW_TYPE, OrderWorkflow
+from workflows.order import AMEND_AT_VENUE, WORKFLOW_TYPE, OrderWorkflow
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
@@ -100,7 +103,12 @@ def normalise_order(
     return body.model_copy(update={"allocations": default})
 
 
-@router.post("", status_code=201, response_model=OrderPublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=OrderPublic,
+    responses={200: {"model": OrderPublic, "description": "The same order, created before."}},
+)
 async def create_order(
     body: OrderRequest,
     response: Response,
@@ -312,13 +320,27 @@ def _without_keys(value: Any, hidden: frozenset[str]) -> Any:
 
 @router.get("/{order_id}/history", response_model=None)
 async def order_history(
-    order_id: str, services: ServicesDep, user: UserDep, format: str | None = None
-) -> list[HistoryEntry] | Response:
-    """The audit timeline from the order's event log (`?format=temporal`: the raw history)."""
+    order_id: str,
+    services: ServicesDep,
+    user: UserDep,
+    format: str | None = None,
+    as_of: Annotated[
+        datetime | None,
+        Query(description="An instant with its offset: the order as it stood then (OrderPublic)."),
+    ] = None,
+) -> list[HistoryEntry] | OrderPublic | Response:
+    """The audit timeline from the order's event log (`?format=temporal`: the raw history).
+
+    With `as_of`, the order's public view as it stood at that instant, from the read model.
+    """
     if format not in (None, "temporal"):
         raise invalid("format", "format must be 'temporal' or absent")
+    if as_of is not None and (format is not None or as_of.utcoffset() is None):
+        raise invalid("as_of", "as_of must carry a timezone offset and comes without format")
     ref = await locate(services, user, order_id)
     require(services, user, ref.fund, "orders", "history")
+    if as_of is not None:
+        return await order_as_of(services, ref, as_of)
     if format == "temporal" or ref.is_v1:
         history = await order_handle(services, ref.order_id).fetch_history()
         if format == "temporal":
@@ -416,3 +438,38 @@ async def cancel_order(
             authority=authority,
         )
         return await run_update(services, ref, "cancel", update)
+
+
+@router.post("/{order_id}/amend", response_model=OrderPublic)
+async def amend_order(
+    order_id: str, body: AmendBody, services: ServicesDep, user: UserDep
+) -> OrderPublic:
+    """Amend: before release compliance and approvals run again; after, cancel/replace."""
+    ref = await locate(services, user, order_id)
+    async with refusals_recorded(services, ref, user, "amend"):
+        # A PM amends at any stage; a trader only what works at a venue (the order decides).
+        permission = (
+            ("orders", "amend")
+            if services.authorizer.check(user, ref.fund, "orders", "amend") is not None
+            else AMEND_AT_VENUE
+        )
+        authority = attest(
+            services,
+            user,
+            order_id=ref.order_id,
+            fund=ref.fund,
+            action=Action.AMEND,
+            permission=permission,
+            subject=amendment_subject(body.quantity, body.limit_price),
+        )
+        if ref.is_v1:
+            raise ApiError(409, "conflict", "orders of the first workflow cannot be amended")
+        update = AmendInput(
+            user=user,
+            quantity=body.quantity,
+            limit_price=body.limit_price,
+            reason=body.reason,
+            policy=authority.authority().policy,
+            authority=authority,
+        )
+        return await run_update(services, ref, "amend", update)

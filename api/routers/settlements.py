@@ -64,7 +64,12 @@ async def _answer(
     return Accepted(status="accepted")
 
 
-@router.post("/{settlement_id}/confirm", status_code=202, response_model=Accepted)
+@router.post(
+    "/{settlement_id}/confirm",
+    status_code=202,
+    response_model=Accepted,
+    responses={200: {"model": Accepted, "description": "Confirmed before: nothing changes."}},
+)
 async def confirm_settlement(
     settlement_id: str, response: Response, services: ServicesDep, user: UserDep
 ) -> Accepted:

@@ -20,8 +20,9 @@ from fastapi import FastAPI
 
 import cli
 from api.app import create_app
+from api.metrics import Metrics, MetricsPortInUseError, serve_metrics
 from config import DEV_AUTHORITY_SIGNING_KEY, Settings, UnsafeSettingsError
-from tests.api.conftest import Stack
+from tests.api.conftest import Stack, free_port
 from worker import run_workers
 
 OWN_SECRET = "a-production-secret-of-at-least-thirty-two-bytes"
@@ -181,26 +182,59 @@ async def test_docs_are_served_without_a_cdn(stack: Stack) -> None:
 # -- Exposure ----------------------------------------------------------------------------------
 
 
-async def test_metrics_need_a_permission_and_count_500s(stack: Stack) -> None:
+async def test_metrics_leave_on_their_own_listener_and_count_500s(stack: Stack) -> None:
     def add_failing_route(app: FastAPI) -> None:
         @app.get("/boom")
         async def boom() -> None:
             raise RuntimeError("secret internals at /srv/oms/db.py")
 
-    async with another_api(stack, add_failing_route, metrics_public=False) as (_, http):
-        assert_error_shape(await http.get("/metrics"), 401)
-        assert_error_shape(await http.get("/metrics", headers=stack.auth("alice")), 403)
+    settings = stack.settings.model_copy(update={"metrics_port": free_port()})
+    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    async with another_api(stack, add_failing_route) as (app, http):
+        # Not on the API port, in any mode: the route does not exist there.
+        assert (await http.get("/metrics")).status_code == 404
+        assert (await http.get("/metrics", headers=stack.auth("cora"))).status_code == 404
         failed = await http.get("/boom")
         error = assert_error_shape(failed, 500)
         assert "internals" not in failed.text and error["code"] == "internal_error"
-        metrics = await http.get("/metrics", headers=stack.auth("cora"))
-        assert metrics.status_code == 200
-        # The monitoring identity reads metrics and nothing else.
-        assert (await http.get("/metrics", headers=stack.auth("prometheus"))).status_code == 200
-        assert (await http.get("/orders", headers=stack.auth("prometheus"))).status_code == 403
-        assert 'route="/boom",status="500"} 1' in metrics.text
-    async with another_api(stack, metrics_public=True) as (_, http):
-        assert (await http.get("/metrics")).status_code == 200
+        assert (await http.get("/orders", headers=stack.auth("alice"))).status_code == 200
+        with serve_metrics(settings, app.state.metrics) as served:
+            assert served == url
+            async with httpx.AsyncClient() as scraper:
+                scraped = await scraper.get(url)
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain")
+        text = scraped.text
+        assert 'oms_http_requests_total{method="GET",route="/boom",status="500"} 1.0' in text
+        assert 'oms_http_requests_total{method="GET",route="/orders",status="200"} 1.0' in text
+        assert 'route="unmatched",status="404"' in text  # /metrics itself, unmatched
+        assert 'oms_http_request_seconds_count{method="GET",route="/boom",status="500"} 1.0' in text
+    # The listener is gone with its block.
+    async with httpx.AsyncClient(timeout=2) as scraper:
+        with pytest.raises(httpx.ConnectError):
+            await scraper.get(url)
+
+
+async def test_metrics_listener_is_off_at_port_0_and_names_a_taken_port(stack: Stack) -> None:
+    metrics = Metrics()
+    with serve_metrics(stack.settings.model_copy(update={"metrics_port": 0}), metrics) as url:
+        assert url is None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = stack.settings.model_copy(update={"metrics_port": taken.getsockname()[1]})
+        with (
+            pytest.raises(MetricsPortInUseError, match="OMS_METRICS_PORT"),
+            serve_metrics(settings, metrics),
+        ):
+            pass
+
+
+def test_each_app_counts_in_a_registry_of_its_own(stack: Stack) -> None:
+    first, second = (create_app(stack.settings, stack.env.client) for _ in range(2))
+    first.state.metrics.observe("GET", "/orders", 200, 0.01)
+    assert 'route="/orders"' in first.state.metrics.render()
+    assert 'route="/orders"' not in second.state.metrics.render()
 
 
 async def test_healthz_names_no_internals(stack: Stack) -> None:

@@ -17,10 +17,6 @@ PATH_VALUES = {"order_id": ORDER_ID, "settlement_id": "set_unknown", "fund": "fu
 # Public by design, and why.
 PUBLIC = {
     ("get", "/healthz"): "load balancers probe it; it names no internals",
-    (
-        "get",
-        "/metrics",
-    ): "public in development only (OMS_METRICS_PUBLIC); production needs a token",
     ("post", "/chat/slack/commands"): "authenticated by Slack's request signature instead",
     ("post", "/chat/slack/actions"): "authenticated by Slack's request signature instead",
 }
@@ -77,6 +73,13 @@ async def test_every_route_needs_credentials_unless_public_by_design(stack: Stac
             assert status != 500, (method, path)
         else:
             assert status == 401, (method, path, status)
+
+
+async def test_metrics_are_not_served_on_the_api_port(stack: Stack) -> None:
+    """/metrics has a listener of its own (OMS_METRICS_PORT), in every mode."""
+    schema = (await stack.http.get("/openapi.json")).json()
+    assert "/metrics" not in schema["paths"]
+    assert (await stack.http.get("/metrics")).status_code == 404
 
 
 async def test_an_unknown_user_is_refused_on_every_route(stack: Stack) -> None:

@@ -387,6 +387,7 @@ def build_chaos(tmp: Path, http: httpx.AsyncClient, timeline: Timeline, api_port
             "OMS_TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
             "OMS_API_HOST": "127.0.0.1",
             "OMS_API_PORT": str(api_port),
+            "OMS_METRICS_PORT": "0",  # not under test here; never collide with `make run`
             "OMS_API_URL": f"http://127.0.0.1:{api_port}",
             "OMS_JWT_SECRET": SECRET,
             "OMS_ORDERS_TASK_QUEUE": "orders",

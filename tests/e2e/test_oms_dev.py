@@ -75,6 +75,8 @@ def dev(tmp_path: Path) -> Iterator[DevProcess]:
         "OMS_API_PORT": str(free_port()),
         "OMS_TEMPORAL_PORT": str(free_port()),
         "OMS_TEMPORAL_UI_PORT": str(free_port()),
+        # Its own metrics listener, so a running `make run` or another suite never collides.
+        "OMS_METRICS_PORT": str(free_port()),
         "OMS_JWT_SECRET": SECRET,
         "OMS_SIMULATOR_FILL_DELAY_SECONDS": "0.05",
         "OMS_BACK_OFFICE_CONFIRM_DELAY_SECONDS": "0.05",

@@ -77,6 +77,7 @@ async def order_worker(
                 venue_activities.submit_order,
                 venue_activities.cancel_at_venue,
                 venue_activities.venue_order_status,
+                venue_activities.replace_at_venue,
             ],
             activity_executor=executor,
             workflow_runner=workflow_runner(),

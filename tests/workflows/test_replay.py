@@ -28,7 +28,7 @@ HISTORIES = Path(__file__).parent / "histories"
 RECORDED = sorted(HISTORIES.glob("*.json"))
 
 
-def _replayer() -> Replayer:
+def replayer() -> Replayer:
     return Replayer(
         workflows=[OrderWorkflow, OrderWorkflowV1], data_converter=pydantic_data_converter
     )
@@ -37,7 +37,7 @@ def _replayer() -> Replayer:
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
 async def test_recorded_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    await _replayer().replay_workflow(history)
+    await replayer().replay_workflow(history)
 
 
 def test_a_recorded_history_is_checked_in() -> None:
@@ -63,8 +63,8 @@ async def test_fresh_run_replays(desk: Desk) -> None:
     await wait_for_status(handle, OrderStatus.SETTLED)
     await handle.result()
     history = await handle.fetch_history()
-    await _replayer().replay_workflow(history)
-    _record_if_asked("v2_order_settled_two_accounts", history)
+    await replayer().replay_workflow(history)
+    record_if_asked("v2_order_settled_two_accounts", history)
 
 
 async def test_fresh_override_escalation_and_expiry_replays(desk: Desk) -> None:
@@ -77,10 +77,10 @@ async def test_fresh_override_escalation_and_expiry_replays(desk: Desk) -> None:
     await desk.env.sleep(timedelta(hours=3))  # escalates, then expires
     assert (await handle.result()).status is OrderStatus.APPROVAL_EXPIRED
     history = await handle.fetch_history()
-    await _replayer().replay_workflow(history)
-    _record_if_asked("v2_order_overridden_escalated_expired", history)
+    await replayer().replay_workflow(history)
+    record_if_asked("v2_order_overridden_escalated_expired", history)
 
 
-def _record_if_asked(name: str, history: WorkflowHistory) -> None:
+def record_if_asked(name: str, history: WorkflowHistory) -> None:
     if os.environ.get("OMS_RECORD_HISTORIES"):
         (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -1,0 +1,401 @@
+"""Amend: new terms re-checked before release, FIX cancel/replace with ClOrdID chaining after."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from domain.authority import Action
+from domain.errors import RefusalType
+from domain.models import AllocationRequest, ComplianceOutcome, ExecType, OrderStatus
+from domain.order import Order, amendment_subject
+from domain.status import REPLACED_EVENTS, OrderEvent
+from tests.authority import statement
+from tests.workflows.conftest import Desk, OrderHandle, wait_for_status
+from tests.workflows.test_order_workflow import (
+    CIO,
+    approve_as,
+    refusal_of,
+    report,
+)
+from tests.workflows.test_replay import record_if_asked, replayer
+from workflows.messages import AmendInput, CancelInput, ExecutionReportResult, ReleaseInput
+from workflows.order import AMEND_AT_VENUE, OrderWorkflow
+
+
+async def amend_as(
+    desk: Desk,
+    user: str,
+    order_id: str,
+    *,
+    quantity: str | None = None,
+    limit_price: str | None = None,
+    at_venue_only: bool = False,
+) -> AmendInput:
+    """An amend as the API signs it: a trader's permission covers only orders at a venue."""
+    q = Decimal(quantity) if quantity is not None else None
+    p = Decimal(limit_price) if limit_price is not None else None
+    authority = statement(
+        order_id,
+        Action.AMEND,
+        user,
+        subject=amendment_subject(q, p),
+        permission=list(AMEND_AT_VENUE) if at_venue_only else None,
+        issued_at=await desk.env.get_current_time(),  # the order's clock: time is skipped
+    )
+    return AmendInput(user=user, quantity=q, limit_price=p, reason="resize", authority=authority)
+
+
+def order_id_of(handle: OrderHandle) -> str:
+    return handle.id.removeprefix("order:")
+
+
+def kinds(state: Order) -> list[OrderEvent]:
+    return [e.kind for e in state.events]
+
+
+async def replays(handle: OrderHandle, name: str) -> None:
+    """Replay the order's history on today's code (and keep it, when recording)."""
+    history = await handle.fetch_history()
+    await replayer().replay_workflow(history)
+    record_if_asked(name, history)
+
+
+async def working(desk: Desk, **fields: object) -> OrderHandle:
+    """An order approved by dana, released to the manual venue and acknowledged there."""
+    handle = await desk.start(manual_back_office=True, **fields)  # type: ignore[arg-type]
+    await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+    await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
+    await report(desk, handle, f"{handle.id}-new", ExecType.NEW)
+    await wait_for_status(handle, OrderStatus.WORKING)
+    return handle
+
+
+async def test_amend_before_release_runs_compliance_and_the_approvals_it_needs(
+    desk: Desk,
+) -> None:
+    handle = await desk.start(
+        quantity="1000",
+        manual_back_office=True,
+        allocations=[
+            AllocationRequest(account="alpha-main", quantity=Decimal(600)),
+            AllocationRequest(account="alpha-growth", quantity=Decimal(400)),
+        ],
+    )
+    state = await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+    assert state.approvals.required == ["desk_head"]
+    await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    await wait_for_status(handle, OrderStatus.APPROVED)
+
+    # Ten times the size: above 10,000,000 the cio must approve too, and dana's word on the
+    # old terms no longer counts.
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id_of(handle), quantity="50000")
+    )
+    assert state.status is OrderStatus.PENDING_APPROVAL
+    assert state.terms.quantity == Decimal(50000)
+    assert state.approvals.required == ["desk_head", "cio"]
+    assert state.approvals.given == []
+    assert state.notional is not None and state.notional > Decimal(10_000_000)
+    assert state.terms.allocations == [
+        AllocationRequest(account="alpha-main", quantity=Decimal(30000)),
+        AllocationRequest(account="alpha-growth", quantity=Decimal(20000)),
+    ]
+    assert state.request.quantity == Decimal(1000)  # the request stays as it was sent
+
+    await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    await handle.execute_update(OrderWorkflow.approve, approve_as("carl", CIO))
+    await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
+    await report(desk, handle, "am-1", ExecType.TRADE, "50000", "230")
+    state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
+    assert sorted((a.account, a.quantity) for a in state.allocations) == [
+        ("alpha-growth", Decimal(20000)),
+        ("alpha-main", Decimal(30000)),
+    ]
+    (amended,) = [e for e in state.events if e.kind is OrderEvent.AMENDED]
+    assert (amended.actor, amended.reason) == ("alice", "resize")
+    assert amended.details["quantity"] == "50000"
+    assert amended.details["previous"] == {"quantity": "1000", "limit_price": None}
+    assert amended.details["authority"]  # the signed statement, as for every person's action
+    await replays(handle, "v2_order_amended_before_release_two_levels")
+
+
+async def test_amend_that_breaks_a_hard_rule_rejects_the_order_as_a_new_order_would(
+    desk: Desk,
+) -> None:
+    handle = await desk.start(quantity="1000")
+    await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id_of(handle), quantity="300000")
+    )
+    assert state.status is OrderStatus.COMPLIANCE_REJECTED
+    assert any(r.outcome is ComplianceOutcome.FAIL for r in state.compliance)
+
+
+async def test_amend_refusals_change_nothing(desk: Desk) -> None:
+    handle = await desk.start(quantity="1000", order_type="limit", limit_price=Decimal(231))
+    await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+    order_id = order_id_of(handle)
+    cases = [
+        # A trader amends only what works at a venue.
+        (
+            await amend_as(desk, "tom", order_id, quantity="900", at_venue_only=True),
+            RefusalType.FORBIDDEN,
+        ),
+        (
+            await amend_as(desk, "alice", order_id, quantity="1000"),
+            RefusalType.INVALID_INPUT,
+        ),  # no change
+        (
+            await amend_as(desk, "alice", order_id, quantity="1000.5"),
+            RefusalType.INVALID_INPUT,
+        ),  # lots
+        # Signed for another order.
+        (
+            (await amend_as(desk, "alice", "fund-alpha.other", quantity="900")).model_copy(
+                update={"user": "alice"}
+            ),
+            RefusalType.FORBIDDEN,
+        ),
+        # Signed for other terms than those sent.
+        (
+            (await amend_as(desk, "alice", order_id, quantity="900")).model_copy(
+                update={"quantity": Decimal(9000)}
+            ),
+            RefusalType.FORBIDDEN,
+        ),
+    ]
+    for update, refusal_type in cases:
+        refused = await refusal_of(handle, OrderWorkflow.amend, update)
+        assert refused.type == refusal_type, (update, refused.message)
+    state = await handle.query(OrderWorkflow.state)
+    assert state.status is OrderStatus.PENDING_APPROVAL
+    assert state.terms.quantity == Decimal(1000)
+    assert OrderEvent.AMENDED not in kinds(state)
+
+    market = await desk.start(quantity="10")
+    await wait_for_status(market, OrderStatus.PENDING_APPROVAL)
+    refused = await refusal_of(
+        market,
+        OrderWorkflow.amend,
+        await amend_as(desk, "alice", order_id_of(market), limit_price="200"),
+    )
+    assert refused.type == RefusalType.INVALID_INPUT and "market order" in refused.message
+
+
+async def test_a_replace_chain_of_three_ends_filled_when_the_quantity_comes_down_to_the_fills(
+    desk: Desk,
+) -> None:
+    handle = await working(desk, quantity="1000", order_type="limit", limit_price=Decimal(231))
+    order_id = order_id_of(handle)
+
+    # 1: the trader takes the size down; the venue says pending, then replaced.
+    state = await handle.execute_update(
+        OrderWorkflow.amend,
+        await amend_as(desk, "tom", order_id, quantity="800", at_venue_only=True),
+    )
+    assert state.status is OrderStatus.PENDING_REPLACE
+    assert state.replacing is not None and state.replacing.cl_ord_id == f"{order_id}-R1"
+    assert state.terms.quantity == Decimal(1000)  # until the venue says replaced
+    pending = await report(desk, handle, "r-1", ExecType.PENDING_REPLACE)
+    assert isinstance(pending, ExecutionReportResult) and pending.verdict.value == "applied"
+    replaced = await report(desk, handle, "r-2", ExecType.REPLACED)
+    assert isinstance(replaced, ExecutionReportResult)
+    assert (replaced.status, replaced.leaves_quantity) == (OrderStatus.WORKING, Decimal(800))
+    await report(desk, handle, "r-3", ExecType.TRADE, "300", "230")
+    await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
+
+    # 2: the PM moves the limit (a buy's lower limit asks less of the fund: no compliance).
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, limit_price="229")
+    )
+    assert state.status is OrderStatus.PENDING_REPLACE
+    replaced = await report(desk, handle, "r-4", ExecType.REPLACED)
+    assert isinstance(replaced, ExecutionReportResult)
+    assert replaced.status is OrderStatus.PARTIALLY_FILLED
+    assert replaced.leaves_quantity == Decimal(500)
+
+    # 3: down to what is filled: once replaced, the order is filled and goes on to booking.
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="200")
+    )
+    await report(desk, handle, "r-5", ExecType.REPLACED)
+    state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
+    assert state.terms.quantity == Decimal(300)  # never below what was filled
+    assert state.terms.limit_price == Decimal(229)
+    assert state.terms.cl_ord_id == f"{order_id}-R3"
+    assert state.terms.previous_cl_ord_ids == [order_id, f"{order_id}-R1", f"{order_id}-R2"]
+    assert [(a.account, a.quantity) for a in state.allocations] == [("alpha-main", Decimal(300))]
+    sent = [e for e in state.events if e.kind is OrderEvent.REPLACE_SENT_TO_VENUE]
+    assert [(e.details["orig_cl_ord_id"], e.details["cl_ord_id"]) for e in sent] == [
+        (order_id, f"{order_id}-R1"),
+        (f"{order_id}-R1", f"{order_id}-R2"),
+        (f"{order_id}-R2", f"{order_id}-R3"),
+    ]
+    replaced_events = [e for e in state.events if e.kind in REPLACED_EVENTS]
+    assert [e.details["quantity"] for e in replaced_events] == ["800", "800", "300"]
+    await replays(handle, "v2_order_replace_chain_of_three")
+
+
+async def test_a_rejected_replace_leaves_the_order_as_it_was(desk: Desk) -> None:
+    handle = await working(desk, quantity="1000", order_type="limit", limit_price=Decimal(231))
+    order_id = order_id_of(handle)
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="900")
+    )
+    rejected = await report(desk, handle, "rr-1", ExecType.REPLACE_REJECTED)
+    assert isinstance(rejected, ExecutionReportResult)
+    assert (rejected.status, rejected.leaves_quantity) == (OrderStatus.WORKING, Decimal(1000))
+    state = await handle.query(OrderWorkflow.state)
+    assert state.replacing is None and state.terms.cl_ord_id == order_id
+
+    # A cancel reject while only a replace is pending answers the replace (CxlRejResponseTo=2).
+    await report(desk, handle, "rr-2", ExecType.TRADE, "100", "230")
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="800")
+    )
+    rejected = await report(desk, handle, "rr-3", ExecType.CANCEL_REJECTED)
+    assert isinstance(rejected, ExecutionReportResult)
+    assert rejected.status is OrderStatus.PARTIALLY_FILLED
+
+    # No replace pending: replace reports are refused, once, with the reason.
+    stray = await report(desk, handle, "rr-4", ExecType.REPLACED)
+    assert isinstance(stray, ExecutionReportResult)
+    assert stray.verdict.value == "refused" and "none is pending" in stray.reason
+    # The next request burns a new ClOrdID: a venue never sees one twice.
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="700")
+    )
+    assert state.replacing is not None and state.replacing.cl_ord_id == f"{order_id}-R3"
+    await report(desk, handle, "rr-5", ExecType.CANCELED)
+    state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
+    assert state.replacing is None and state.filled_quantity == Decimal(100)
+    await replays(handle, "v2_order_replace_rejected_then_canceled")
+
+
+async def test_fills_cross_a_replace_and_a_cancel_overtakes_it(desk: Desk) -> None:
+    handle = await working(desk, quantity="1000")
+    order_id = order_id_of(handle)
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="600")
+    )
+    crossed = await report(desk, handle, "x-1", ExecType.TRADE, "200", "230")
+    assert isinstance(crossed, ExecutionReportResult)
+    assert crossed.status is OrderStatus.PENDING_REPLACE  # fills on the old terms
+
+    # Another amend waits for the venue's answer to this one.
+    refused = await refusal_of(
+        handle, OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="500")
+    )
+    assert refused.type == RefusalType.INVALID_STATE and "pending" in refused.message
+
+    # A cancel does not wait: the replace's answer then leaves it pending cancel.
+    state = await handle.execute_update(
+        OrderWorkflow.cancel, CancelInput(user="tom", reason="done for today")
+    )
+    assert state.status is OrderStatus.PENDING_CANCEL
+    replaced = await report(desk, handle, "x-2", ExecType.REPLACED)
+    assert isinstance(replaced, ExecutionReportResult)
+    assert (replaced.status, replaced.leaves_quantity) == (OrderStatus.PENDING_CANCEL, Decimal(400))
+    await report(desk, handle, "x-3", ExecType.CANCELED)
+    state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
+    assert state.terms.quantity == Decimal(600) and state.filled_quantity == Decimal(200)
+    await replays(handle, "v2_order_cancel_overtakes_replace")
+
+
+async def test_an_upsize_at_the_venue_is_checked_by_compliance_and_the_approvals_given(
+    desk: Desk,
+) -> None:
+    handle = await working(desk, quantity="1000")
+    order_id = order_id_of(handle)
+    # Within dana's level: checked, and sent.
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="2000")
+    )
+    assert state.status is OrderStatus.PENDING_REPLACE
+    await report(desk, handle, "u-1", ExecType.REPLACED)
+    await wait_for_status(handle, OrderStatus.WORKING)
+    # Past 10,000,000 the cio would have had to approve: refused, the order works on as it was.
+    refused = await refusal_of(
+        handle, OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="50000")
+    )
+    assert refused.type == RefusalType.COMPLIANCE_REFUSED
+    assert "cio" in refused.message
+    # And past the fund's hard limit.
+    refused = await refusal_of(
+        handle, OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="300000")
+    )
+    assert refused.type == RefusalType.COMPLIANCE_REFUSED
+    assert "compliance refused" in refused.message
+    state = await handle.query(OrderWorkflow.state)
+    assert (state.status, state.terms.quantity) == (OrderStatus.WORKING, Decimal(2000))
+    await report(desk, handle, "u-2", ExecType.CANCELED)
+    await wait_for_status(handle, OrderStatus.CANCELED)
+
+
+async def test_the_simulator_replaces_a_resting_order_and_it_fills_at_its_new_limit(
+    desk: Desk,
+) -> None:
+    handle = await desk.start(quantity="100", order_type="limit", limit_price=Decimal(100))
+    await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+    await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="simulator"))
+    await wait_for_status(handle, OrderStatus.WORKING)  # a buy at 100 rests: AAPL is at 230
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id_of(handle), limit_price="240")
+    )
+    state = await wait_for_status(
+        handle, OrderStatus.SETTLEMENT_PENDING, OrderStatus.SETTLED, within=30
+    )
+    assert state.terms.limit_price == Decimal(240)
+    assert state.filled_quantity == Decimal(100)
+    assert state.average_price is not None and state.average_price <= Decimal(240)
+    await handle.result()
+    await replays(handle, "v2_order_simulator_replace_fills_settled")
+
+
+async def test_the_simulator_can_refuse_a_replace(desk: Desk) -> None:
+    handle = await desk.start(
+        quantity="100", order_type="limit", limit_price=Decimal(100), notes="sim:replace-reject"
+    )
+    await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+    await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="simulator"))
+    await wait_for_status(handle, OrderStatus.WORKING)
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id_of(handle), limit_price="240")
+    )
+
+    state = await wait_for_status(handle, OrderStatus.WORKING)  # refused: back where it was
+    assert state.replacing is None and state.terms.limit_price == Decimal(100)
+    assert OrderEvent.REPLACE_REJECTED in kinds(state)
+    await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="enough"))
+    await wait_for_status(handle, OrderStatus.CANCELED, within=30)
+
+
+async def test_a_pending_replace_survives_continue_as_new_in_the_middle_of_fills(
+    desk: Desk,
+) -> None:
+    handle = await working(
+        desk, quantity="1000", workflow_fields={"updates_before_continue_as_new": 4}
+    )
+    first_run = (await handle.describe()).run_id
+    order_id = order_id_of(handle)
+    await report(desk, handle, "can-1", ExecType.TRADE, "100", "230")
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="500")
+    )
+    for n in range(2, 5):  # fills cross the replace; the order goes on in a new run meanwhile
+        await report(desk, handle, f"can-{n}", ExecType.TRADE, "100", "230")
+    state = await wait_for_status(handle, OrderStatus.PENDING_REPLACE)
+    assert (await handle.describe()).run_id != first_run
+    assert state.replacing is not None and state.replacing.cl_ord_id == f"{order_id}-R1"
+    replaced = await report(desk, handle, "can-5", ExecType.REPLACED)
+    assert isinstance(replaced, ExecutionReportResult)
+    assert (replaced.status, replaced.leaves_quantity) == (
+        OrderStatus.PARTIALLY_FILLED,
+        Decimal(100),
+    )
+    await report(desk, handle, "can-6", ExecType.TRADE, "100", "230")
+    state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
+    assert (state.filled_quantity, state.terms.quantity) == (Decimal(500), Decimal(500))
