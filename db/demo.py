@@ -76,6 +76,7 @@ INSTRUMENTS = [
         issuer="Apple Inc.",
         sector="Technology",
         market="XNYS",
+        tick_size=Decimal("0.01"),
     ),
     InstrumentRow(
         symbol="MSFT",
@@ -86,6 +87,7 @@ INSTRUMENTS = [
         issuer="Microsoft Corp.",
         sector="Technology",
         market="XNYS",
+        tick_size=Decimal("0.01"),
     ),
     InstrumentRow(
         symbol="GME",
@@ -96,6 +98,7 @@ INSTRUMENTS = [
         issuer="GameStop Corp.",
         sector="Consumer Discretionary",
         market="XNYS",
+        tick_size=Decimal("0.01"),
     ),
     # A currency pair and a coin have no issuer: issuer limits do not apply to them.
     InstrumentRow(
@@ -107,6 +110,7 @@ INSTRUMENTS = [
         lot_size=Decimal(1000),
         sector="Currencies",
         market="FX",
+        tick_size=Decimal("0.00001"),
     ),
     InstrumentRow(
         symbol="BTC-USD",
@@ -117,6 +121,7 @@ INSTRUMENTS = [
         lot_size=Decimal("0.0001"),
         sector="Digital Assets",
         market="CRYPTO",
+        tick_size=Decimal("0.01"),
     ),
 ]
 

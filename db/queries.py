@@ -77,6 +77,7 @@ def get_instrument(session: Session, symbol: str) -> Instrument | None:
         currency=row.currency,
         reference_price=tidy(row.reference_price),
         lot_size=tidy(row.lot_size),
+        tick_size=None if row.tick_size is None else tidy(row.tick_size),
     )
 
 
@@ -205,6 +206,12 @@ def order_route(session: Session, order_id: str) -> tuple[str, str] | None:
         select(OrderRow.fund, OrderRow.workflow_type).where(OrderRow.order_id == order_id)
     ).first()
     return None if row is None else (row[0], row[1])
+
+
+def order_instrument(session: Session, order_id: str) -> Instrument | None:
+    """Return the reference data of the order's instrument (None: no such order or symbol)."""
+    symbol = session.exec(select(OrderRow.symbol).where(OrderRow.order_id == order_id)).first()
+    return None if symbol is None else get_instrument(session, symbol)
 
 
 def order_status(session: Session, order_id: str) -> tuple[str, bool] | None:

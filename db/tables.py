@@ -118,6 +118,8 @@ class InstrumentRow(SQLModel, table=True):
     # A `markets.market`; None: hours unknown. No foreign key, so the column can be added to an
     # existing table on SQLite.
     market: str | None = Field(default=None, max_length=16)
+    # The smallest price step a limit may take (None: any price the amount bounds allow).
+    tick_size: Decimal | None = _decimal(nullable=True)
 
 
 class MarketRow(SQLModel, table=True):

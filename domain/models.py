@@ -237,6 +237,14 @@ class Instrument(BaseModel):
     currency: str
     reference_price: PositiveDecimal
     lot_size: PositiveDecimal = Decimal(1)
+    tick_size: PositiveDecimal | None = None
+
+
+def step_problem(value: Decimal, step: Decimal | None, what: str) -> str | None:
+    """Return why `value` is not a whole number of `step`s (a lot, a tick), or None if it is."""
+    if step is None or value % step == 0:
+        return None
+    return f"{what} must be a multiple of {tidy(step)}"
 
 
 class ComplianceResult(BaseModel):

@@ -48,7 +48,7 @@ from config import Settings
 from db import queries
 from domain.authority import Action
 from domain.ids import order_id_for, order_workflow_id
-from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus
+from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus, step_problem
 from domain.order import amendment_subject
 from domain.status import has_reached
 from workflows.messages import (
@@ -93,6 +93,10 @@ def normalise_order(
         raise invalid(
             "quantity", f"quantity must be a multiple of the lot size {instrument.lot_size}"
         )
+    if body.limit_price is not None:
+        problem = step_problem(body.limit_price, instrument.tick_size, "limit_price")
+        if problem is not None:
+            raise invalid("limit_price", f"{problem}, the tick size of {body.symbol}")
     accounts = set(queries.fund_accounts(session, body.fund))
     for allocation in body.allocations:
         if allocation.account not in accounts:
@@ -464,6 +468,17 @@ async def amend_order(
         )
         if ref.is_v1:
             raise ApiError(409, "conflict", "orders of the first workflow cannot be amended")
+        instrument = await run_db(
+            services, lambda session: queries.order_instrument(session, ref.order_id)
+        )
+        if instrument is not None:
+            for field, value, step in (
+                ("quantity", body.quantity, instrument.lot_size),
+                ("limit_price", body.limit_price, instrument.tick_size),
+            ):
+                problem = None if value is None else step_problem(value, step, field)
+                if problem is not None:
+                    raise invalid(field, f"{problem} for {instrument.symbol}")
         update = AmendInput(
             user=user,
             quantity=body.quantity,

@@ -404,3 +404,46 @@ async def test_an_idempotent_repeat_logs_no_unretrieved_future(
             assert again.status_code == 200, again.text
         gc.collect()
     assert "never retrieved" not in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize(
+    ("symbol", "price", "quantity"),
+    [
+        ("AAPL", "231.001", "10"),  # a tenth of a cent: the tick is 0.01
+        ("AAPL", "230.123456789012", "10"),
+        ("EURUSD", "1.085001", "1000"),  # the pair's tick is 0.00001
+        ("BTC-USD", "64000.005", "0.5"),
+    ],
+)
+async def test_a_limit_price_between_ticks_is_refused_naming_the_tick(
+    stack: Stack, symbol: str, price: str, quantity: str
+) -> None:
+    body = order_body(
+        symbol=symbol,
+        quantity=quantity,
+        limit_price=price,
+        allocations=[{"account": "alpha-main", "quantity": quantity}],
+    )
+    for path in ("/orders", "/compliance/check"):
+        response = await stack.call("alice", "POST", path, body)
+        assert response.status_code == 422, (path, response.text)
+        error = response.json()["error"]
+        assert error["field"] == "limit_price" and "tick size" in error["message"], error
+    listed = (await stack.call("alice", "GET", "/orders?limit=200")).json()["items"]
+    assert body["client_order_id"] not in {o["client_order_id"] for o in listed}
+
+
+async def test_an_amend_between_ticks_or_lots_is_refused_and_changes_nothing(stack: Stack) -> None:
+    created = await stack.call("alice", "POST", "/orders", order_body(quantity=10, allocations=[]))
+    assert created.status_code == 201, created.text
+    order_id = created.json()["order_id"]
+    for body, field in (
+        ({"limit_price": "230.005"}, "limit_price"),
+        ({"quantity": "0.5"}, "quantity"),
+    ):
+        response = await stack.call("alice", "POST", f"/orders/{order_id}/amend", body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == field
+    order = (await stack.call("alice", "GET", f"/orders/{order_id}")).json()
+    assert (order["quantity"], order["limit_price"]) == ("10", "230.25")
+    await stack.call("alice", "POST", f"/orders/{order_id}/cancel", {"reason": "done"})
