@@ -215,13 +215,21 @@ def _call(
     from api.tokens import token_for
 
     token = token_for(settings, user, timedelta(minutes=5))
-    response = httpx.request(
-        method,
-        settings.resolved_api_url + path,
-        json=body,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    )
+    try:
+        response = httpx.request(
+            method,
+            settings.resolved_api_url + path,
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+    except httpx.TransportError as exc:
+        print(
+            f"error: cannot reach the OMS API at {settings.resolved_api_url} ({exc}); is "
+            "`oms dev` (or `oms api`) running? OMS_API_URL names another address",
+            file=sys.stderr,
+        )
+        return 2
     try:
         print(json.dumps(response.json(), indent=2))
     except ValueError:
@@ -358,11 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("show", "history", "approve", "reject", "override", "release", "cancel", "amend"):
         one = actions.add_parser(name, help=f"{name} an order")
         one.add_argument("order_id")
-        if name in ("approve", "reject", "override", "cancel", "amend"):
+        if name in ("approve", "reject", "override", "cancel"):
             one.add_argument("text", nargs="?", help="comment, reason or justification")
         if name == "amend":
             one.add_argument("--quantity", help="the new quantity")
             one.add_argument("--limit", help="the new limit price")
+            # An option, not a trailing positional: argparse would take it before the options.
+            one.add_argument("--reason", dest="text", help="why (kept on the order's history)")
         if name == "release":
             one.add_argument("--venue")
         if name == "override":

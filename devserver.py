@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -98,6 +101,39 @@ async def running_oms(
             await asyncio.gather(api, workers, return_exceptions=True)
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies (Linux)
+
+
+def _die_with_parent() -> None:
+    """In the dev server's process: be stopped if `oms dev` is killed (kill -9 included)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _stop_leftover_dev_server(settings: Settings) -> None:
+    """Stop the dev server an earlier `oms dev` left running on this data dir, if any.
+
+    Where the parent's death does not take the child with it (not Linux), a killed `oms dev`
+    leaves its dev server holding the port and the database; its pid file names it.
+    """
+    pid_file = settings.data_dir / "temporal.pid"
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    ours = str(settings.data_dir / "temporal.db").encode()
+    if b"start-dev" not in cmdline or ours not in cmdline:
+        return  # the pid went to another process since
+    print(f"stopping the Temporal dev server an earlier `oms dev` left running (pid {pid})")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+
 async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes]) -> Client:
     for _ in range(120):
         if process.poll() is not None:
@@ -111,6 +147,7 @@ async def _wait_for_temporal(settings: Settings, process: subprocess.Popen[bytes
 
 async def run_dev(settings: Settings) -> None:
     """Start everything, print where it is, and run until SIGINT/SIGTERM."""
+    _stop_leftover_dev_server(settings)
     check_ports_free(
         settings.temporal_host,
         {
@@ -142,7 +179,10 @@ async def run_dev(settings: Settings) -> None:
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # our own Ctrl-C handling stops it, in order
+        preexec_fn=_die_with_parent,
     )
+    pid_file = settings.data_dir / "temporal.pid"
+    pid_file.write_text(str(temporal.pid))
     try:
         client = await _wait_for_temporal(settings, temporal)
         engine = make_engine(settings.resolved_database_url)
@@ -170,6 +210,7 @@ async def run_dev(settings: Settings) -> None:
             temporal.wait(timeout=15)
         except subprocess.TimeoutExpired:
             temporal.kill()
+        pid_file.unlink(missing_ok=True)
         log_file.close()
         print("OMS stopped.", flush=True)
 

@@ -7,6 +7,7 @@ point: it proves orders survive a restart of `make run`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -157,3 +158,51 @@ def test_a_taken_port_is_a_one_line_error(dev: DevProcess) -> None:
     assert result.stderr.strip() == (
         f"error: port {dev.env['OMS_API_PORT']} on 127.0.0.1 is already in use; set OMS_API_PORT to another port"
     )
+
+
+def _dev_server_pid(dev: DevProcess) -> int:
+    state = Path(dev.env["OMS_DATA_DIR"])
+    return int((state / "temporal.pid").read_text())
+
+
+def _gone(pid: int, within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A child that died is a zombie until reaped; its parent (killed) no longer reaps it.
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_killed_oms_dev_takes_its_dev_server_along_and_starts_again(dev: DevProcess) -> None:
+    """kill -9 of `oms dev` left the dev server holding its port: the next start failed."""
+    dev.start()
+    created = dev.call(
+        "alice",
+        "POST",
+        "/orders",
+        {
+            "client_order_id": "e2e-k",
+            "fund": "fund-alpha",
+            "symbol": "MSFT",
+            "side": "buy",
+            "quantity": 100,
+        },
+    )
+    assert created.status_code == 201, created.text
+    server = _dev_server_pid(dev)
+    assert dev.process is not None
+    dev.process.kill()
+    dev.process.wait(timeout=10)
+    assert _gone(server), "the dev server outlived a killed oms dev"
+    dev.start()
+    again = dev.call("alice", "GET", f"/orders/{created.json()['order_id']}")
+    assert again.status_code == 200 and again.json()["status"] == "pending_approval"
+    assert dev.interrupt() == 0
+    assert not (Path(dev.env["OMS_DATA_DIR"]) / "temporal.pid").exists()
