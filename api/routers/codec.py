@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.api.common.v1 import Payloads
 
 from api.deps import ServicesDep, UserDep
-from api.errors import ApiError
+from api.errors import ApiError, ErrorBody
 from api.order_access import require
 from domain.payload_codec import EncryptionCodec, PayloadCodecError
 
@@ -141,7 +141,13 @@ NamespaceHeader = Annotated[
 ]
 
 
-@router.post("/decode", response_model=CodecPayloads)
+# The protocol's X-Namespace header naming another namespace than the OMS's.
+_WRONG_NAMESPACE: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "X-Namespace names another namespace"}
+}
+
+
+@router.post("/decode", response_model=CodecPayloads, responses=_WRONG_NAMESPACE)
 async def decode(
     body: CodecPayloads,
     services: ServicesDep,
@@ -153,7 +159,7 @@ async def decode(
     return await _run(services, codec, user, body, namespace, decode=True)
 
 
-@router.post("/encode", response_model=CodecPayloads)
+@router.post("/encode", response_model=CodecPayloads, responses=_WRONG_NAMESPACE)
 async def encode(
     body: CodecPayloads,
     services: ServicesDep,

@@ -55,16 +55,7 @@ SKIPPED = {
 }
 # Findings not fixed yet: (method, path) -> why. Each is a strict xfail naming it, so a fix
 # shows up as an unexpected pass (then remove the entry).
-KNOWN: dict[tuple[str, str], str] = {
-    ("POST", "/codec/decode"): (
-        "the codec server answers 400 wrong_namespace for an X-Namespace other than its own, "
-        "a status its route does not declare (responses=) in the schema"
-    ),
-    ("POST", "/codec/encode"): (
-        "the codec server answers 400 wrong_namespace for an X-Namespace other than its own, "
-        "a status its route does not declare (responses=) in the schema"
-    ),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _operations() -> list[tuple[str, str]]:

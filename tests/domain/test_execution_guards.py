@@ -32,7 +32,14 @@ from domain.executions import (
     transact_time_problem,
 )
 from domain.models import ExecType, OrderStatus, Side
-from domain.status import AT_VENUE, CLOSED_BY_VENUE, PRE_RELEASE, next_status
+from domain.status import (
+    AT_VENUE,
+    CLOSED_BY_VENUE,
+    PRE_RELEASE,
+    REPLACED_EVENTS,
+    OrderEvent,
+    next_status,
+)
 
 S = OrderStatus
 T0 = datetime(2025, 3, 14, 14, 30, tzinfo=UTC)
@@ -426,4 +433,87 @@ def test_random_report_sequences_keep_the_order_consistent(
             assert abs(average - mean) <= AVERAGE_PRICE_PLACES * len(fills)
         else:
             assert average is None
+    assert seen.isdisjoint(refused)
+
+
+# With amend: between reports the order may ask the venue to replace it (a new quantity), as
+# the workflow does for a working order; the venue's replace answers come in any order too.
+_REPLACE_REPORTS = [ExecType.REPLACED, ExecType.PENDING_REPLACE, ExecType.REPLACE_REJECTED]
+
+
+@st.composite
+def _steps(draw: st.DrawFn) -> list[ExecutionReport | Decimal]:
+    """Reports (some repeated) mixed with replace requests (the new quantity asked for)."""
+    pool = draw(_pool())
+    pool += [_report(kind, f"r-{n}") for n, kind in enumerate(_REPLACE_REPORTS * 2)]
+    requests = st.sampled_from([Decimal(q) for q in ("50", "100", "150", "300")])
+    return draw(st.lists(st.one_of(st.sampled_from(pool), requests), min_size=1, max_size=40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_steps())
+def test_random_reports_and_replaces_keep_the_order_consistent(
+    steps: list[ExecutionReport | Decimal],
+) -> None:
+    status, quantity, filled, average = S.WORKING, QUANTITY, Decimal(0), None
+    replacing: Decimal | None = None
+    seen: set[str] = set()
+    refused: set[str] = set()
+    fills: list[tuple[Decimal, Decimal]] = []
+    for step in steps:
+        if isinstance(step, Decimal):  # the order asks for a replace, as `amend` does
+            if status in (S.WORKING, S.PARTIALLY_FILLED):
+                replacing = max(step, filled)
+                status = next_status(status, OrderEvent.REPLACE_REQUESTED)
+            continue
+        if step.exec_id in refused:
+            continue
+        outcome = apply_report(
+            status=status,
+            quantity=quantity,
+            filled_quantity=filled,
+            average_price=average,
+            seen_exec_ids=seen,
+            report=step,
+            reported_by="sim-venue",
+            received_at=RECEIVED,
+            guards=GUARDS,
+            replacing=replacing,
+            replace_semantics=True,
+        )
+        if outcome.verdict is ReportVerdict.REFUSED:
+            # At a venue, a replace answer with no replace pending is refused for that.
+            if step.exec_type in _REPLACE_REPORTS and replacing is None and status in AT_VENUE:
+                assert "none is pending" in outcome.reason
+            refused.add(step.exec_id)
+            continue
+        if outcome.verdict is ReportVerdict.DUPLICATE:
+            continue
+        execution = outcome.execution
+        assert execution is not None
+        seen.add(step.exec_id)
+        if outcome.event is not None:
+            status = next_status(status, outcome.event)
+        if outcome.event in REPLACED_EVENTS:
+            assert replacing is not None
+            quantity, replacing = max(replacing, execution.cumulative_quantity), None
+        elif step.exec_type in (ExecType.REPLACE_REJECTED, ExecType.CANCEL_REJECTED) and (
+            outcome.event in (OrderEvent.REPLACE_REJECTED, OrderEvent.REPLACE_REJECTED_AFTER_FILLS)
+        ):
+            replacing = None
+        if status not in AT_VENUE:
+            replacing = None
+        filled, average = execution.cumulative_quantity, execution.average_price
+        if step.exec_type is ExecType.TRADE:
+            assert step.last_price is not None
+            fills.append((step.last_quantity, step.last_price))
+        # Never more than the order's current quantity; leaves follow the current quantity.
+        assert filled <= quantity
+        assert filled == sum((q for q, _ in fills), Decimal(0))
+        if status in AT_VENUE or status is S.FILLED:
+            assert execution.leaves_quantity == quantity - filled
+        if status is S.FILLED:
+            assert filled == quantity
+        if status is S.PENDING_REPLACE:
+            assert replacing is not None
     assert seen.isdisjoint(refused)
