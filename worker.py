@@ -32,6 +32,7 @@ from db.engine import SessionFactory, create_schema, make_engine, session_factor
 from domain.authority import TRUSTED_KEYS
 from venues.base import ExecutionSink
 from venues.manual import ManualVenue
+from venues.reconcile import reconcile_orders_at
 from venues.simulator import PriceSource, SimulatedVenue
 from venues.sinks import HttpCallbacks
 from workflows.order import OrderWorkflow
@@ -223,7 +224,7 @@ async def run_workers(
     async with httpx.AsyncClient(timeout=10) as http:
         callbacks = HttpCallbacks(http, settings.resolved_api_url, token_for)
         workers: list[Worker] = []
-        loops: list[Coroutine[Any, Any, None]] = []
+        loops: list[Coroutine[Any, Any, object]] = []
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.worker_max_concurrent_activities
         ) as executor:
@@ -236,6 +237,8 @@ async def run_workers(
                 workers.append(build_back_office_worker(client, settings, sessions))
             if simulate and "orders" in simulated:
                 loops.append(build_simulated_venue(settings, sessions, callbacks).run())
+                # The adapter (re)starts: what the OMS has working there is compared with it.
+                loops.append(reconcile_orders_at(client, sessions, SimulatedVenue.name))
             if simulate and "back-office" in simulated and settings.back_office_simulator:
                 back_office = SimulatedBackOffice(
                     callbacks,

@@ -685,6 +685,18 @@ def orders_at_venue(
     return [(row[0], row[1], row[2]) for row in session.exec(query)]
 
 
+def orders_working_at(
+    session: Session, venue: str, statuses: Iterable[str], workflow_type: str
+) -> list[str]:
+    """Return the ids of `workflow_type` orders the read model has at `venue` in `statuses`."""
+    query = select(OrderRow.order_id).where(
+        OrderRow.venue == venue,
+        col(OrderRow.status).in_(list(statuses)),
+        OrderRow.workflow_type == workflow_type,
+    )
+    return list(session.exec(query.order_by(col(OrderRow.created_at))))
+
+
 # ---- the portfolio pre-trade compliance looks at ----------------------------------------------
 
 # Symbols per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits, for a

@@ -49,6 +49,7 @@ class FlagKind(StrEnum):
     VENUE_ACK_OVERDUE = "venue_ack_overdue"
     CANCEL_NOT_SENT = "cancel_not_sent"
     REPLACE_NOT_SENT = "replace_not_sent"
+    VENUE_MISMATCH = "venue_mismatch"
     SETTLEMENT_NOT_CONFIRMED = "settlement_not_confirmed"
 
 

@@ -38,6 +38,7 @@ class VenueCommandKind(StrEnum):
     CANCEL = "cancel"
     STATUS = "status"
     REPLACE = "replace"
+    RECONCILE = "reconcile"
 
 
 class VenueCommand(BaseModel):
@@ -146,6 +147,13 @@ class AmendInput(BaseModel):
     reason: str = ""
     policy: list[str] = Field(default_factory=list)
     authority: SignedAuthority | None = None
+
+
+class ReconcileInput(BaseModel):
+    """Compare the order with its venue's view (the venue adapter restarted, or ops asked)."""
+
+    venue: str
+    requested_by: str = "system"
 
 
 class ExecutionReportInput(BaseModel):

@@ -80,6 +80,7 @@ with workflow.unsafe.imports_passed_through():
         SettlementInstruction,
         SettlementStatus,
         TimeInForce,
+        tidy,
     )
     from domain.order import (
         FlagKind,
@@ -112,6 +113,7 @@ with workflow.unsafe.imports_passed_through():
         OrderWorkflowResult,
         OverrideInput,
         PolicyGrant,
+        ReconcileInput,
         RejectInput,
         ReleaseInput,
         SettlementUpdateInput,
@@ -181,6 +183,8 @@ _REPLACEABLE = frozenset({OrderStatus.WORKING, OrderStatus.PARTIALLY_FILLED})
 # Reports by which the venue answers a replace request (a cancel reject while only a replace is
 # pending means the replace's rejection, as FIX's CxlRejResponseTo=2 says).
 _REPLACE_ANSWERS = frozenset({ExecType.REPLACE_REJECTED, ExecType.CANCEL_REJECTED})
+# A venue's words (VenueOrderStatus.state) for an order it has finished with.
+_VENUE_DONE_STATES = frozenset({"filled", "canceled", "rejected", "expired"})
 # The permission that lets a trader amend only what works at a venue (a PM amends at any stage).
 AMEND_AT_VENUE = ("orders", "amend_at_venue")
 
@@ -741,6 +745,7 @@ class OrderWorkflow:
             VenueCommandKind.CANCEL: self._cancel_at_venue,
             VenueCommandKind.STATUS: self._ask_venue_status,
             VenueCommandKind.REPLACE: self._replace_at_venue,
+            VenueCommandKind.RECONCILE: self._reconcile,
         }
         await handlers[command.kind](command)
 
@@ -1039,6 +1044,41 @@ class OrderWorkflow:
         else:
             # The venue never got it: send it again (the venue is idempotent by ClOrdID).
             self._commands.insert(0, self._command(VenueCommandKind.SUBMIT))
+
+    async def _reconcile(self, command: VenueCommand) -> None:
+        """Compare the order with what the venue says of it; flag each difference, change nothing.
+
+        The venue's missing reports (or the OMS's) are for the trader to chase: a difference is
+        never settled by guessing which side is right.
+        """
+        order = self._order
+        if order.status not in AT_VENUE:
+            return  # the venue's reports ended it meanwhile
+        status = await self._venue_status(
+            command.model_copy(update={"cl_ord_id": order.terms.cl_ord_id})
+        )
+        if order.status not in AT_VENUE:
+            return
+        differences: list[str] = []
+        if status is None:
+            differences.append(f"{command.venue} did not answer the reconciliation")
+        elif not status.known:
+            differences.append(f"{command.venue} does not know {order.terms.cl_ord_id}")
+        else:
+            if status.filled_quantity != order.filled_quantity:
+                differences.append(
+                    f"{command.venue} has {tidy(status.filled_quantity)} filled, the order "
+                    f"{tidy(order.filled_quantity)}"
+                )
+            if status.state in _VENUE_DONE_STATES:
+                differences.append(
+                    f"{command.venue} says the order is {status.state}; it is "
+                    f"{order.status.value} here"
+                )
+        for difference in differences:
+            order.raise_flag(
+                FlagKind.VENUE_MISMATCH, difference, at=workflow.now(), ref=order.terms.cl_ord_id
+            )
 
     async def _back_off_then(self, command: VenueCommand) -> None:
         """Wait a growing while (less if the venue speaks or a command comes), then queue `command`."""
@@ -1632,6 +1672,18 @@ class OrderWorkflow:
         )
         if problem is not None:
             raise _refuse(problem, RefusalType.INVALID_INPUT, "transact_time")
+
+    # ---- signals: the venue adapter ------------------------------------------------------------
+
+    @workflow.signal
+    def reconcile(self, input: ReconcileInput) -> None:
+        """Queue a comparison with the venue's view of the order (once at a time)."""
+        order = self._order
+        if order.closed or order.status not in AT_VENUE or order.venue != input.venue:
+            return
+        if any(c.kind is VenueCommandKind.RECONCILE for c in self._commands):
+            return
+        self._commands.append(self._command(VenueCommandKind.RECONCILE, input.requested_by))
 
     # ---- signals: the back office -------------------------------------------------------------
 
