@@ -28,7 +28,14 @@ from domain.models import (
     Side,
     tidy,
 )
-from domain.status import AT_VENUE, CLOSED_BY_VENUE, REPLACED_EVENTS, OrderEvent, allows
+from domain.status import (
+    ALLOCATED_OPEN,
+    AT_VENUE,
+    CLOSED_BY_VENUE,
+    REPLACED_EVENTS,
+    OrderEvent,
+    allows,
+)
 
 # Average prices keep more places than any venue quotes, so the block's notional reproduces.
 AVERAGE_PRICE_PLACES = Decimal("0.00000001")
@@ -61,6 +68,12 @@ class ExecutionReport(BaseModel):
     last_price: PositiveDecimal | None = None
     text: str = Field(default="", max_length=1000)
     transact_time: AwareDatetime
+    exec_ref_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="trade_cancel and trade_correct: the exec_id of the trade they change.",
+    )
 
 
 class ReportVerdict(StrEnum):
@@ -218,6 +231,96 @@ _REPLACE_REPORTS = frozenset(
 )
 
 
+_TRADE_CHANGES = frozenset({ExecType.TRADE_CANCEL, ExecType.TRADE_CORRECT})
+
+
+def live_fill(executions: Sequence[Execution], exec_id: str) -> tuple[Decimal, Decimal] | str:
+    """Return the quantity and price trade `exec_id` stands at (after corrections), or why none.
+
+    A busted trade, a trade the order does not hold among `executions`, and a report that is not
+    a trade cannot be busted or corrected.
+    """
+    found: tuple[Decimal, Decimal] | None = None
+    for execution in executions:
+        if execution.exec_id == exec_id:
+            if execution.exec_type is not ExecType.TRADE or execution.last_price is None:
+                return f"exec_ref_id {exec_id} is a {execution.exec_type.value} report, not a trade"
+            found = (execution.last_quantity, execution.last_price)
+        elif execution.exec_ref_id == exec_id and found is not None:
+            if execution.exec_type is ExecType.TRADE_CANCEL:
+                return f"trade {exec_id} was busted already"
+            if execution.exec_type is ExecType.TRADE_CORRECT and execution.last_price is not None:
+                found = (execution.last_quantity, execution.last_price)
+    if found is None:
+        return f"exec_ref_id {exec_id} names no trade of this order"
+    return found
+
+
+def _trade_change(
+    *,
+    status: OrderStatus,
+    quantity: Decimal,
+    filled_quantity: Decimal,
+    average_price: Decimal | None,
+    report: ExecutionReport,
+    executions: Sequence[Execution],
+    guards: ReportGuards | None,
+) -> tuple[OrderEvent, Decimal, Decimal | None] | ReportOutcome:
+    """Decide a bust or correction: its event, the cumulative quantity and average after it."""
+    if report.exec_ref_id is None:
+        return _refused(
+            f"a {report.exec_type.value} report names the trade in exec_ref_id", "exec_ref_id"
+        )
+    fill = live_fill(executions, report.exec_ref_id)
+    if isinstance(fill, str):
+        return _refused(fill, "exec_ref_id")
+    old_quantity, old_price = fill
+    booked = status in ALLOCATED_OPEN
+    if report.exec_type is ExecType.TRADE_CANCEL:
+        if report.last_quantity != 0:
+            return _refused(
+                "a trade_cancel carries no last_quantity: the trade it names says it",
+                "last_quantity",
+            )
+        if booked:
+            return OrderEvent.TRADE_BUSTED_AFTER_ALLOCATION, filled_quantity, average_price
+        cumulative = filled_quantity - old_quantity
+        value = filled_quantity * (average_price or Decimal(0)) - old_quantity * old_price
+        event = OrderEvent.TRADE_BUSTED_AFTER_FILLS if cumulative > 0 else OrderEvent.TRADE_BUSTED
+    else:
+        if report.last_quantity <= 0 or report.last_price is None:
+            return _refused(
+                "a trade_correct needs the trade's corrected last_quantity and last_price",
+                "last_price" if report.last_quantity > 0 else "last_quantity",
+            )
+        if booked:
+            return OrderEvent.TRADE_CORRECTED_AFTER_ALLOCATION, filled_quantity, average_price
+        cumulative = filled_quantity - old_quantity + report.last_quantity
+        if guards is not None:
+            leaves_for_it = quantity - filled_quantity + old_quantity
+            problem = _fill_problem(guards, report.last_quantity, report.last_price, leaves_for_it)
+            if problem is not None:
+                return problem
+        if cumulative > quantity:
+            return _refused(
+                f"overfill: the correction makes cumulative {cumulative}, above the order "
+                f"quantity {quantity}",
+                "last_quantity",
+            )
+        value = (
+            filled_quantity * (average_price or Decimal(0))
+            - old_quantity * old_price
+            + report.last_quantity * report.last_price
+        )
+        event = (
+            OrderEvent.TRADE_CORRECTED_TO_FILLED
+            if cumulative == quantity
+            else OrderEvent.TRADE_CORRECTED
+        )
+    average = None if cumulative == 0 else tidy((value / cumulative).quantize(AVERAGE_PRICE_PLACES))
+    return event, cumulative, average
+
+
 def apply_report(
     *,
     status: OrderStatus,
@@ -231,6 +334,7 @@ def apply_report(
     guards: ReportGuards | None = None,
     replacing: Decimal | None = None,
     replace_semantics: bool = False,
+    executions: Sequence[Execution] | None = None,
 ) -> ReportOutcome:
     """Decide what one execution report does to an order.
 
@@ -247,10 +351,28 @@ def apply_report(
     order its new quantity (leaves are the new quantity less the filled, and an order whose new
     quantity is already filled is filled). Without it, replace reports change nothing, as the
     histories recorded before amend existed took them.
+
+    With `executions` (the order's applied reports), `trade_cancel` and `trade_correct` change
+    the trade their `exec_ref_id` names: at the venue the cumulative quantity and average follow
+    (a bust can take a partially filled order back to working, a correction can fill it); once
+    the order is allocated nothing booked changes and the event says so (the caller flags it for
+    middle office). Without it they are refused.
     """
     if report.exec_id in seen_exec_ids:
         return ReportOutcome(
             ReportVerdict.DUPLICATE, reason=f"exec_id {report.exec_id} already applied"
+        )
+    if report.exec_type in _TRADE_CHANGES:
+        return _apply_trade_change(
+            status=status,
+            quantity=quantity,
+            filled_quantity=filled_quantity,
+            average_price=average_price,
+            report=report,
+            reported_by=reported_by,
+            received_at=received_at,
+            guards=guards,
+            executions=executions,
         )
     if guards is not None and status not in AT_VENUE:
         # Every venue event of the status table starts at a venue; reports that raise no event
@@ -328,6 +450,63 @@ def apply_report(
         reported_by=reported_by,
     )
     return ReportOutcome(ReportVerdict.APPLIED, event=event, execution=execution)
+
+
+def _apply_trade_change(
+    *,
+    status: OrderStatus,
+    quantity: Decimal,
+    filled_quantity: Decimal,
+    average_price: Decimal | None,
+    report: ExecutionReport,
+    reported_by: str,
+    received_at: datetime,
+    guards: ReportGuards | None,
+    executions: Sequence[Execution] | None,
+) -> ReportOutcome:
+    if executions is None:
+        return _refused(f"{report.exec_type.value} is not understood by this order", "exec_type")
+    if status not in AT_VENUE and status not in ALLOCATED_OPEN:
+        return _refused(
+            f"a {report.exec_type.value} report is not allowed while the order is {status.value}",
+            "exec_type",
+        )
+    change = _trade_change(
+        status=status,
+        quantity=quantity,
+        filled_quantity=filled_quantity,
+        average_price=average_price,
+        report=report,
+        executions=executions,
+        guards=guards,
+    )
+    if isinstance(change, ReportOutcome):
+        return change
+    event, cumulative, average = change
+    if not allows(status, event):
+        return _refused(
+            f"a {report.exec_type.value} report is not allowed while the order is {status.value}",
+            "exec_type",
+        )
+    at_venue = status in AT_VENUE
+    return ReportOutcome(
+        ReportVerdict.APPLIED,
+        event=event,
+        execution=Execution(
+            exec_id=report.exec_id,
+            exec_type=report.exec_type,
+            last_quantity=report.last_quantity,
+            last_price=report.last_price,
+            cumulative_quantity=cumulative,
+            leaves_quantity=quantity - cumulative if at_venue else Decimal(0),
+            average_price=average,
+            text=report.text,
+            transact_time=report.transact_time,
+            received_at=received_at,
+            reported_by=reported_by,
+            exec_ref_id=report.exec_ref_id,
+        ),
+    )
 
 
 def apply_report_to(

@@ -135,6 +135,10 @@ class ExecType(StrEnum):
     # FIX answers a refused cancel/replace with an Order Cancel Reject (CxlRejResponseTo=2);
     # here a report of its own. `cancel_rejected` while only a replace is pending means the same.
     REPLACE_REJECTED = "replace_rejected"
+    # FIX ExecType H and G: the venue busts (cancels) or corrects an earlier trade, named by
+    # ExecRefID (`exec_ref_id`).
+    TRADE_CANCEL = "trade_cancel"
+    TRADE_CORRECT = "trade_correct"
     DONE_FOR_DAY = "done_for_day"
 
 
@@ -336,6 +340,9 @@ class Execution(BaseModel):
     transact_time: datetime
     received_at: datetime
     reported_by: str = ""
+    exec_ref_id: str | None = Field(
+        default=None, description="A bust or correction: the exec_id of the trade it changes."
+    )
 
 
 class Allocation(BaseModel):

@@ -50,6 +50,7 @@ class FlagKind(StrEnum):
     CANCEL_NOT_SENT = "cancel_not_sent"
     REPLACE_NOT_SENT = "replace_not_sent"
     VENUE_MISMATCH = "venue_mismatch"
+    TRADE_CHANGED_AFTER_ALLOCATION = "trade_changed_after_allocation"
     SETTLEMENT_NOT_CONFIRMED = "settlement_not_confirmed"
 
 

@@ -35,6 +35,11 @@ class OrderEvent(StrEnum):
     REPLACED_TO_FILLED = "replaced_to_filled"  # the new quantity is no more than the filled
     REPLACE_REJECTED = "replace_rejected"
     REPLACE_REJECTED_AFTER_FILLS = "replace_rejected_after_fills"
+    # The venue busts or corrects a trade while the order is at the venue: its fills change.
+    TRADE_BUSTED = "trade_busted"
+    TRADE_BUSTED_AFTER_FILLS = "trade_busted_after_fills"
+    TRADE_CORRECTED = "trade_corrected"
+    TRADE_CORRECTED_TO_FILLED = "trade_corrected_to_filled"
     VENUE_CANCELED = "venue_canceled"
     VENUE_EXPIRED = "venue_expired"
     ALLOCATED = "allocated"
@@ -51,6 +56,9 @@ class OrderEvent(StrEnum):
     SENT_TO_VENUE = "sent_to_venue"
     CANCEL_SENT_TO_VENUE = "cancel_sent_to_venue"
     REPLACE_SENT_TO_VENUE = "replace_sent_to_venue"
+    # After allocation a bust or correction changes nothing booked: middle office is flagged.
+    TRADE_BUSTED_AFTER_ALLOCATION = "trade_busted_after_allocation"
+    TRADE_CORRECTED_AFTER_ALLOCATION = "trade_corrected_after_allocation"
     VENUE_STATUS_CHECKED = "venue_status_checked"
     SETTLEMENT_ANSWERED = "settlement_answered"
     ORDER_CLOSED = "order_closed"
@@ -68,6 +76,8 @@ INFORMATIONAL = frozenset(
         OrderEvent.SENT_TO_VENUE,
         OrderEvent.CANCEL_SENT_TO_VENUE,
         OrderEvent.REPLACE_SENT_TO_VENUE,
+        OrderEvent.TRADE_BUSTED_AFTER_ALLOCATION,
+        OrderEvent.TRADE_CORRECTED_AFTER_ALLOCATION,
         OrderEvent.VENUE_STATUS_CHECKED,
         OrderEvent.SETTLEMENT_ANSWERED,
         OrderEvent.ORDER_CLOSED,
@@ -152,6 +162,22 @@ TRANSITIONS: MappingProxyType[tuple[S, OrderEvent], S] = MappingProxyType(
             (S.PENDING_CANCEL, event): S.FILLED if target is S.FILLED else S.PENDING_CANCEL
             for event, target in _REPLACE_ANSWERS.items()
         },
+        # Busts and corrections of a trade while the order works: it has what the fills say.
+        (S.PARTIALLY_FILLED, E.TRADE_BUSTED): S.WORKING,
+        (S.PARTIALLY_FILLED, E.TRADE_BUSTED_AFTER_FILLS): S.PARTIALLY_FILLED,
+        (S.PARTIALLY_FILLED, E.TRADE_CORRECTED): S.PARTIALLY_FILLED,
+        (S.PARTIALLY_FILLED, E.TRADE_CORRECTED_TO_FILLED): S.FILLED,
+        # ... and while a cancel or replace is pending, it stays pending.
+        **{
+            (status, event): S.FILLED if event is E.TRADE_CORRECTED_TO_FILLED else status
+            for status in (S.PENDING_CANCEL, S.PENDING_REPLACE)
+            for event in (
+                E.TRADE_BUSTED,
+                E.TRADE_BUSTED_AFTER_FILLS,
+                E.TRADE_CORRECTED,
+                E.TRADE_CORRECTED_TO_FILLED,
+            )
+        },
         # A fill can cross a cancel request on the wire; the order stays pending cancel.
         (S.PENDING_CANCEL, E.PARTIAL_FILL): S.PENDING_CANCEL,
         (S.PENDING_CANCEL, E.FILL): S.FILLED,
@@ -181,6 +207,8 @@ AT_VENUE = frozenset(
 CLOSED_BY_VENUE = frozenset({E.VENUE_CANCELED, E.VENUE_EXPIRED, E.VENUE_REJECTED})
 # The venue took a replace request: the order has its new terms.
 REPLACED_EVENTS = frozenset({E.REPLACED, E.REPLACED_AFTER_FILLS, E.REPLACED_TO_FILLED})
+# Booked, not yet closed: a bust or correction is recorded and flagged for middle office.
+ALLOCATED_OPEN = frozenset({S.ALLOCATED, S.SETTLEMENT_PENDING, S.SETTLEMENT_FAILED})
 DONE_AT_VENUE = frozenset({S.FILLED, S.CANCELED, S.EXPIRED, S.VENUE_REJECTED})
 
 

@@ -174,6 +174,12 @@ _NONCES_KEPT = 200
 _EXECUTION_GUARDS = "execution-report-guards"
 # Amend: replace reports answer a replace request (histories from before took them as no-ops).
 _AMEND = "amend"
+# The venue busts or corrects trades (trade_cancel, trade_correct; refused before).
+_TRADE_CORRECTIONS = "trade-corrections"
+# Busts and corrections once the fills are booked: recorded, and flagged for middle office.
+_AFTER_ALLOCATION = frozenset(
+    {OrderEvent.TRADE_BUSTED_AFTER_ALLOCATION, OrderEvent.TRADE_CORRECTED_AFTER_ALLOCATION}
+)
 # Where an order may be amended: before release (compliance and approvals run again), or
 # working at the venue (cancel/replace).
 _AMENDABLE_BEFORE_RELEASE = frozenset(
@@ -1592,6 +1598,10 @@ class OrderWorkflow:
                 guards=guards,
                 replacing=None if order.replacing is None else order.replacing.quantity,
                 replace_semantics=guards is not None and workflow.patched(_AMEND),
+                executions=order.executions
+                if report.exec_type in (ExecType.TRADE_CANCEL, ExecType.TRADE_CORRECT)
+                and workflow.patched(_TRADE_CORRECTIONS)
+                else None,
             )
         if outcome.verdict is ReportVerdict.REFUSED and not refused_before:
             order.refused_reports[report.exec_id] = outcome.reason
@@ -1630,6 +1640,16 @@ class OrderWorkflow:
                 order.venue_ack_due_at = None
             if order.status not in AT_VENUE:
                 order.replacing = None
+            if outcome.event in _AFTER_ALLOCATION:
+                word = "busted" if report.exec_type is ExecType.TRADE_CANCEL else "corrected"
+                order.raise_flag(
+                    FlagKind.TRADE_CHANGED_AFTER_ALLOCATION,
+                    f"{input.reported_by} {word} trade {report.exec_ref_id} after the order was "
+                    "allocated: the allocations and settlement instructions stand as booked; "
+                    "middle office must amend them",
+                    at=workflow.now(),
+                    ref=report.exec_id,
+                )
         return ExecutionReportResult(
             verdict=outcome.verdict,
             reason=outcome.reason,

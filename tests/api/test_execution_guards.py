@@ -194,3 +194,18 @@ async def test_a_report_from_another_venue_is_not_found(
     assert (order["status"], order["executions"], order["flags"]) == ("released", [], [])
     monkeypatch.undo()
     assert (await send(stack, report(order_id, "wv-1", "new"))).status_code == 202
+
+
+async def test_a_venue_busts_a_trade_through_the_api(stack: Stack) -> None:
+    order_id = await released(stack, quantity=100)
+    assert (await send(stack, report(order_id, f"{order_id}-n", "new"))).status_code == 202
+    fill = await send(stack, report(order_id, f"{order_id}-f", "trade", "40", "230"))
+    assert fill.status_code == 202, fill.text
+    bust = {**report(order_id, f"{order_id}-b", "trade_cancel"), "exec_ref_id": f"{order_id}-f"}
+    answer = await send(stack, bust)
+    assert answer.status_code == 202, answer.text
+    assert (answer.json()["order_status"], answer.json()["filled_quantity"]) == ("working", "0")
+    unknown = {**bust, "exec_id": f"{order_id}-b2", "exec_ref_id": "nothing-like-it"}
+    refused(await send(stack, unknown), "exec_ref_id", "names no trade")
+    canceled = await send(stack, report(order_id, f"{order_id}-c", "canceled"))
+    assert canceled.status_code == 202 and canceled.json()["order_status"] == "canceled"
