@@ -41,6 +41,7 @@ WORKING = "working"  # acknowledged; filled_quantity says how much is done
 FILLED = "filled"
 CANCELED = "canceled"
 REJECTED = "rejected"
+BUSTED = "busted"  # filled, then its last trade busted (sim:bust)
 
 # Exec ids are f"SIM-{cl_ord_id}-{n}" and at most 128 characters.
 MAX_CL_ORD_ID_LENGTH = 100
@@ -53,7 +54,14 @@ _IMMEDIATE = (TimeInForce.IOC.value, TimeInForce.FOK.value)
 
 # "sim:name" or "sim:name=value", anywhere in the notes, not glued to a word before it.
 _SCENARIO_TOKEN = re.compile(r"(?<![\w:/-])sim:([a-z][a-z-]*)(?:=(\S+))?")
-_FLAGS = ("reject", "cancel-reject", "never-ack", "late-fill-after-cancel", "replace-reject")
+_FLAGS = (
+    "reject",
+    "cancel-reject",
+    "never-ack",
+    "late-fill-after-cancel",
+    "replace-reject",
+    "bust",
+)
 # The answers to a replace request, as `simulators.record_venue_step` takes them.
 REPLACED = "replaced"
 REPLACE_REFUSED = "rejected"
@@ -71,6 +79,7 @@ class Scenario:
         late_fill_after_cancel: Rest after the acknowledgement; when a cancel request comes,
             report one fill first, then the cancel of the rest.
         replace_reject: Refuse every replace request (`replace_rejected`); the order carries on.
+        bust: Once the order is filled, bust its last trade (`trade_cancel`).
         ioc_remainder: Percent of an ioc order left unfilled (and canceled); a fok order
             that cannot fill completely is canceled whole. None: the market takes it all.
     """
@@ -82,6 +91,7 @@ class Scenario:
     late_fill_after_cancel: bool = False
     ioc_remainder: Decimal | None = None
     replace_reject: bool = False
+    bust: bool = False
 
     def canonical(self) -> str:
         """Return the scenario as `sim:` tokens (empty for the plain market); parses back alike."""
@@ -92,6 +102,7 @@ class Scenario:
             self.never_ack,
             self.late_fill_after_cancel,
             self.replace_reject,
+            self.bust,
         )
         tokens += [f"sim:{name}" for name, on in zip(_FLAGS, flags, strict=True) if on]
         if self.ioc_remainder is not None:
@@ -103,7 +114,8 @@ def parse_scenario(notes: str) -> Scenario:
     """Read the `sim:` tokens of an order's notes; the rest of the notes is ignored.
 
     Tokens: `sim:partial=N` (1 to 100 fills), `sim:reject`, `sim:cancel-reject`,
-    `sim:never-ack`, `sim:late-fill-after-cancel`, `sim:replace-reject`, `sim:ioc-remainder=P%`
+    `sim:never-ack`, `sim:late-fill-after-cancel`, `sim:replace-reject`, `sim:bust`,
+    `sim:ioc-remainder=P%`
     (0 < P < 100; 50 if no value). They combine: `"sim:partial=3 sim:cancel-reject"`.
 
     Raises:
@@ -132,6 +144,7 @@ def parse_scenario(notes: str) -> Scenario:
         late_fill_after_cancel="late-fill-after-cancel" in flags,
         ioc_remainder=remainder,
         replace_reject="replace-reject" in flags,
+        bust="bust" in flags,
     )
 
 
@@ -205,6 +218,7 @@ class _Step:
     text: str = ""
     reference_price: Decimal | None = None  # a new reference price to keep; None: unchanged
     replace_answer: str | None = None  # REPLACED or REPLACE_REFUSED: the pending replace's answer
+    exec_ref_id: str | None = None  # a bust: the trade it cancels
 
 
 def _venue_order(row: SimVenueOrderRow) -> VenueOrder:
@@ -233,7 +247,12 @@ def _rests(row: SimVenueOrderRow) -> bool:
 
 
 def _trade(
-    row: SimVenueOrderRow, quantity: Decimal, then_in: float | None, text: str = ""
+    row: SimVenueOrderRow,
+    quantity: Decimal,
+    then_in: float | None,
+    text: str = "",
+    *,
+    more_after_done: bool = False,
 ) -> _Step:
     filled = row.filled + quantity
     done = filled >= row.quantity
@@ -242,7 +261,7 @@ def _trade(
         FILLED if done else WORKING,
         filled,
         row.cancel_answered,
-        then_in=None if done else then_in,
+        then_in=None if done and not more_after_done else then_in,
         last_quantity=quantity,
         last_price=fill_price(_venue_order(row), row.reference_price),
         text=text,
@@ -250,7 +269,7 @@ def _trade(
 
 
 def _answer_cancel(row: SimVenueOrderRow, scenario: Scenario, delay: float) -> _Step:
-    if row.state in (FILLED, CANCELED, REJECTED):
+    if row.state in (FILLED, CANCELED, REJECTED, BUSTED):
         return _Step(
             ExecType.CANCEL_REJECTED,
             row.state,
@@ -284,8 +303,8 @@ def _answer_cancel(row: SimVenueOrderRow, scenario: Scenario, delay: float) -> _
 
 def _answer_replace(row: SimVenueOrderRow, scenario: Scenario, delay: float) -> _Step:
     """Take or refuse the pending replace request; a taken one gives the order its new terms."""
-    if row.state in (FILLED, CANCELED, REJECTED) or scenario.replace_reject:
-        done = row.state in (FILLED, CANCELED, REJECTED)
+    if row.state in (FILLED, CANCELED, REJECTED, BUSTED) or scenario.replace_reject:
+        done = row.state in (FILLED, CANCELED, REJECTED, BUSTED)
         return _Step(
             ExecType.REPLACE_REJECTED,
             row.state,
@@ -385,6 +404,18 @@ def _next_step(
         return _Step(
             ExecType.NEW, WORKING, row.filled, row.cancel_answered, then_in, text="accepted"
         )
+    if scenario.bust and row.state == FILLED:
+        # The last report was the trade that filled it: bust that one.
+        last = _last_part(row.quantity, row.lot_size, scenario.parts)
+        return _Step(
+            ExecType.TRADE_CANCEL,
+            BUSTED,
+            row.filled - last,
+            row.cancel_answered,
+            then_in=None,
+            text="trade busted (sim:bust)",
+            exec_ref_id=f"SIM-{row.cl_ord_id}-{row.next_exec - 1}",
+        )
     leaves = row.quantity - row.filled
     if row.state != WORKING or leaves <= 0:
         done = FILLED if row.state == WORKING else row.state
@@ -411,7 +442,16 @@ def _next_step(
                 None, WORKING, row.filled, row.cancel_answered, then_in=0, reference_price=price
             )
     part = next_part(row.quantity, row.filled, row.lot_size, scenario.parts)
-    return _trade(row, part, then_in=delay)
+    return _trade(row, part, then_in=delay, more_after_done=scenario.bust)
+
+
+def _last_part(quantity: Decimal, lot_size: Decimal, parts: int) -> Decimal:
+    """Return the last fill of an order filled in `parts` parts (`next_part`'s sequence)."""
+    filled = last = Decimal(0)
+    while filled < quantity:
+        last = next_part(quantity, filled, lot_size, parts)
+        filled += last
+    return last
 
 
 class SimulatedVenue:
@@ -614,6 +654,7 @@ class SimulatedVenue:
                     last_price=None if step.last_price is None else tidy(step.last_price),
                     text=step.text,
                     transact_time=datetime.now(UTC),
+                    exec_ref_id=step.exec_ref_id,
                 )
                 try:
                     async with asyncio.timeout(self._report_timeout):

@@ -190,6 +190,17 @@ async def confirm_settlement(handle: OrderHandle, settlement_id: str) -> None:
     )
 
 
+async def settle_all(handle: OrderHandle) -> None:
+    """Confirm every instruction of an order waiting on the manual back office, and let it close.
+
+    An order left open keeps timers that every later skip of the shared server's clock fires.
+    """
+    state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING, OrderStatus.SETTLED)
+    for instruction in state.settlements:
+        await confirm_settlement(handle, instruction.settlement_id)
+    assert (await handle.result()).status is OrderStatus.SETTLED
+
+
 SHORT_APPROVALS = OrderTimeouts(
     approval_escalate_after=timedelta(hours=1),
     approval_expire_after=timedelta(hours=2),

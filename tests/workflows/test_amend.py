@@ -10,14 +10,14 @@ from domain.models import AllocationRequest, ComplianceOutcome, ExecType, OrderS
 from domain.order import Order, amendment_subject
 from domain.status import REPLACED_EVENTS, OrderEvent
 from tests.authority import statement
-from tests.workflows.conftest import Desk, OrderHandle, wait_for_status
+from tests.workflows.conftest import Desk, OrderHandle, settle_all, wait_for_status
 from tests.workflows.test_order_workflow import (
     CIO,
     approve_as,
     refusal_of,
     report,
 )
-from tests.workflows.test_replay import record_if_asked, replayer
+from tests.workflows.test_replay import replays
 from workflows.messages import AmendInput, CancelInput, ExecutionReportResult, ReleaseInput
 from workflows.order import AMEND_AT_VENUE, OrderWorkflow
 
@@ -51,13 +51,6 @@ def order_id_of(handle: OrderHandle) -> str:
 
 def kinds(state: Order) -> list[OrderEvent]:
     return [e.kind for e in state.events]
-
-
-async def replays(handle: OrderHandle, name: str) -> None:
-    """Replay the order's history on today's code (and keep it, when recording)."""
-    history = await handle.fetch_history()
-    await replayer().replay_workflow(history)
-    record_if_asked(name, history)
 
 
 async def working(desk: Desk, **fields: object) -> OrderHandle:
@@ -117,6 +110,7 @@ async def test_amend_before_release_runs_compliance_and_the_approvals_it_needs(
     assert amended.details["quantity"] == "50000"
     assert amended.details["previous"] == {"quantity": "1000", "limit_price": None}
     assert amended.details["authority"]  # the signed statement, as for every person's action
+    await settle_all(handle)
     await replays(handle, "v2_order_amended_before_release_two_levels")
 
 
@@ -181,6 +175,10 @@ async def test_amend_refusals_change_nothing(desk: Desk) -> None:
         await amend_as(desk, "alice", order_id_of(market), limit_price="200"),
     )
     assert refused.type == RefusalType.INVALID_INPUT and "market order" in refused.message
+    for open_order in (handle, market):
+        await open_order.execute_update(
+            OrderWorkflow.cancel, CancelInput(user="alice", reason="done")
+        )
 
 
 async def test_a_replace_chain_of_three_ends_filled_when_the_quantity_comes_down_to_the_fills(
@@ -234,6 +232,7 @@ async def test_a_replace_chain_of_three_ends_filled_when_the_quantity_comes_down
     ]
     replaced_events = [e for e in state.events if e.kind in REPLACED_EVENTS]
     assert [e.details["quantity"] for e in replaced_events] == ["800", "800", "300"]
+    await settle_all(handle)
     await replays(handle, "v2_order_replace_chain_of_three")
 
 
@@ -270,6 +269,7 @@ async def test_a_rejected_replace_leaves_the_order_as_it_was(desk: Desk) -> None
     await report(desk, handle, "rr-5", ExecType.CANCELED)
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
     assert state.replacing is None and state.filled_quantity == Decimal(100)
+    await settle_all(handle)
     await replays(handle, "v2_order_replace_rejected_then_canceled")
 
 
@@ -300,6 +300,7 @@ async def test_fills_cross_a_replace_and_a_cancel_overtakes_it(desk: Desk) -> No
     await report(desk, handle, "x-3", ExecType.CANCELED)
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
     assert state.terms.quantity == Decimal(600) and state.filled_quantity == Decimal(200)
+    await settle_all(handle)
     await replays(handle, "v2_order_cancel_overtakes_replace")
 
 
@@ -350,7 +351,7 @@ async def test_the_simulator_replaces_a_resting_order_and_it_fills_at_its_new_li
     assert state.terms.limit_price == Decimal(240)
     assert state.filled_quantity == Decimal(100)
     assert state.average_price is not None and state.average_price <= Decimal(240)
-    await handle.result()
+    await wait_for_status(handle, OrderStatus.SETTLED, within=30)  # the simulators run on wall time
     await replays(handle, "v2_order_simulator_replace_fills_settled")
 
 
@@ -399,3 +400,4 @@ async def test_a_pending_replace_survives_continue_as_new_in_the_middle_of_fills
     await report(desk, handle, "can-6", ExecType.TRADE, "100", "230")
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
     assert (state.filled_quantity, state.terms.quantity) == (Decimal(500), Decimal(500))
+    await settle_all(handle)

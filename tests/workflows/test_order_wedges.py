@@ -39,6 +39,7 @@ from domain.status import OrderEvent
 from tests.authority import signing_client
 from tests.workflows.conftest import Desk, OrderHandle, confirm_settlement, wait_for_status
 from tests.workflows.test_order_workflow import approve_as, report_input
+from tests.workflows.test_replay import replays
 from venues.base import Venue, VenueOrder, VenueOrderStatus, VenueRefusedError
 from venues.manual import ManualVenue
 from worker import workflow_runner
@@ -345,6 +346,7 @@ async def test_unacknowledged_order_is_flagged_and_the_venue_asked(desk: Desk) -
         report_input(handle.id.removeprefix("order:"), "a-1", ExecType.CANCELED, transact_time=now),
     )
     assert (await handle.result()).status is OrderStatus.CANCELED
+    await replays(handle, "v2_order_ack_timeout_then_canceled")
 
 
 async def test_long_lived_order_continues_as_new_and_still_answers(

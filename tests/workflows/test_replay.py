@@ -18,7 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from domain.models import AllocationRequest, OrderStatus
-from tests.workflows.conftest import SHORT_APPROVALS, Desk, wait_for_status
+from tests.workflows.conftest import SHORT_APPROVALS, Desk, OrderHandle, wait_for_status
 from tests.workflows.test_order_workflow import warned
 from workflows.messages import ApproveInput, OverrideInput, PolicyGrant, ReleaseInput
 from workflows.order import OrderWorkflow
@@ -79,6 +79,13 @@ async def test_fresh_override_escalation_and_expiry_replays(desk: Desk) -> None:
     history = await handle.fetch_history()
     await replayer().replay_workflow(history)
     record_if_asked("v2_order_overridden_escalated_expired", history)
+
+
+async def replays(handle: OrderHandle, name: str) -> None:
+    """Replay the order's history on today's code, and keep it as `name` when recording."""
+    history = await handle.fetch_history()
+    await replayer().replay_workflow(history)
+    record_if_asked(name, history)
 
 
 def record_if_asked(name: str, history: WorkflowHistory) -> None:

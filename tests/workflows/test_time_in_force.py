@@ -12,6 +12,7 @@ from domain.models import AssetClass, ExecType, OrderStatus
 from domain.portfolio import InstrumentData, MarketHours
 from tests.workflows.conftest import Desk, wait_for_status
 from tests.workflows.test_order_workflow import approve_as, report_input
+from tests.workflows.test_replay import replays
 from workflows.messages import ReleaseInput
 from workflows.order import OrderWorkflow
 
@@ -61,6 +62,7 @@ async def test_a_day_order_not_released_by_the_close_expires(desk: Desk) -> None
     state = await handle.query(OrderWorkflow.state)
     assert "day order not released by" in state.status_reason
     assert "market closed" in state.status_reason
+    await replays(handle, "v2_order_day_expired_before_release")
 
 
 async def test_a_gtd_order_expires_at_its_time(desk: Desk) -> None:
@@ -75,6 +77,7 @@ async def test_a_gtd_order_expires_at_its_time(desk: Desk) -> None:
     assert (await handle.result()).status is OrderStatus.EXPIRED
     state = await handle.query(OrderWorkflow.state)
     assert "gtd order not released by" in state.status_reason
+    await replays(handle, "v2_order_gtd_expired")
 
 
 async def test_a_day_order_at_the_venue_is_canceled_there_at_the_close_and_ends_expired(
@@ -103,3 +106,4 @@ async def test_a_day_order_at_the_venue_is_canceled_there_at_the_close_and_ends_
     )
     assert confirmed.status is OrderStatus.EXPIRED
     assert (await handle.result()).status is OrderStatus.EXPIRED
+    await replays(handle, "v2_order_day_expired_at_the_venue")

@@ -11,8 +11,9 @@ from domain.executions import ExecutionReport
 from domain.models import ExecType, OrderStatus
 from domain.order import FlagKind
 from domain.status import OrderEvent
-from tests.workflows.conftest import Desk, OrderHandle, wait_for_status
-from tests.workflows.test_amend import replays, working
+from tests.workflows.conftest import Desk, OrderHandle, settle_all, wait_for_status
+from tests.workflows.test_amend import working
+from tests.workflows.test_replay import replays
 from workflows.messages import ExecutionReportInput, ExecutionReportResult
 from workflows.order import OrderWorkflow
 
@@ -72,6 +73,7 @@ async def test_a_bust_reopens_the_order_and_a_correction_fills_it(desk: Desk) ->
     assert "t-1" in flag.message and "middle office" in flag.message
     assert state.status is OrderStatus.SETTLEMENT_PENDING
     assert [(a.quantity, a.price) for a in state.allocations] == [(Decimal(1000), Decimal(229))]
+    await settle_all(handle)
     await replays(handle, "v2_order_bust_correct_and_late_bust")
 
 
