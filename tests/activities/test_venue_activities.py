@@ -18,6 +18,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.venue import (
     CancelAtVenueInput,
+    ReplaceAtVenueInput,
     SubmitOrderInput,
     VenueActivities,
     VenueOrderStatusInput,
@@ -927,7 +928,13 @@ def test_scenarios_parse_and_write_back_alike(notes: str, scenario: Scenario) ->
 
 def test_an_unknown_scenario_names_the_known_ones() -> None:
     with pytest.raises(VenueRefusedError, match="late-fill-after-cancel"):
-        parse_scenario("sim:bust")
+        parse_scenario("sim:explode")
+
+
+def test_the_replace_and_bust_scenarios_parse_and_write_back_alike() -> None:
+    scenario = parse_scenario("hedge sim:replace-reject sim:bust")
+    assert (scenario.replace_reject, scenario.bust) == (True, True)
+    assert parse_scenario(scenario.canonical()) == scenario
 
 
 @pytest.mark.parametrize(
@@ -972,3 +979,41 @@ def test_a_book_from_before_scenarios_gains_the_column(tmp_path: Path) -> None:
         row = simulators.venue_order(session, "old-1")
     engine.dispose()
     assert row is not None and row.scenario == ""
+
+
+async def test_a_replace_is_answered_once_and_the_order_goes_on_under_its_new_cl_ord_id(
+    sessions: SessionFactory,
+) -> None:
+    async with open_venue(sessions, delay=2) as venue:  # fills seconds away: nothing crosses
+        order = venue_order(limit_price="100")  # rests: AAPL is above it
+        await venue.submit(order)
+        await eventually(lambda: len(venue.sink.of(order)) == 1)  # new
+        new_terms = order.model_copy(
+            update={"cl_ord_id": f"{order.order_id}-R1", "quantity": Decimal(500)}
+        )
+        replace = ReplaceAtVenueInput(
+            venue="simulator", order=new_terms, orig_cl_ord_id=order.cl_ord_id
+        )
+        await venue.env.run(venue.activities.replace_at_venue, replace)
+        await venue.env.run(venue.activities.replace_at_venue, replace)  # a retried activity
+        await eventually(lambda: len(venue.sink.of(order)) == 2)
+        answer = venue.sink.of(order)[1]
+        assert answer.exec_type is ExecType.REPLACED
+        status = await venue.status(new_terms.cl_ord_id)
+        assert (status.known, status.state) == (True, "working")
+        await asyncio.sleep(0.2)
+        assert len(venue.sink.of(order)) == 2  # answered once
+        # The simulator still knows the order by its first ClOrdID: a later replace naming it
+        # is taken (a venue may be stricter); one for an order it never had is refused.
+        stale = replace.model_copy(
+            update={"order": new_terms.model_copy(update={"cl_ord_id": f"{order.order_id}-R2"})}
+        )
+        await venue.env.run(venue.activities.replace_at_venue, stale)
+        await eventually(lambda: len(venue.sink.of(order)) == 3)
+        unknown = ReplaceAtVenueInput(
+            venue="simulator",
+            order=new_terms.model_copy(update={"cl_ord_id": "never-R9", "order_id": "ord_none"}),
+            orig_cl_ord_id="never",
+        )
+        refused = await refusal(venue.env.run(venue.activities.replace_at_venue, unknown))
+        assert "unknown to the simulator" in refused.message
