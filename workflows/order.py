@@ -243,6 +243,14 @@ def _attested(signed: SignedAuthority | None, policy: list[str]) -> dict[str, Js
     }
 
 
+def _kill_switch_failure(results: list[ComplianceResult]) -> ComplianceResult | None:
+    """Return the kill switch's failed result among `results`, if a switch is engaged."""
+    return next(
+        (r for r in results if r.rule == KILL_SWITCH_RULE and r.outcome is ComplianceOutcome.FAIL),
+        None,
+    )
+
+
 def _worded(results: list[ComplianceResult], outcome: ComplianceOutcome) -> str:
     return "; ".join(r.message for r in results if r.outcome is outcome)
 
@@ -633,24 +641,12 @@ class OrderWorkflow:
             request.refuse(judged, RefusalType.COMPLIANCE_REFUSED)
             return
         assessment = judged.assessment
-        switch = next(
-            (
-                r
-                for r in assessment.results
-                if r.rule == KILL_SWITCH_RULE and r.outcome is ComplianceOutcome.FAIL
-            ),
-            None,
-        )
+        switch = _kill_switch_failure(assessment.results)
         if switch is not None:
             # The order stays approved: it may go once the switch is lifted.
             request.refuse(switch.message, RefusalType.KILL_SWITCH_ENGAGED)
             return
-        accepted = set(order.override.rules) if order.override is not None else set()
-        new_warnings = [
-            r
-            for r in assessment.results
-            if r.outcome is ComplianceOutcome.WARN and r.rule not in accepted
-        ]
+        new_warnings = self._warnings_not_overridden(assessment.results)
         if assessment.outcome is ComplianceOutcome.FAIL:
             reason = _worded(assessment.results, ComplianceOutcome.FAIL)
             details = self._compliance_details(judged)
@@ -896,14 +892,7 @@ class OrderWorkflow:
         if isinstance(judged, str):
             return judged, RefusalType.COMPLIANCE_REFUSED
         results = judged.assessment.results
-        switch = next(
-            (
-                r
-                for r in results
-                if r.rule == KILL_SWITCH_RULE and r.outcome is ComplianceOutcome.FAIL
-            ),
-            None,
-        )
+        switch = _kill_switch_failure(results)
         if switch is not None:
             return switch.message, RefusalType.KILL_SWITCH_ENGAGED
         if judged.assessment.outcome is ComplianceOutcome.FAIL:
@@ -912,10 +901,7 @@ class OrderWorkflow:
                 RefusalType.COMPLIANCE_REFUSED,
             )
         order = self._order
-        accepted = set(order.override.rules) if order.override is not None else set()
-        warned = [
-            r for r in results if r.outcome is ComplianceOutcome.WARN and r.rule not in accepted
-        ]
+        warned = self._warnings_not_overridden(results)
         if warned:
             return (
                 "compliance warns on the new terms ("
@@ -933,6 +919,14 @@ class OrderWorkflow:
                 RefusalType.COMPLIANCE_REFUSED,
             )
         return None
+
+    def _warnings_not_overridden(self, results: list[ComplianceResult]) -> list[ComplianceResult]:
+        """Return the rules that warn now and that the order's override did not accept."""
+        override = self._order.override
+        accepted = set(override.rules) if override is not None else set()
+        return [
+            r for r in results if r.outcome is ComplianceOutcome.WARN and r.rule not in accepted
+        ]
 
     def _request_replace(self, input: AmendInput, terms: Terms) -> None:
         """Ask the venue to replace the order with `terms`, under a new ClOrdID."""
