@@ -329,6 +329,13 @@ class OrderWorkflow:
             OrderStatus.SETTLEMENT_FAILED: self._await_late_settlement,
         }
         while not self._order.closed:
+            if self._amend is not None and self._order.status not in AT_VENUE:
+                # A fill or the venue ended the order before the amend was looked at.
+                self._amend.refuse(
+                    f"the order is {self._order.status.value}: it can no longer be amended",
+                    RefusalType.INVALID_STATE,
+                )
+                self._amend = None
             if self._should_continue_as_new():
                 await self._continue_as_new(projector, notifier)
             if self._time_in_force_over():

@@ -401,3 +401,21 @@ async def test_a_pending_replace_survives_continue_as_new_in_the_middle_of_fills
     state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
     assert (state.filled_quantity, state.terms.quantity) == (Decimal(500), Decimal(500))
     await settle_all(handle)
+
+
+async def test_the_fill_that_completes_the_old_terms_ends_a_pending_replace(desk: Desk) -> None:
+    handle = await working(desk, quantity="1000")
+    order_id = order_id_of(handle)
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="2000")
+    )
+    assert state.status is OrderStatus.PENDING_REPLACE
+    # The venue fills the old 1000 before it looks at the replace: the order is done.
+    filled = await report(desk, handle, "race-1", ExecType.TRADE, "1000", "230")
+    assert isinstance(filled, ExecutionReportResult) and filled.status is OrderStatus.FILLED
+    state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
+    assert state.replacing is None and state.terms.quantity == Decimal(1000)
+    # The venue's late answer to the replace is refused: the order is no longer at the venue.
+    late = await report(desk, handle, "race-2", ExecType.REPLACE_REJECTED)
+    assert isinstance(late, ExecutionReportResult) and late.verdict.value == "refused"
+    await settle_all(handle)
