@@ -44,8 +44,10 @@ from venues.base import Venue, VenueOrder, VenueOrderStatus, VenueRefusedError
 from venues.manual import ManualVenue
 from worker import workflow_runner
 from workflows.messages import (
+    AmendInput,
     CancelInput,
     OrderTimeouts,
+    ReconcileInput,
     ReleaseInput,
 )
 from workflows.order import OrderWorkflow
@@ -429,3 +431,69 @@ async def test_cancel_of_an_order_the_venue_never_received_ends_it_canceled(
         state = await handle.query(OrderWorkflow.state)
         assert state.status_reason == "canceled: the venue never received the order"
         assert [f.kind for f in state.flags] == [FlagKind.VENUE_UNCONFIRMED]
+
+
+class ReplaceRefusingVenue(ManualVenue):
+    """A venue worked by hand that refuses replaces, or cannot be reached for them, and that
+    no longer knows its orders when asked (its book was lost)."""
+
+    name = "no-replace"
+
+    def __init__(self, *, outage: bool) -> None:
+        self._outage = outage
+
+    async def replace(self, order: VenueOrder, orig_cl_ord_id: str) -> None:
+        if self._outage:
+            raise ConnectionError("gateway down")
+        raise VenueRefusedError("replaces are not accepted here")
+
+    async def order_status(self, cl_ord_id: str) -> VenueOrderStatus:
+        return VenueOrderStatus(cl_ord_id=cl_ord_id, known=False)
+
+
+@pytest.mark.parametrize("outage", [False, True], ids=["refused", "unreachable"])
+async def test_a_replace_the_venue_refuses_or_never_gets_leaves_the_order_as_it_was(
+    desk: Desk, layer_sessions: SessionFactory, outage: bool
+) -> None:
+    venue = ReplaceRefusingVenue(outage=outage)
+    async with order_worker(desk, layer_sessions, venues={venue.name: venue}) as queue:
+        handle = await desk.start(quantity="10", task_queue=queue, manual_back_office=True)
+        await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
+        await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+        await handle.execute_update(
+            OrderWorkflow.release, ReleaseInput(user="tom", venue=venue.name)
+        )
+        order_id = handle.id.removeprefix("order:")
+        now = await desk.env.get_current_time()
+        await handle.execute_update(
+            OrderWorkflow.execution_report,
+            report_input(order_id, "n-1", ExecType.NEW, transact_time=now),
+        )
+        await handle.execute_update(
+            OrderWorkflow.amend, AmendInput(user="alice", quantity=Decimal(5), reason="less")
+        )
+        state = await _wait_for_event(handle, OrderEvent.REPLACE_REJECTED, within=30)
+        assert (state.status, state.terms.quantity, state.replacing) == (
+            OrderStatus.WORKING,
+            Decimal(10),
+            None,
+        )
+        if outage:
+            assert [f.kind for f in state.flags] == [FlagKind.REPLACE_NOT_SENT]
+            assert "could not be sent" in state.status_reason
+        else:
+            assert "refused the replace: replaces are not accepted here" in state.status_reason
+
+        # Its book lost, the venue does not know the order: reconciliation flags that.
+        await handle.signal(OrderWorkflow.reconcile, ReconcileInput(venue=venue.name))
+        state = await _wait_for_event(handle, OrderEvent.VENUE_STATUS_CHECKED)
+        mismatch = [f for f in state.flags if f.kind is FlagKind.VENUE_MISMATCH]
+        assert [f.message for f in mismatch] == [f"{venue.name} does not know {order_id}"]
+
+        await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="done"))
+        now = await desk.env.get_current_time()
+        await handle.execute_update(
+            OrderWorkflow.execution_report,
+            report_input(order_id, "c-1", ExecType.CANCELED, transact_time=now),
+        )
+        assert (await handle.result()).status is OrderStatus.CANCELED
