@@ -452,11 +452,16 @@ async def amend_order(
     ref = await locate(services, user, order_id)
     async with refusals_recorded(services, ref, user, "amend"):
         # A PM amends at any stage; a trader only what works at a venue (the order decides).
-        permission = (
-            ("orders", "amend")
-            if services.authorizer.check(user, ref.fund, "orders", "amend") is not None
-            else AMEND_AT_VENUE
+        permission = next(
+            (
+                held
+                for held in (("orders", "amend"), AMEND_AT_VENUE)
+                if services.authorizer.check(user, ref.fund, *held) is not None
+            ),
+            None,
         )
+        if permission is None:
+            raise forbidden(f"{user} may not amend orders in {ref.fund}")
         authority = attest(
             services,
             user,

@@ -94,6 +94,8 @@ async def test_who_may_not_amend_before_release(
     answer = await amend(stack, user, order_id, {"quantity": "900"})
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]["code"] == code
+    if user in ("dana", "cora"):  # holds no amend permission at all: says so plainly
+        assert answer.json()["error"]["message"] == f"{user} may not amend orders in fund-alpha"
     order = (await stack.call("alice", "GET", f"/orders/{order_id}")).json()
     assert order["quantity"] == "1000"
     await close(stack, order_id)
