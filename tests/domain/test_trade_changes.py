@@ -167,3 +167,43 @@ def test_without_the_executions_busts_are_not_understood() -> None:
         guards=GUARDS,
     )
     assert outcome.verdict is ReportVerdict.REFUSED and "not understood" in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("exec_type", "before"),
+    [
+        (ExecType.REPLACED, ReportVerdict.APPLIED),  # as histories from before amend took it
+        (ExecType.PENDING_REPLACE, ReportVerdict.APPLIED),
+        (ExecType.REPLACE_REJECTED, ReportVerdict.REFUSED),  # an exec type they never knew
+    ],
+)
+def test_orders_from_before_amend_keep_their_replace_rules(
+    exec_type: ExecType, before: ReportVerdict
+) -> None:
+    outcome = apply_report(
+        status=S.WORKING,
+        quantity=QUANTITY,
+        filled_quantity=Decimal(0),
+        average_price=None,
+        seen_exec_ids=set(),
+        report=_report(exec_type, "r-1"),
+        reported_by="sim-venue",
+        received_at=RECEIVED,
+        guards=GUARDS,
+    )
+    assert outcome.verdict is before
+    assert outcome.event is None
+    # With amend, none of them is taken without a replace pending.
+    now = apply_report(
+        status=S.WORKING,
+        quantity=QUANTITY,
+        filled_quantity=Decimal(0),
+        average_price=None,
+        seen_exec_ids=set(),
+        report=_report(exec_type, "r-1"),
+        reported_by="sim-venue",
+        received_at=RECEIVED,
+        guards=GUARDS,
+        replace_semantics=True,
+    )
+    assert now.verdict is ReportVerdict.REFUSED and "none is pending" in now.reason
