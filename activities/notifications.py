@@ -113,6 +113,7 @@ class Decision(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # an amend waiting for the level no longer applies
 
 
 class ApprovalNeededInput(BaseModel):
@@ -139,6 +140,12 @@ class ApprovalNeededInput(BaseModel):
     )
     waiting_since: datetime
     compliance: list[ComplianceResult] = Field(default_factory=list)
+    amends_quantity: Decimal | None = Field(
+        default=None,
+        description="An amend of an order working at a venue waits on the level: the quantity "
+        "working now (`quantity` and `notional` are the amend's).",
+    )
+    amend_requested_by: str | None = None
 
 
 class ApprovalDecidedInput(BaseModel):
@@ -289,6 +296,12 @@ def approval_needed_message(
         f"*{trade}* in *{escape(input.fund)}*, notional *{format_notional(input.notional, input.currency)}*, "
         f"created by *{escape(input.created_by)}*\nOrder `{input.order_id}`"
     )
+    if input.amends_quantity is not None:
+        header = f"Amend {header[0].lower()}{header[1:]}"
+        summary = (
+            f"*Amend* of a working order to *{trade}* (working now: {input.amends_quantity:,}), "
+            f"asked by *{escape(input.amend_requested_by or '')}*\n{summary}"
+        )
     fields = [
         f"*Level*\n{escape(input.level)}{of_levels}",
         f"*Approved so far*\n{_approved_so_far(input.approved)}",
@@ -324,6 +337,7 @@ _DECISION_VERB = {
     Decision.APPROVED: "approved",
     Decision.REJECTED: "rejected",
     Decision.EXPIRED: "expired",
+    Decision.WITHDRAWN: "withdrawn",
 }
 
 
@@ -334,6 +348,9 @@ def decided_message(input: ApprovalDecidedInput) -> dict[str, Any]:
     if input.decision is Decision.EXPIRED:
         line = f"The *{escape(input.level)}* approval of `{input.order_id}` *expired* at {when}: nobody decided in time."
         text = f"{input.order_id}: {input.level} approval expired at {when}"
+    elif input.decision is Decision.WITHDRAWN:
+        line = f"The amend of `{input.order_id}` waiting on *{escape(input.level)}* was *withdrawn* at {when}."
+        text = f"{input.order_id}: the amend waiting on {input.level} was withdrawn at {when}"
     else:
         by = escape(input.by or "someone")
         line = f"The *{escape(input.level)}* level of `{input.order_id}` was *{verb}* by *{by}* at {when}."

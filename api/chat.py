@@ -177,11 +177,19 @@ def trade_of(order: OrderPublic) -> str:
 
 def approval_by(order: OrderPublic, user: str) -> ApprovalGiven | None:
     """Return the approval `user` gave the order (a person approves at most one level)."""
-    return next((g for g in reversed(order.approvals.given) if g.user == user), None)
+    given = [*order.approvals.given]
+    if order.amendment is not None:
+        given += order.amendment.approvals.given
+    return next((g for g in reversed(given) if g.user == user), None)
 
 
 def next_step(order: OrderPublic) -> str:
     """Say what the order waits for now, after a decision."""
+    amendment = order.amendment
+    if amendment is not None and amendment.approvals.current_level:
+        return f"The amend now waits on *{escape(amendment.approvals.current_level)}*."
+    if amendment is not None:
+        return "Every level has approved the amend: it goes to the venue as a replace."
     if order.status is OrderStatus.PENDING_APPROVAL and order.approvals.current_level:
         return f"Now waiting on *{escape(order.approvals.current_level)}*."
     if order.status is OrderStatus.APPROVED:

@@ -22,6 +22,7 @@ from db import queries
 from db.tables import OrderRow
 from domain.approvals import ApprovalPolicies, ApprovalPolicyError
 from domain.models import ComplianceOutcome, ComplianceResult, OrderType, Side, TimeInForce
+from domain.order import AmendmentSummary
 
 logger = logging.getLogger(__name__)
 
@@ -144,4 +145,5 @@ def _item(row: OrderRow, scope: queries.InboxScope, now: datetime) -> ApprovalIt
         else None,
         compliance=[ComplianceResult.model_validate(r) for r in row.compliance_results or []],
         version=row.version,
+        amendment=None if row.amendment is None else AmendmentSummary.model_validate(row.amendment),
     )

@@ -24,7 +24,7 @@ from domain.models import (
     TimeInForce,
     tidy,
 )
-from domain.order import Order, Override
+from domain.order import AmendmentSummary, Order, Override, PendingAmendment, Terms
 
 # Stored decimals carry the column's scale (1000.000000000000); show them as entered (1000).
 Amount = Annotated[Decimal, AfterValidator(tidy)]
@@ -134,6 +134,11 @@ class ApprovalItem(BaseModel):
     )
     compliance: list[ComplianceResult]
     version: int
+    amendment: AmendmentSummary | None = Field(
+        default=None,
+        description="The level decides an amend of a working order: its terms beside the "
+        "working ones (`quantity` and `limit_price` above are the working terms).",
+    )
 
 
 class ApprovalPage(BaseModel):
@@ -209,6 +214,63 @@ class FlagView(BaseModel):
     ref: str = ""
 
 
+class PendingAmendmentView(BaseModel):
+    """An amend of a working order that waits for approval levels the order never had.
+
+    The order works on at the venue on its current terms until every level approves; then the
+    venue is asked to replace it (`pending_replace`).
+    """
+
+    quantity: Decimal
+    limit_price: Decimal | None
+    requested_by: str
+    requested_at: datetime
+    reason: str
+    approvals: ApprovalState = Field(description="`required`: the levels the new terms add.")
+    notional: Decimal | None
+    currency: str | None
+    escalated: bool
+    expire_at: datetime | None
+
+    @classmethod
+    def of(cls, amendment: PendingAmendment) -> PendingAmendmentView:
+        return cls(
+            quantity=amendment.terms.quantity,
+            limit_price=amendment.terms.limit_price,
+            approvals=amendment.approvals,
+            **amendment.model_dump(
+                include={
+                    "requested_by",
+                    "requested_at",
+                    "reason",
+                    "notional",
+                    "currency",
+                    "escalated",
+                    "expire_at",
+                }
+            ),
+        )
+
+
+class ReplacePendingView(BaseModel):
+    """The terms a replace request asks the venue for, under a new ClOrdID."""
+
+    quantity: Decimal
+    limit_price: Decimal | None
+    cl_ord_id: str
+    orig_cl_ord_id: str | None
+
+    @classmethod
+    def of(cls, terms: Terms) -> ReplacePendingView:
+        previous = terms.previous_cl_ord_ids
+        return cls(
+            quantity=terms.quantity,
+            limit_price=terms.limit_price,
+            cl_ord_id=terms.cl_ord_id,
+            orig_cl_ord_id=previous[-1] if previous else None,
+        )
+
+
 class OrderPublic(BaseModel):
     """The live order as `GET /orders/{id}` and every action on an order answer with it."""
 
@@ -245,6 +307,12 @@ class OrderPublic(BaseModel):
     allocations: list[Allocation]
     settlements: list[SettlementInstruction]
     version: int
+    amendment: PendingAmendmentView | None = Field(
+        default=None, description="An amend waiting for approval while the order works on."
+    )
+    replace_pending: ReplacePendingView | None = Field(
+        default=None, description="The terms a replace request sent to the venue asks for."
+    )
 
     @classmethod
     def from_order(cls, order: Order) -> OrderPublic:
@@ -287,6 +355,10 @@ class OrderPublic(BaseModel):
             allocations=order.allocations,
             settlements=order.settlements,
             version=order.version,
+            amendment=None if order.amendment is None else PendingAmendmentView.of(order.amendment),
+            replace_pending=None
+            if order.replacing is None
+            else ReplacePendingView.of(order.replacing),
         )
 
     @classmethod

@@ -41,7 +41,6 @@ from domain.models import (
     Execution,
     Instrument,
     OrderState,
-    OrderStatus,
     SettlementInstruction,
     SettlementStatus,
     Side,
@@ -91,7 +90,7 @@ V1_WORKFLOW_TYPE = "OrderWorkflow"
 # ---- orders -----------------------------------------------------------------------------------
 
 # The slim row's fields kept as JSON.
-_JSON_COLUMNS = {"approvals_required", "approvals_given", "compliance_results"}
+_JSON_COLUMNS = {"approvals_required", "approvals_given", "compliance_results", "amendment"}
 
 
 def upsert_order_summary(session: Session, summary: OrderSummary) -> bool:
@@ -400,8 +399,9 @@ def approval_inbox(
     approved_by = literal(",") + col(OrderRow.approved_by) + literal(",")
     # Rows written before the column existed have no waiting time: their creation stands in.
     waiting = func.coalesce(col(OrderRow.approval_waiting_since), col(OrderRow.created_at))
+    # A level waits on orders pending approval, and on working orders whose amend needs one.
     query = select(OrderRow).where(
-        OrderRow.status == OrderStatus.PENDING_APPROVAL.value,
+        col(OrderRow.approval_level).is_not(None),
         or_(*scopes),
         col(OrderRow.created_by) != scope.user,
         not_(approved_by.like(f"%,{escaped},%", escape="\\")),

@@ -219,6 +219,8 @@ class OrderRow(SQLModel, table=True):
     compliance_results: list[dict[str, Any]] | None = Field(
         default=None, sa_column=Column(JSON, nullable=True)
     )
+    # An amend of a working order that waits on `approval_level`: its terms beside the current.
+    amendment: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class RefusedActionRow(SQLModel, table=True):

@@ -104,6 +104,33 @@ class Terms(BaseModel):
     )
 
 
+class PendingAmendment(BaseModel):
+    """An amend of an order working at a venue, waiting for approval levels the order never had.
+
+    The order works on at the venue on its current terms meanwhile; once every level approves
+    (and compliance agrees again) the venue is asked to replace it with `terms`.
+    """
+
+    terms: Terms
+    requested_by: str
+    requested_at: datetime
+    reason: str = ""
+    attestation: dict[str, JsonValue] = Field(
+        default_factory=dict, description="The amend's signed statement, for the replace request."
+    )
+    approvals: ApprovalState = Field(description="`required`: the levels the new terms add.")
+    notional: Decimal | None = None
+    currency: str | None = None
+    escalate_at: datetime | None = None
+    expire_at: datetime | None = None
+    escalated: bool = False
+
+    @property
+    def waiting_since(self) -> datetime:
+        """Return when the pending level started waiting: the request, or the last approval."""
+        return max([self.requested_at, *(g.at for g in self.approvals.given)])
+
+
 def amendment_subject(quantity: Decimal | None, limit_price: Decimal | None) -> str:
     """Return what an amend's signed statement names: the new terms, so it covers no others."""
     return f"quantity={'' if quantity is None else quantity};limit_price={'' if limit_price is None else limit_price}"
@@ -155,6 +182,9 @@ class Order(BaseModel):
     venue_ack_due_at: datetime | None = None
     replacing: Terms | None = Field(
         default=None, description="The terms a replace request sent to the venue asks for."
+    )
+    amendment: PendingAmendment | None = Field(
+        default=None, description="An amend at the venue waiting for approval levels."
     )
     cl_ord_ids_issued: int = Field(
         default=0, description="Replace requests sent: each carries a new ClOrdID."
@@ -337,12 +367,35 @@ class OrderSummary(BaseModel):
         default=None, description="The worst rule result; None before compliance has run."
     )
     compliance_results: list[ComplianceResult] = Field(default_factory=list)
+    amendment: AmendmentSummary | None = Field(
+        default=None, description="An amend at the venue that the pending level decides."
+    )
+
+
+class AmendmentSummary(BaseModel):
+    """What an approver of an amend sees of it: the new terms beside the ones working now."""
+
+    model_config = ConfigDict(frozen=True)
+
+    quantity: Decimal
+    limit_price: Decimal | None
+    working_quantity: Decimal
+    working_limit_price: Decimal | None
+    notional: Decimal | None
+    requested_by: str
+    requested_at: datetime
+    reason: str = ""
 
 
 def summarise(order: Order, workflow_type: str) -> OrderSummary:
     """Return the slim row of `order` as the read model stores it."""
     request = order.request
     pending = order.status is OrderStatus.PENDING_APPROVAL
+    amendment = order.amendment
+    if amendment is not None:
+        return summarise(order.model_copy(update={"amendment": None}), workflow_type).model_copy(
+            update=_amendment_columns(order, amendment)
+        )
     return OrderSummary(
         client_order_id=request.client_order_id,
         fund=request.fund,
@@ -445,6 +498,33 @@ def _approval_columns(
         "approvals_given": list(approvals.given),
         "approval_waiting_since": since,
         "approval_escalated": level is not None and escalated,
+    }
+
+
+def _amendment_columns(order: Order, amendment: PendingAmendment) -> dict[str, Any]:
+    """Return the row's approval columns while an amend waits on a level (the inbox lists it)."""
+    approvals = amendment.approvals
+    level = approvals.current_level
+    return {
+        "approval_level": level,
+        # Everyone who approved a level of the order: none of them decides another (the inbox
+        # leaves the order out for them).
+        "approved_by": ",".join(g.user for g in [*order.approvals.given, *approvals.given]),
+        "approvals_required": list(approvals.required),
+        "approvals_given": list(approvals.given),
+        "approval_waiting_since": amendment.waiting_since if level is not None else None,
+        "approval_escalated": level is not None and amendment.escalated,
+        "approval_expire_at": amendment.expire_at if level is not None else None,
+        "amendment": AmendmentSummary(
+            quantity=amendment.terms.quantity,
+            limit_price=amendment.terms.limit_price,
+            working_quantity=order.terms.quantity,
+            working_limit_price=order.terms.limit_price,
+            notional=amendment.notional,
+            requested_by=amendment.requested_by,
+            requested_at=amendment.requested_at,
+            reason=amendment.reason,
+        ),
     }
 
 

@@ -35,6 +35,14 @@ class OrderEvent(StrEnum):
     REPLACED_TO_FILLED = "replaced_to_filled"  # the new quantity is no more than the filled
     REPLACE_REJECTED = "replace_rejected"
     REPLACE_REJECTED_AFTER_FILLS = "replace_rejected_after_fills"
+    # An amend of a working order that needs an approval level the order never had waits for
+    # it, while the order works on at the venue on its current terms (no status change).
+    AMENDMENT_AWAITS_APPROVAL = "amendment_awaits_approval"
+    AMENDMENT_APPROVAL_GIVEN = "amendment_approval_given"
+    AMENDMENT_APPROVED = "amendment_approved"
+    AMENDMENT_REJECTED = "amendment_rejected"
+    AMENDMENT_EXPIRED = "amendment_expired"
+    AMENDMENT_WITHDRAWN = "amendment_withdrawn"
     # The venue busts or corrects a trade while the order is at the venue: its fills change.
     TRADE_BUSTED = "trade_busted"
     TRADE_BUSTED_AFTER_FILLS = "trade_busted_after_fills"
@@ -76,6 +84,12 @@ INFORMATIONAL = frozenset(
         OrderEvent.SENT_TO_VENUE,
         OrderEvent.CANCEL_SENT_TO_VENUE,
         OrderEvent.REPLACE_SENT_TO_VENUE,
+        OrderEvent.AMENDMENT_AWAITS_APPROVAL,
+        OrderEvent.AMENDMENT_APPROVAL_GIVEN,
+        OrderEvent.AMENDMENT_APPROVED,
+        OrderEvent.AMENDMENT_REJECTED,
+        OrderEvent.AMENDMENT_EXPIRED,
+        OrderEvent.AMENDMENT_WITHDRAWN,
         OrderEvent.TRADE_BUSTED_AFTER_ALLOCATION,
         OrderEvent.TRADE_CORRECTED_AFTER_ALLOCATION,
         OrderEvent.VENUE_STATUS_CHECKED,

@@ -87,6 +87,7 @@ with workflow.unsafe.imports_passed_through():
         Order,
         OrderProjection,
         Override,
+        PendingAmendment,
         Terms,
         amendment_subject,
         summarise,
@@ -174,6 +175,9 @@ _NONCES_KEPT = 200
 _EXECUTION_GUARDS = "execution-report-guards"
 # Amend: replace reports answer a replace request (histories from before took them as no-ops).
 _AMEND = "amend"
+# An amend at the venue that needs an approval level the order never had waits for it (refused
+# before).
+_AMENDMENT_APPROVAL = "amendment-approval"
 # The venue busts or corrects trades (trade_cancel, trade_correct; refused before).
 _TRADE_CORRECTIONS = "trade-corrections"
 # Busts and corrections once the fills are booked: recorded, and flagged for middle office.
@@ -336,6 +340,10 @@ class OrderWorkflow:
                     RefusalType.INVALID_STATE,
                 )
                 self._amend = None
+            amendment = self._order.amendment
+            if amendment is not None and self._order.status not in _REPLACEABLE:
+                # Filled, canceled, ended or being canceled: the new terms no longer apply.
+                self._withdraw_amendment(f"the order is {self._order.status.value}")
             if self._should_continue_as_new():
                 await self._continue_as_new(projector, notifier)
             if self._time_in_force_over():
@@ -565,6 +573,15 @@ class OrderWorkflow:
             self._release = None
 
     def _set_approval_deadlines(self, escalate_after: timedelta, expire_after: timedelta) -> None:
+        order = self._order
+        order.approval_escalate_at, order.approval_expire_at = self._approval_deadlines(
+            escalate_after, expire_after
+        )
+
+    def _approval_deadlines(
+        self, escalate_after: timedelta, expire_after: timedelta
+    ) -> tuple[datetime, datetime]:
+        """Return when an approval asked for now escalates and expires (tests may shorten both)."""
         timeouts = self._input.timeouts
         if timeouts.override_approval_deadlines:
             escalate_after, expire_after = (
@@ -572,8 +589,7 @@ class OrderWorkflow:
                 timeouts.approval_expire_after,
             )
         now = workflow.now()
-        self._order.approval_escalate_at = now + escalate_after
-        self._order.approval_expire_at = now + expire_after
+        return now + escalate_after, now + expire_after
 
     async def _await_override(self) -> None:
         """Wait for compliance to override the soft breaches; expire when nobody does."""
@@ -691,22 +707,45 @@ class OrderWorkflow:
         if self._commands:
             await self._execute(self._commands.pop(0))
             return
+        amendment = order.amendment
+        amendment_due = None
+        if amendment is not None:
+            if amendment.approvals.current_level is None:
+                await self._replace_approved_amendment(amendment)
+                return
+            if self._deadline_passed(amendment.expire_at):
+                self._expire_amendment(amendment)
+                return
+            if not amendment.escalated and self._deadline_passed(amendment.escalate_at):
+                self._escalate_amendment(amendment)
+                return
+            amendment_due = amendment.expire_at if amendment.escalated else amendment.escalate_at
         ack_due = order.venue_ack_due_at
         ends = order.time_in_force_ends_at if self._may_expire_at_venue() else None
-        deadline = ack_due if ends is None else ends if ack_due is None else min(ack_due, ends)
+        deadlines = [d for d in (ack_due, ends, amendment_due) if d is not None]
         if await self._wait_until(
             lambda: (
                 bool(self._commands)
                 or self._amend is not None
                 or order.status not in AT_VENUE
                 or order.venue_ack_due_at != ack_due
+                or order.amendment is not amendment
+                or (
+                    amendment is not None
+                    and (
+                        amendment.approvals.current_level is None
+                        or order.status not in _REPLACEABLE
+                    )
+                )
             ),
-            deadline,
+            min(deadlines, default=None),
         ):
             return
         if self._may_expire_at_venue() and self._deadline_passed(ends):
             self._expire_at_venue()
             return
+        if self._deadline_passed(amendment_due):
+            return  # the next turn escalates or expires the amend's approval
         if not self._deadline_passed(order.venue_ack_due_at):
             return
         # Released, sent, and still no word from the venue: tell the trader (once), and ask the
@@ -870,19 +909,39 @@ class OrderWorkflow:
             )
             return
         terms = self._amended_terms(request.input)
+        judged: AssessOrderResult | None = None
+        missing: list[str] = []
         if self._raises_notional(terms):
-            judged = await self._assess(order.current_request(terms))
+            judgement = await self._assess(order.current_request(terms))
             if order.status not in _REPLACEABLE:
                 request.refuse(
                     f"the order is {order.status.value}: it can no longer be amended",
                     RefusalType.INVALID_STATE,
                 )
                 return
-            refusal = self._amendment_refusal(judged)
+            refusal = self._amendment_refusal(judgement)
             if refusal is not None:
                 request.refuse(*refusal)
                 return
-        self._request_replace(request.input, terms)
+            assert not isinstance(judgement, str)
+            judged, missing = judgement, self._levels_missing(judgement)
+            if missing and not workflow.patched(_AMENDMENT_APPROVAL):
+                request.refuse(
+                    f"the new terms need approval by {', '.join(missing)}, which this order did "
+                    "not have: cancel it and create a new order for the larger size",
+                    RefusalType.COMPLIANCE_REFUSED,
+                )
+                return
+        input = request.input
+        if order.amendment is not None:
+            self._withdraw_amendment(f"{input.user} amended the order again")
+        attestation = _attested(input.authority, input.policy)
+        if judged is not None and missing:
+            self._await_amendment_approval(input, terms, judged, missing)
+        else:
+            self._request_replace(
+                terms, requested_by=input.user, reason=input.reason, attestation=attestation
+            )
         request.accept()
 
     def _raises_notional(self, terms: Terms) -> bool:
@@ -907,7 +966,6 @@ class OrderWorkflow:
                 "compliance refused the new terms: " + _worded(results, ComplianceOutcome.FAIL),
                 RefusalType.COMPLIANCE_REFUSED,
             )
-        order = self._order
         warned = self._warnings_not_overridden(results)
         if warned:
             return (
@@ -917,15 +975,129 @@ class OrderWorkflow:
                 "a new order",
                 RefusalType.COMPLIANCE_REFUSED,
             )
-        given = {g.level for g in order.approvals.given}
-        missing = [level for level in judged.assessment.approval.levels if level not in given]
-        if missing:
-            return (
-                f"the new terms need approval by {', '.join(missing)}, which this order did not "
-                "have: cancel it and create a new order for the larger size",
-                RefusalType.COMPLIANCE_REFUSED,
-            )
         return None
+
+    def _levels_missing(self, judged: AssessOrderResult) -> list[str]:
+        """Return the approval levels new terms need that nobody has approved on this order."""
+        order = self._order
+        given = [*order.approvals.given]
+        if order.amendment is not None:
+            given += order.amendment.approvals.given
+        approved = {g.level for g in given}
+        return [level for level in judged.assessment.approval.levels if level not in approved]
+
+    def _await_amendment_approval(
+        self, input: AmendInput, terms: Terms, judged: AssessOrderResult, missing: list[str]
+    ) -> None:
+        """Hold an amend until the levels it adds approve; the order works on as it is meanwhile."""
+        order = self._order
+        assessment, policy = judged.assessment, judged.approval_policy
+        escalate_at, expire_at = self._approval_deadlines(
+            policy.escalate_after, policy.expire_after
+        )
+        attestation = _attested(input.authority, input.policy)
+        order.amendment = PendingAmendment(
+            terms=terms,
+            requested_by=input.user,
+            requested_at=workflow.now(),
+            reason=input.reason,
+            attestation=attestation,
+            approvals=ApprovalState(
+                required=missing,
+                rules=list(assessment.approval.rules),
+                matrix_version=assessment.approval.matrix_version,
+                notional=assessment.size_notional,
+                currency=assessment.base_currency,
+            ),
+            notional=assessment.size_notional,
+            currency=assessment.base_currency,
+            escalate_at=escalate_at,
+            expire_at=expire_at,
+        )
+        self._record(
+            OrderEvent.AMENDMENT_AWAITS_APPROVAL,
+            actor=input.user,
+            reason=input.reason,
+            details={
+                **self._terms_details(terms),
+                "approvals_required": _json_list(missing),
+                "approval_rules": _json_list(list(assessment.approval.rules)),
+                "notional": None
+                if assessment.size_notional is None
+                else str(assessment.size_notional),
+                "currency": assessment.base_currency,
+                "expire_at": expire_at.isoformat(),
+                **attestation,
+            },
+        )
+        self._notify_waiting(escalated=False)
+
+    async def _replace_approved_amendment(self, amendment: PendingAmendment) -> None:
+        """Every level approved the amend: judge its terms once more, then ask for the replace."""
+        order = self._order
+        judged = await self._assess(order.current_request(amendment.terms))
+        if order.amendment is not amendment or order.status not in _REPLACEABLE:
+            return  # withdrawn while compliance ran (the loop says why)
+        refusal = self._amendment_refusal(judged)
+        if refusal is None and not isinstance(judged, str):
+            missing = self._levels_missing(judged)
+            if missing:
+                refusal = (
+                    f"the new terms now need approval by {', '.join(missing)} as well",
+                    RefusalType.COMPLIANCE_REFUSED,
+                )
+        if refusal is not None:
+            self._withdraw_amendment(f"approved, but {refusal[0]}")
+            return
+        order.amendment = None
+        self._request_replace(
+            amendment.terms,
+            requested_by=amendment.requested_by,
+            reason=amendment.reason,
+            attestation=amendment.attestation,
+        )
+
+    def _expire_amendment(self, amendment: PendingAmendment) -> None:
+        level = amendment.approvals.current_level or ""
+        key = self._notice_key(level)
+        self._order.amendment = None
+        self._record(
+            OrderEvent.AMENDMENT_EXPIRED,
+            reason=f"approval of the amend at level {level} expired; the order works on as it was",
+        )
+        self._notify_decided(level, Decision.EXPIRED, None, key=key)
+
+    def _escalate_amendment(self, amendment: PendingAmendment) -> None:
+        level = amendment.approvals.current_level or ""
+        amendment.escalated = True
+        self._order.raise_flag(
+            FlagKind.APPROVAL_ESCALATED,
+            f"approval of the amend at level {level} is overdue",
+            at=workflow.now(),
+            ref=level,
+        )
+        self._notify_waiting(escalated=True, again=True)
+
+    def _withdraw_amendment(self, reason: str) -> None:
+        """Drop the amend waiting for approval; the order keeps its current terms."""
+        order = self._order
+        amendment = order.amendment
+        assert amendment is not None
+        level = amendment.approvals.current_level
+        key = self._notice_key(level or "")
+        order.amendment = None
+        self._record(
+            OrderEvent.AMENDMENT_WITHDRAWN,
+            reason=reason,
+            details={
+                "quantity": str(amendment.terms.quantity),
+                "limit_price": None
+                if amendment.terms.limit_price is None
+                else str(amendment.terms.limit_price),
+            },
+        )
+        if level is not None:
+            self._notify_decided(level, Decision.WITHDRAWN, None, reason, key=key)
 
     def _warnings_not_overridden(self, results: list[ComplianceResult]) -> list[ComplianceResult]:
         """Return the rules that warn now and that the order's override did not accept."""
@@ -935,7 +1107,14 @@ class OrderWorkflow:
             r for r in results if r.outcome is ComplianceOutcome.WARN and r.rule not in accepted
         ]
 
-    def _request_replace(self, input: AmendInput, terms: Terms) -> None:
+    def _request_replace(
+        self,
+        terms: Terms,
+        *,
+        requested_by: str,
+        reason: str,
+        attestation: dict[str, JsonValue],
+    ) -> None:
         """Ask the venue to replace the order with `terms`, under a new ClOrdID."""
         order = self._order
         assert order.venue is not None
@@ -950,13 +1129,13 @@ class OrderWorkflow:
         )
         self._record(
             OrderEvent.REPLACE_REQUESTED,
-            actor=input.user,
-            reason=input.reason,
+            actor=requested_by,
+            reason=reason,
             details={
                 **self._terms_details(terms),
                 "cl_ord_id": new_cl_ord_id,
                 "orig_cl_ord_id": current.cl_ord_id,
-                **_attested(input.authority, input.policy),
+                **attestation,
             },
         )
         self._commands.append(
@@ -965,7 +1144,7 @@ class OrderWorkflow:
                 venue=order.venue,
                 cl_ord_id=new_cl_ord_id,
                 orig_cl_ord_id=current.cl_ord_id,
-                requested_by=input.user,
+                requested_by=requested_by,
             )
         )
 
@@ -1224,9 +1403,11 @@ class OrderWorkflow:
 
     @workflow.update
     async def approve(self, input: ApproveInput) -> Order:
-        """Approve the order's current level."""
+        """Approve the level pending: the order's, or that of an amend waiting at the venue."""
         order = self._order
-        level = order.approvals.current_level
+        amendment = order.amendment
+        approvals = self._approvals_pending()
+        level = approvals.current_level
         assert level is not None
         signed = self._statement_for(level, input.authorities)
         if signed is None:  # an order approved before approvals were signed
@@ -1251,21 +1432,33 @@ class OrderWorkflow:
                 policy_version=authority.policy_version,
             )
             details = {**given.model_dump(mode="json"), "authority": signed.model_dump()}
-        order.approvals.given.append(given)
-        event = (
-            OrderEvent.APPROVALS_COMPLETE
-            if order.approvals.current_level is None
-            else OrderEvent.APPROVAL_GIVEN
-        )
+        key = self._notice_key(level)
+        approvals.given.append(given)
+        if amendment is not None:
+            event = (
+                OrderEvent.AMENDMENT_APPROVED
+                if approvals.current_level is None
+                else OrderEvent.AMENDMENT_APPROVAL_GIVEN
+            )
+        elif approvals.current_level is None:
+            event = OrderEvent.APPROVALS_COMPLETE
+        else:
+            event = OrderEvent.APPROVAL_GIVEN
         self._record(event, actor=input.user, details=details)
-        self._notify_decided(level, Decision.APPROVED, input.user, input.comment)
+        self._notify_decided(level, Decision.APPROVED, input.user, input.comment, key=key)
+        if amendment is not None:
+            self._notify_waiting(escalated=amendment.escalated)  # the amend's next level
         return await self._answer()
 
     @approve.validator
     def _validate_approve(self, input: ApproveInput) -> None:
-        self._require_status(OrderStatus.PENDING_APPROVAL, "approve")
+        self._require_level_pending("approve")
         self._require_decider(input.user, input.authorities, Action.APPROVE, "approve it")
-        if any(g.user == input.user for g in self._order.approvals.given):
+        order = self._order
+        given = [*order.approvals.given]
+        if order.amendment is not None:
+            given += order.amendment.approvals.given
+        if any(g.user == input.user for g in given):
             raise _refuse(
                 f"{input.user} already approved a level of this order; one person decides "
                 "at most one level",
@@ -1274,8 +1467,10 @@ class OrderWorkflow:
 
     @workflow.update
     async def reject(self, input: RejectInput) -> Order:
-        """Reject the order at its current level; it ends as approval_rejected."""
-        level = self._order.approvals.current_level
+        """Reject the level pending: the order ends approval_rejected, or the amend is dropped."""
+        order = self._order
+        amendment = order.amendment
+        level = self._approvals_pending().current_level
         details: dict[str, JsonValue] = {"level": level}
         signed = self._statement_for(level, input.authorities)
         if signed is None:  # an order rejected before decisions were signed
@@ -1288,16 +1483,21 @@ class OrderWorkflow:
                 "policy_version": authority.policy_version,
                 "authority": signed.model_dump(),
             }
-        self._record(
-            OrderEvent.APPROVAL_REJECTED, reason=input.reason, actor=input.user, details=details
-        )
+        key = self._notice_key(level or "")
+        if amendment is not None:
+            # The order works on at the venue on its current terms.
+            order.amendment = None
+            event = OrderEvent.AMENDMENT_REJECTED
+        else:
+            event = OrderEvent.APPROVAL_REJECTED
+        self._record(event, reason=input.reason, actor=input.user, details=details)
         if level is not None:
-            self._notify_decided(level, Decision.REJECTED, input.user, input.reason)
+            self._notify_decided(level, Decision.REJECTED, input.user, input.reason, key=key)
         return await self._answer()
 
     @reject.validator
     def _validate_reject(self, input: RejectInput) -> None:
-        self._require_status(OrderStatus.PENDING_APPROVAL, "reject")
+        self._require_level_pending("reject")
         if not input.reason.strip():
             raise _refuse("a rejection needs a reason", RefusalType.INVALID_INPUT, "reason")
         self._require_decider(
@@ -1787,37 +1987,67 @@ class OrderWorkflow:
     def _notify_waiting(self, *, escalated: bool, again: bool = False) -> None:
         """Tell the approvers of the pending level (once, and `again` when it escalates)."""
         order = self._order
-        level = order.approvals.current_level
-        key = f"{level}:escalated" if again else f"{level}"
-        if not self._input.notify_approvers or level is None or key in order.approvals_notified:
+        approvals = self._approvals_pending()
+        level = approvals.current_level
+        if not self._input.notify_approvers or level is None:
+            return
+        key = self._notice_key(level) + (":escalated" if again else "")
+        if key in order.approvals_notified:
             return
         order.approvals_notified.append(key)
-        given = order.approvals.given
-        self._notices.append(
-            ApprovalNeededInput(
-                order_id=order.order_id,
-                fund=order.fund,
-                symbol=order.request.symbol,
-                side=order.request.side,
-                quantity=order.terms.quantity,
-                notional=order.notional,
-                currency=order.currency,
-                created_by=order.created_by,
-                level=level,
-                levels_required=list(order.approvals.required),
-                approved=list(given),
-                escalated=escalated,
-                waiting_since=given[-1].at if given else order.updated_at,
-                compliance=list(order.compliance),
-            )
+        given = approvals.given
+        notice = ApprovalNeededInput(
+            order_id=order.order_id,
+            fund=order.fund,
+            symbol=order.request.symbol,
+            side=order.request.side,
+            quantity=order.terms.quantity,
+            notional=order.notional,
+            currency=order.currency,
+            created_by=order.created_by,
+            level=level,
+            levels_required=list(approvals.required),
+            approved=list(given),
+            escalated=escalated,
+            waiting_since=given[-1].at if given else order.updated_at,
+            compliance=list(order.compliance),
         )
+        amendment = order.amendment
+        if amendment is not None:
+            notice = notice.model_copy(
+                update={
+                    "quantity": amendment.terms.quantity,
+                    "notional": amendment.notional,
+                    "currency": amendment.currency,
+                    # Everyone who approved a level of the order stays out of this decision.
+                    "approved": [*order.approvals.given, *given],
+                    "waiting_since": amendment.waiting_since,
+                    "amends_quantity": order.terms.quantity,
+                    "amend_requested_by": amendment.requested_by,
+                }
+            )
+        self._notices.append(notice)
+
+    def _notice_key(self, level: str) -> str:
+        """Return how a level's notice is remembered: an amend's levels apart from the order's."""
+        amendment = self._order.amendment
+        if amendment is None:
+            return level
+        return f"amend@{amendment.requested_at.isoformat()}:{level}"
 
     def _notify_decided(
-        self, level: str, decision: Decision, by: str | None, reason: str = ""
+        self,
+        level: str,
+        decision: Decision,
+        by: str | None,
+        reason: str = "",
+        *,
+        key: str | None = None,
     ) -> None:
-        """Follow a notice up, so its stale buttons say who decided and when."""
+        """Follow a notice (remembered as `key`, else `level`) up, so its stale buttons say who
+        decided and when."""
         order = self._order
-        if not self._input.notify_approvers or level not in order.approvals_notified:
+        if not self._input.notify_approvers or (key or level) not in order.approvals_notified:
             return
         self._notices.append(
             ApprovalDecidedInput(
@@ -1931,6 +2161,23 @@ class OrderWorkflow:
             kind=kind, venue=order.venue, cl_ord_id=order.terms.cl_ord_id, requested_by=requested_by
         )
 
+    def _approvals_pending(self) -> ApprovalState:
+        """Return the approvals being decided: an amend's while one waits, else the order's."""
+        amendment = self._order.amendment
+        return amendment.approvals if amendment is not None else self._order.approvals
+
+    def _require_level_pending(self, action: str) -> None:
+        """Refuse a decision unless a level waits: the order's, or an amend's at the venue."""
+        order = self._order
+        amendment = order.amendment
+        if amendment is None or order.closed:
+            self._require_status(OrderStatus.PENDING_APPROVAL, action)
+        elif amendment.approvals.current_level is None:
+            raise _refuse(
+                f"cannot {action}: every level approved the amend; it is on its way to the venue",
+                RefusalType.INVALID_STATE,
+            )
+
     def _require_status(self, status: OrderStatus, action: str) -> None:
         if self._order.status is not status or self._order.closed:
             raise _refuse(
@@ -1945,9 +2192,12 @@ class OrderWorkflow:
 
         Levels go in order: the only level anyone can decide is the one pending.
         """
-        level = self._order.approvals.current_level
+        level = self._approvals_pending().current_level
         if user == self._order.created_by:
             raise _refuse(f"the order's creator cannot {doing}", RefusalType.FORBIDDEN)
+        amendment = self._order.amendment
+        if amendment is not None and user == amendment.requested_by:
+            raise _refuse(f"whoever asked for the amend cannot {doing}", RefusalType.FORBIDDEN)
         signed = self._statement_for(level, authorities)
         if signed is None:
             raise _refuse(

@@ -203,6 +203,8 @@ async def _stale_notice(
         return chat.refusal_reply(order, order_id)
     if order.status is OrderStatus.PENDING_APPROVAL and order.approvals.current_level == level:
         return None
+    if order.amendment is not None and order.amendment.approvals.current_level == level:
+        return None
     return chat.already_decided_reply(order, level)
 
 

@@ -287,6 +287,45 @@ async def test_the_follow_up_says_who_decided_and_when(webhook: ChatWebhookServe
     )
 
 
+async def test_an_amend_notice_shows_the_new_terms_and_its_withdrawal_is_followed_up(
+    webhook: ChatWebhookServer,
+) -> None:
+    approved = [ApprovalGiven(level="desk_head", user="dana", at=WAITING_SINCE)]
+    async with httpx.AsyncClient() as http:
+        chat = notifier(http, webhook.url())
+        await ActivityEnvironment().run(
+            chat.notify_approval_needed,
+            needed(
+                level="cio",
+                levels_required=["cio"],
+                approved=approved,
+                amends_quantity=Decimal(1000),
+                amend_requested_by="tom",
+            ),
+        )
+        await ActivityEnvironment().run(
+            chat.notify_decided,
+            ApprovalDecidedInput(
+                order_id="ord_0123456789abcdef0123",
+                level="cio",
+                decision=Decision.WITHDRAWN,
+                at=datetime(2025, 3, 4, 15, 2, tzinfo=UTC),
+                reason="the order is filled",
+            ),
+        )
+    notice, withdrawn = webhook.wait_for_posts(2)
+    assert blocks_of(notice, "header")[0]["text"]["text"] == "Amend approval needed: cio"
+    text = all_text(notice)
+    assert "*Amend* of a working order to *BUY 50,000 AAPL* (working now: 1,000)" in text
+    assert "asked by *tom*" in text
+    # Whoever approved a level of the order stays out of the amend's decision.
+    assert "<@U0CARL>" in text and "<@U0DANA>" not in text
+    assert withdrawn["text"] == (
+        "ord_0123456789abcdef0123: the amend waiting on cio was withdrawn at 2025-03-04 15:02 UTC"
+    )
+    assert "the order is filled" in all_text(withdrawn)
+
+
 async def test_without_a_webhook_nothing_is_sent(webhook: ChatWebhookServer) -> None:
     async with httpx.AsyncClient() as http:
         chat = notifier(http, None)

@@ -8,6 +8,7 @@ import pytest
 
 from tests.api.conftest import Stack
 from tests.api.test_execution_guards import released, report, send
+from tests.api.test_inbox import whole_inbox
 from tests.api.test_orders_api import create, order_body
 
 
@@ -187,3 +188,73 @@ async def test_cancel_by_role(stack: Stack) -> None:
     )
     done = await send(stack, report(order_id, f"{order_id}-cxl", "canceled"))
     assert done.status_code == 202 and done.json()["order_status"] == "canceled", done.text
+
+
+async def test_an_upsize_needing_a_new_level_waits_in_the_approvers_inbox(stack: Stack) -> None:
+    order_id = await working(stack)
+    working_quantity = (await stack.call("tom", "GET", f"/orders/{order_id}")).json()["quantity"]
+    # 50,000 at 231 is past 10,000,000: the cio must approve, which the order never needed.
+    answer = await amend(stack, "alice", order_id, {"quantity": "50000", "reason": "scale up"})
+    assert answer.status_code == 200, answer.text
+    order = answer.json()
+    assert (order["status"], order["quantity"]) == ("working", working_quantity)
+    pending = order["amendment"]
+    assert (pending["quantity"], pending["requested_by"], pending["reason"]) == (
+        "50000",
+        "alice",
+        "scale up",
+    )
+    assert pending["approvals"]["required"] == ["cio"] and pending["expire_at"]
+
+    # The cio's inbox lists it, the new terms beside the working ones; dana's does not.
+    items = await whole_inbox(stack, "carl")
+    item = next(i for i in items if i["order_id"] == order_id)
+    assert (item["approval_level"], item["approvals_required"]) == ("cio", ["cio"])
+    assert item["may_decide"] and item["quantity"] == working_quantity
+    assert (item["amendment"]["quantity"], item["amendment"]["working_quantity"]) == (
+        "50000",
+        working_quantity,
+    )
+    assert order_id not in {i["order_id"] for i in await whole_inbox(stack, "dana")}
+
+    # The desk head already approved the order, and holds no cio level anyway.
+    refused = await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})
+    assert refused.status_code == 403, refused.text
+    approved = await stack.call("carl", "POST", f"/orders/{order_id}/approve", {"comment": "ok"})
+    assert approved.status_code == 200, approved.text
+    order = await stack.wait_for_status("tom", order_id, "pending_replace")
+    assert order["amendment"] is None
+    assert order["replace_pending"] == {
+        "quantity": "50000",
+        "limit_price": "231",
+        "cl_ord_id": f"{order_id}-R1",
+        "orig_cl_ord_id": order_id,
+    }
+    assert order_id not in {i["order_id"] for i in await whole_inbox(stack, "carl")}
+    history = (await stack.call("cora", "GET", f"/orders/{order_id}/history")).json()
+    events = [e["event"] for e in history]
+    waited = events.index("amendment_awaits_approval")
+    assert events.index("amendment_approved") > waited
+    assert events.index("replace_requested") > events.index("amendment_approved")
+
+    replaced = await send(stack, report(order_id, f"{order_id}-rep", "replaced"))
+    assert replaced.status_code == 202, replaced.text
+    assert replaced.json()["leaves_quantity"] == "50000"
+    await close(stack, order_id)
+
+
+async def test_a_rejected_upsize_leaves_the_order_working_as_it_was(stack: Stack) -> None:
+    order_id = await working(stack)
+    answer = await amend(stack, "tom", order_id, {"quantity": "50000"})
+    assert answer.status_code == 200 and answer.json()["amendment"], answer.text
+    no_reason = await stack.call("carl", "POST", f"/orders/{order_id}/reject", {"reason": " "})
+    assert no_reason.status_code == 422, no_reason.text
+    rejected = await stack.call(
+        "carl", "POST", f"/orders/{order_id}/reject", {"reason": "not today"}
+    )
+    assert rejected.status_code == 200, rejected.text
+    order = rejected.json()
+    assert (order["status"], order["amendment"]) == ("working", None)
+    again = await stack.call("carl", "POST", f"/orders/{order_id}/reject", {"reason": "twice"})
+    assert again.status_code == 409, again.text
+    await close(stack, order_id)

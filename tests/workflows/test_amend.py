@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 from domain.authority import Action
 from domain.errors import RefusalType
 from domain.models import AllocationRequest, ComplianceOutcome, ExecType, OrderStatus
-from domain.order import Order, amendment_subject
+from domain.order import FlagKind, Order, amendment_subject
 from domain.status import REPLACED_EVENTS, OrderEvent
 from tests.authority import statement
-from tests.workflows.conftest import Desk, OrderHandle, settle_all, wait_for_status
+from tests.workflows.conftest import (
+    SHORT_APPROVALS,
+    Desk,
+    OrderHandle,
+    settle_all,
+    wait_for_status,
+)
 from tests.workflows.test_order_workflow import (
     CIO,
     approve_as,
@@ -18,7 +25,13 @@ from tests.workflows.test_order_workflow import (
     report,
 )
 from tests.workflows.test_replay import replays
-from workflows.messages import AmendInput, CancelInput, ExecutionReportResult, ReleaseInput
+from workflows.messages import (
+    AmendInput,
+    CancelInput,
+    ExecutionReportResult,
+    RejectInput,
+    ReleaseInput,
+)
 from workflows.order import AMEND_AT_VENUE, OrderWorkflow
 
 
@@ -316,13 +329,7 @@ async def test_an_upsize_at_the_venue_is_checked_by_compliance_and_the_approvals
     assert state.status is OrderStatus.PENDING_REPLACE
     await report(desk, handle, "u-1", ExecType.REPLACED)
     await wait_for_status(handle, OrderStatus.WORKING)
-    # Past 10,000,000 the cio would have had to approve: refused, the order works on as it was.
-    refused = await refusal_of(
-        handle, OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="50000")
-    )
-    assert refused.type == RefusalType.COMPLIANCE_REFUSED
-    assert "cio" in refused.message
-    # And past the fund's hard limit.
+    # Past the fund's hard limit: refused, the order works on as it was.
     refused = await refusal_of(
         handle, OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="300000")
     )
@@ -419,3 +426,117 @@ async def test_the_fill_that_completes_the_old_terms_ends_a_pending_replace(desk
     late = await report(desk, handle, "race-2", ExecType.REPLACE_REJECTED)
     assert isinstance(late, ExecutionReportResult) and late.verdict.value == "refused"
     await settle_all(handle)
+
+
+async def test_an_upsize_that_needs_a_new_level_waits_for_it_while_the_order_works_on(
+    desk: Desk,
+) -> None:
+    handle = await working(desk, quantity="1000")
+    order_id = order_id_of(handle)
+    # Past 10,000,000 the cio must approve too: dana's desk_head approval covered 1,000.
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="50000")
+    )
+    assert (state.status, state.terms.quantity) == (OrderStatus.WORKING, Decimal(1000))
+    amendment = state.amendment
+    assert amendment is not None and amendment.terms.quantity == Decimal(50000)
+    assert amendment.approvals.required == ["cio"] and amendment.requested_by == "alice"
+    assert amendment.notional is not None and amendment.notional > Decimal(10_000_000)
+    assert (
+        kinds(await handle.query(OrderWorkflow.state))[-1] is OrderEvent.AMENDMENT_AWAITS_APPROVAL
+    )
+    # The order fills on its current terms meanwhile.
+    verdict = await report(desk, handle, "n-1", ExecType.TRADE, "400", "230")
+    assert isinstance(verdict, ExecutionReportResult)
+    state = await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
+    assert state.amendment is not None
+    # Nobody who approved a level of the order, and not its creator, decides the new one.
+    refused = await refusal_of(handle, OrderWorkflow.approve, approve_as("dana", CIO))
+    assert refused.type == RefusalType.FORBIDDEN and "already approved" in refused.message
+    refused = await refusal_of(handle, OrderWorkflow.approve, approve_as("alice", CIO))
+    assert refused.type == RefusalType.FORBIDDEN and "creator" in refused.message
+    # Nor someone without the level.
+    refused = await refusal_of(handle, OrderWorkflow.approve, approve_as("bea"))
+    assert refused.type == RefusalType.FORBIDDEN
+
+    await handle.execute_update(OrderWorkflow.approve, approve_as("carl", CIO))
+    state = await wait_for_status(handle, OrderStatus.PENDING_REPLACE)
+    assert state.amendment is None
+    assert state.replacing is not None and state.replacing.quantity == Decimal(50000)
+    assert state.replacing.cl_ord_id == f"{order_id}-R1"
+    approved = next(e for e in state.events if e.kind is OrderEvent.AMENDMENT_APPROVED)
+    assert approved.actor == "carl" and approved.details["level"] == "cio"
+    requested = next(e for e in state.events if e.kind is OrderEvent.REPLACE_REQUESTED)
+    assert requested.actor == "alice"  # the amend's author, on her signed word
+    assert requested.details["authority"]
+    await report(desk, handle, "n-2", ExecType.REPLACED)
+    state = await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
+    assert (state.terms.quantity, state.leaves_quantity) == (Decimal(50000), Decimal(49600))
+    # Nothing is left to decide.
+    refused = await refusal_of(handle, OrderWorkflow.approve, approve_as("cleo", CIO))
+    assert refused.type == RefusalType.INVALID_STATE
+    await report(desk, handle, "n-3", ExecType.CANCELED)
+    await settle_all(handle)
+    await replays(handle, "v2_order_amend_approved_at_venue")
+
+
+async def test_an_amend_waiting_for_approval_is_rejected_superseded_expired_or_withdrawn(
+    desk: Desk,
+) -> None:
+    handle = await working(desk, quantity="1000", timeouts=SHORT_APPROVALS)
+    order_id = order_id_of(handle)
+
+    async def upsize() -> None:
+        state = await handle.execute_update(
+            OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="50000")
+        )
+        assert state.amendment is not None
+
+    # Rejected: the order works on as it was.
+    await upsize()
+    refused = await refusal_of(
+        handle, OrderWorkflow.reject, RejectInput(user="carl", reason=" ", grants=[CIO])
+    )
+    assert refused.type == RefusalType.INVALID_INPUT
+    state = await handle.execute_update(
+        OrderWorkflow.reject, RejectInput(user="carl", reason="too big today", grants=[CIO])
+    )
+    assert state.amendment is None
+    assert (state.status, state.terms.quantity) == (OrderStatus.WORKING, Decimal(1000))
+    state = await handle.query(OrderWorkflow.state)
+    rejected = next(e for e in state.events if e.kind is OrderEvent.AMENDMENT_REJECTED)
+    assert (rejected.actor, rejected.reason) == ("carl", "too big today")
+
+    # Superseded by an amend that needs no new level: that one goes to the venue.
+    await upsize()
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="2000")
+    )
+    assert state.amendment is None and state.status is OrderStatus.PENDING_REPLACE
+    state = await handle.query(OrderWorkflow.state)
+    withdrawn = [e for e in state.events if e.kind is OrderEvent.AMENDMENT_WITHDRAWN]
+    assert withdrawn[-1].reason == "alice amended the order again"
+    await report(desk, handle, "s-1", ExecType.REPLACED)
+    await wait_for_status(handle, OrderStatus.WORKING)
+
+    # Nobody decides: escalated after an hour, expired after two.
+    await upsize()
+    await desk.env.sleep(timedelta(hours=1, minutes=1))
+    state = await handle.query(OrderWorkflow.state)
+    assert state.amendment is not None and state.amendment.escalated
+    assert any(f.kind is FlagKind.APPROVAL_ESCALATED for f in state.flags)
+    await desk.env.sleep(timedelta(hours=1))
+    state = await handle.query(OrderWorkflow.state)
+    assert state.amendment is None
+    assert (state.status, state.terms.quantity) == (OrderStatus.WORKING, Decimal(2000))
+    assert kinds(state)[-1] is OrderEvent.AMENDMENT_EXPIRED
+
+    # Withdrawn when the order fills on its current terms first.
+    await upsize()
+    await report(desk, handle, "s-2", ExecType.TRADE, "2000", "230")
+    state = await wait_for_status(handle, OrderStatus.SETTLEMENT_PENDING)
+    assert state.amendment is None
+    withdrawn = [e for e in state.events if e.kind is OrderEvent.AMENDMENT_WITHDRAWN]
+    assert withdrawn[-1].reason == "the order is filled"
+    await settle_all(handle)
+    await replays(handle, "v2_order_amend_rejected_superseded_expired_withdrawn")
