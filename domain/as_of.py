@@ -31,8 +31,8 @@ from domain.models import (
     SettlementInstruction,
     SettlementStatus,
 )
-from domain.order import Flag, FlagKind, Order, Override, Terms
-from domain.status import INFORMATIONAL
+from domain.order import Flag, FlagKind, Order, Override, PendingAmendment, Terms
+from domain.status import AT_VENUE, INFORMATIONAL
 from domain.status import OrderEvent as E
 
 # Text, not OrderEvent members, so this module does not depend on a workflow that records them.
@@ -41,6 +41,9 @@ REPLACE_REQUESTED = "replace_requested"  # details: the new terms and the new Cl
 # The venue took a replace: the order has the new terms (in the details) and ClOrdID.
 REPLACED = frozenset({"replaced", "replaced_after_fills", "replaced_to_filled"})
 REPLACE_REJECTED = frozenset({"replace_rejected", "replace_rejected_after_fills"})
+# An amend at the venue waiting for approval levels, and how that wait ends.
+_AMENDMENT_APPROVALS = frozenset({E.AMENDMENT_APPROVAL_GIVEN, E.AMENDMENT_APPROVED})
+_AMENDMENT_ENDED = frozenset({E.AMENDMENT_REJECTED, E.AMENDMENT_EXPIRED, E.AMENDMENT_WITHDRAWN})
 _COMPLIANCE_EVENTS = frozenset({E.COMPLIANCE_PASSED, E.COMPLIANCE_WARNED, E.COMPLIANCE_FAILED})
 _APPROVAL_EVENTS = frozenset({E.APPROVAL_GIVEN, E.APPROVALS_COMPLETE})
 
@@ -136,16 +139,27 @@ class _Fold:
 
     def apply(self, event: LoggedEvent) -> None:
         kind, details = event.kind, event.details
+        order = self.order
         if kind == AMENDED:
-            _amended(self.order, details)
+            _amended(order, details)
+        elif kind == E.AMENDMENT_AWAITS_APPROVAL:
+            order.amendment = _amendment(order, event)
+        elif kind in _AMENDMENT_APPROVALS and order.amendment is not None:
+            order.amendment.approvals.given.append(ApprovalGiven.model_validate(details))
+        elif kind in _AMENDMENT_ENDED:
+            order.amendment = None
         elif kind == REPLACE_REQUESTED:
+            order.amendment = None
             self.replacing_cl_ord_id = _text(details.get("cl_ord_id"))
+            order.replacing = _replacing(order, details)
         elif kind in REPLACED:
-            _replaced(self.order, details, self.replacing_cl_ord_id)
-            self.replacing_cl_ord_id = None
+            _replaced(order, details, self.replacing_cl_ord_id)
+            self.replacing_cl_ord_id = order.replacing = None
         elif kind in REPLACE_REJECTED:
-            self.replacing_cl_ord_id = None
-        _apply(self.order, event, self.settlements)
+            self.replacing_cl_ord_id = order.replacing = None
+        _apply(order, event, self.settlements)
+        if order.status not in AT_VENUE:
+            order.replacing = None
 
 
 def _text(value: Any) -> str | None:
@@ -242,10 +256,13 @@ def _cl_ord_id(order: Order, details: dict[str, Any]) -> None:
 
 def _new_terms(order: Order, details: dict[str, Any]) -> None:
     """Take the order's new quantity and limit from an event's details (absent: unchanged)."""
-    terms = order.terms
+    _take_terms(order.terms, order.filled_quantity, details)
+
+
+def _take_terms(terms: Terms, filled: Decimal, details: dict[str, Any]) -> None:
     if details.get("quantity") is not None:
         # Never below what is already filled, as the workflow keeps it.
-        terms.quantity = max(Decimal(str(details["quantity"])), order.filled_quantity)
+        terms.quantity = max(Decimal(str(details["quantity"])), filled)
     if "limit_price" in details:
         terms.limit_price = _decimal(details["limit_price"])
     if "allocations" in details:
@@ -263,6 +280,42 @@ def _amended(order: Order, details: dict[str, Any]) -> None:
     order.approvals = ApprovalState()
 
 
+def _amendment(order: Order, event: LoggedEvent) -> PendingAmendment:
+    """The amend the event says waits for approval: its terms, levels and deadline."""
+    details = event.details
+    terms = order.terms.model_copy(deep=True)
+    _take_terms(terms, order.filled_quantity, details)
+    expire_at = details.get("expire_at")
+    notional, currency = _decimal(details.get("notional")), _text(details.get("currency"))
+    return PendingAmendment(
+        terms=terms,
+        requested_by=event.actor,
+        requested_at=event.at,
+        reason=event.reason,
+        approvals=ApprovalState(
+            required=[str(level) for level in details.get("approvals_required", [])],
+            rules=[str(rule) for rule in details.get("approval_rules", [])],
+            matrix_version=str(details.get("matrix_version", "")),
+            notional=notional,
+            currency=currency,
+        ),
+        notional=notional,
+        currency=currency,
+        expire_at=None if expire_at is None else datetime.fromisoformat(str(expire_at)),
+    )
+
+
+def _replacing(order: Order, details: dict[str, Any]) -> Terms:
+    """The terms a replace request asked the venue for, under its new ClOrdID."""
+    terms = order.terms.model_copy(deep=True)
+    _take_terms(terms, order.filled_quantity, details)
+    cl_ord_id = _text(details.get("cl_ord_id"))
+    if cl_ord_id:
+        terms.previous_cl_ord_ids.append(terms.cl_ord_id)
+        terms.cl_ord_id = cl_ord_id
+    return terms
+
+
 def _replaced(order: Order, details: dict[str, Any], cl_ord_id: str | None) -> None:
     """The venue replaced the order: the new terms, under the ClOrdID the request named.
 
@@ -273,6 +326,8 @@ def _replaced(order: Order, details: dict[str, Any], cl_ord_id: str | None) -> N
 
 
 def _flag(order: Order, event: LoggedEvent) -> None:
+    if event.details.get("flag") == FlagKind.APPROVAL_ESCALATED and order.amendment is not None:
+        order.amendment.escalated = True
     try:
         kind = FlagKind(str(event.details.get("flag")))
     except ValueError:

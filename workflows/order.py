@@ -1022,6 +1022,7 @@ class OrderWorkflow:
                 **self._terms_details(terms),
                 "approvals_required": _json_list(missing),
                 "approval_rules": _json_list(list(assessment.approval.rules)),
+                "matrix_version": assessment.approval.matrix_version,
                 "notional": None
                 if assessment.size_notional is None
                 else str(assessment.size_notional),

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import Stack
+from tests.api.test_audit_api import as_of, assert_same_view, live_then
 from tests.api.test_execution_guards import released, report, send
 from tests.api.test_inbox import whole_inbox
 from tests.api.test_orders_api import create, order_body
@@ -216,6 +217,9 @@ async def test_an_upsize_needing_a_new_level_waits_in_the_approvers_inbox(stack:
         working_quantity,
     )
     assert order_id not in {i["order_id"] for i in await whole_inbox(stack, "dana")}
+    # What the approver saw is what the timeline folds back to, afterwards.
+    seen, seen_at = await live_then(stack, order_id, "carl")
+    assert seen["amendment"]["quantity"] == "50000"
 
     # The desk head already approved the order, and holds no cio level anyway.
     refused = await stack.call("dana", "POST", f"/orders/{order_id}/approve", {})
@@ -231,6 +235,7 @@ async def test_an_upsize_needing_a_new_level_waits_in_the_approvers_inbox(stack:
         "orig_cl_ord_id": order_id,
     }
     assert order_id not in {i["order_id"] for i in await whole_inbox(stack, "carl")}
+    replacing, replacing_at = await live_then(stack, order_id, "tom")
     history = (await stack.call("cora", "GET", f"/orders/{order_id}/history")).json()
     events = [e["event"] for e in history]
     waited = events.index("amendment_awaits_approval")
@@ -240,6 +245,8 @@ async def test_an_upsize_needing_a_new_level_waits_in_the_approvers_inbox(stack:
     replaced = await send(stack, report(order_id, f"{order_id}-rep", "replaced"))
     assert replaced.status_code == 202, replaced.text
     assert replaced.json()["leaves_quantity"] == "50000"
+    assert_same_view(await as_of(stack, order_id, seen_at), seen)
+    assert_same_view(await as_of(stack, order_id, replacing_at), replacing)
     await close(stack, order_id)
 
 
