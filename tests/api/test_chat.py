@@ -23,6 +23,7 @@ from api.errors import ApiError
 from config import Settings
 from tests.activities.test_notifications import ChatWebhookServer
 from tests.api.conftest import Stack
+from tests.api.test_amend_api import close, working
 from tests.api.test_orders_api import create
 
 # Slack's "Verifying requests from Slack" worked example, byte for byte. (Its token is the
@@ -417,3 +418,21 @@ async def test_an_absurd_order_id_is_not_echoed_back_whole(stack: Stack) -> None
     assert answer["response_type"] == "ephemeral"
     assert len(answer["text"]) < 120
     assert "<!channel>" not in json.dumps(answer)
+
+
+async def test_the_cio_approves_an_amend_of_a_working_order_with_its_notice_button(
+    stack: Stack, response_urls: ChatWebhookServer
+) -> None:
+    order_id = await working(stack)
+    amended = await stack.call("alice", "POST", f"/orders/{order_id}/amend", {"quantity": "50000"})
+    assert amended.status_code == 200 and amended.json()["amendment"], amended.text
+    url = response_urls.url("/actions/T0OMS/2/x")
+    # A desk_head notice's button (an old one) decides nothing: the amend waits on cio.
+    stale = await click(stack, "U0HANA", "approve", order_id, "desk_head", url)
+    assert stale["response_type"] == "ephemeral"
+    approved = await click(stack, "U0CARL", "approve", order_id, "cio", url)
+    assert approved["response_type"] == "in_channel", approved
+    assert approved["text"].startswith(f"carl approved cio of {order_id} at ")
+    order = await stack.wait_for_status("tom", order_id, "pending_replace")
+    assert order["replace_pending"]["quantity"] == "50000"
+    await close(stack, order_id)
