@@ -231,6 +231,7 @@ class PendingAmendmentView(BaseModel):
     currency: str | None
     escalated: bool
     expire_at: datetime | None
+    compliance: list[ComplianceResult] = Field(description="Compliance's results on the new terms.")
 
     @classmethod
     def of(cls, amendment: PendingAmendment) -> PendingAmendmentView:
@@ -247,6 +248,7 @@ class PendingAmendmentView(BaseModel):
                     "currency",
                     "escalated",
                     "expire_at",
+                    "compliance",
                 }
             ),
         )

@@ -149,7 +149,10 @@ class _Fold:
         elif kind in _AMENDMENT_ENDED:
             order.amendment = None
         elif kind == REPLACE_REQUESTED:
-            order.amendment = None
+            amendment, order.amendment = order.amendment, None
+            if amendment is not None:  # approved: its levels are the order's now
+                order.approvals.required += amendment.approvals.required
+                order.approvals.given += amendment.approvals.given
             self.replacing_cl_ord_id = _text(details.get("cl_ord_id"))
             order.replacing = _replacing(order, details)
         elif kind in REPLACED:
@@ -302,6 +305,7 @@ def _amendment(order: Order, event: LoggedEvent) -> PendingAmendment:
         notional=notional,
         currency=currency,
         expire_at=None if expire_at is None else datetime.fromisoformat(str(expire_at)),
+        compliance=[ComplianceResult.model_validate(r) for r in details.get("results", [])],
     )
 
 

@@ -124,6 +124,9 @@ class PendingAmendment(BaseModel):
     escalate_at: datetime | None = None
     expire_at: datetime | None = None
     escalated: bool = False
+    compliance: list[ComplianceResult] = Field(
+        default_factory=list, description="Compliance's results on the new terms."
+    )
 
     @property
     def waiting_since(self) -> datetime:
@@ -515,6 +518,8 @@ def _amendment_columns(order: Order, amendment: PendingAmendment) -> dict[str, A
         "approval_waiting_since": amendment.waiting_since if level is not None else None,
         "approval_escalated": level is not None and amendment.escalated,
         "approval_expire_at": amendment.expire_at if level is not None else None,
+        # The approver judges the new terms: compliance's results on them.
+        **_compliance_columns(amendment.compliance or order.compliance),
         "amendment": AmendmentSummary(
             quantity=amendment.terms.quantity,
             limit_price=amendment.terms.limit_price,

@@ -1013,6 +1013,7 @@ class OrderWorkflow:
             currency=assessment.base_currency,
             escalate_at=escalate_at,
             expire_at=expire_at,
+            compliance=list(assessment.results),
         )
         self._record(
             OrderEvent.AMENDMENT_AWAITS_APPROVAL,
@@ -1028,6 +1029,7 @@ class OrderWorkflow:
                 else str(assessment.size_notional),
                 "currency": assessment.base_currency,
                 "expire_at": expire_at.isoformat(),
+                "results": [r.model_dump(mode="json") for r in assessment.results],
                 **attestation,
             },
         )
@@ -1050,6 +1052,9 @@ class OrderWorkflow:
         if refusal is not None:
             self._withdraw_amendment(f"approved, but {refusal[0]}")
             return
+        # The levels now approved are the order's: a later amend does not ask them again.
+        order.approvals.required += amendment.approvals.required
+        order.approvals.given += amendment.approvals.given
         order.amendment = None
         self._request_replace(
             amendment.terms,
@@ -2024,6 +2029,7 @@ class OrderWorkflow:
                     "approved": [*order.approvals.given, *given],
                     "waiting_since": amendment.waiting_since,
                     "amends_quantity": order.terms.quantity,
+                    "compliance": list(amendment.compliance),
                     "amend_requested_by": amendment.requested_by,
                 }
             )

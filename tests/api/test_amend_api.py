@@ -212,6 +212,8 @@ async def test_an_upsize_needing_a_new_level_waits_in_the_approvers_inbox(stack:
     item = next(i for i in items if i["order_id"] == order_id)
     assert (item["approval_level"], item["approvals_required"]) == ("cio", ["cio"])
     assert item["may_decide"] and item["quantity"] == working_quantity
+    # Compliance's results are those on the new terms: what the approver decides.
+    assert any("50,000" in r["message"] for r in item["compliance"])
     assert (item["amendment"]["quantity"], item["amendment"]["working_quantity"]) == (
         "50000",
         working_quantity,

@@ -442,6 +442,7 @@ async def test_an_upsize_that_needs_a_new_level_waits_for_it_while_the_order_wor
     assert amendment is not None and amendment.terms.quantity == Decimal(50000)
     assert amendment.approvals.required == ["cio"] and amendment.requested_by == "alice"
     assert amendment.notional is not None and amendment.notional > Decimal(10_000_000)
+    assert any("50,000" in r.message for r in amendment.compliance)  # judged on the new terms
     assert (
         kinds(await handle.query(OrderWorkflow.state))[-1] is OrderEvent.AMENDMENT_AWAITS_APPROVAL
     )
@@ -469,9 +470,18 @@ async def test_an_upsize_that_needs_a_new_level_waits_for_it_while_the_order_wor
     requested = next(e for e in state.events if e.kind is OrderEvent.REPLACE_REQUESTED)
     assert requested.actor == "alice"  # the amend's author, on her signed word
     assert requested.details["authority"]
+    # The cio's approval is the order's now: a later upsize does not ask it again.
+    assert state.approvals.required == ["desk_head", "cio"]
+    assert [g.user for g in state.approvals.given] == ["dana", "carl"]
     await report(desk, handle, "n-2", ExecType.REPLACED)
     state = await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
     assert (state.terms.quantity, state.leaves_quantity) == (Decimal(50000), Decimal(49600))
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="60000")
+    )
+    assert (state.status, state.amendment) == (OrderStatus.PENDING_REPLACE, None)
+    await report(desk, handle, "n-2b", ExecType.REPLACED)
+    await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
     # Nothing is left to decide.
     refused = await refusal_of(handle, OrderWorkflow.approve, approve_as("cleo", CIO))
     assert refused.type == RefusalType.INVALID_STATE
