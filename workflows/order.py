@@ -343,7 +343,12 @@ class OrderWorkflow:
             amendment = self._order.amendment
             if amendment is not None and self._order.status not in _REPLACEABLE:
                 # Filled, canceled, ended or being canceled: the new terms no longer apply.
-                self._withdraw_amendment(f"the order is {self._order.status.value}")
+                status = self._order.status
+                self._withdraw_amendment(
+                    "a cancel was requested"
+                    if status is OrderStatus.PENDING_CANCEL
+                    else f"the order is {status.value}"
+                )
             if self._should_continue_as_new():
                 await self._continue_as_new(projector, notifier)
             if self._time_in_force_over():

@@ -266,4 +266,13 @@ async def test_a_rejected_upsize_leaves_the_order_working_as_it_was(stack: Stack
     assert (order["status"], order["amendment"]) == ("working", None)
     again = await stack.call("carl", "POST", f"/orders/{order_id}/reject", {"reason": "twice"})
     assert again.status_code == 409, again.text
+
+    # A cancel withdraws an amend still waiting; a late approval then has nothing to decide.
+    waiting = await amend(stack, "tom", order_id, {"quantity": "50000"})
+    assert waiting.json()["amendment"], waiting.text
     await close(stack, order_id)
+    late = await stack.call("carl", "POST", f"/orders/{order_id}/approve", {})
+    assert late.status_code == 409, late.text
+    history = (await stack.call("cora", "GET", f"/orders/{order_id}/history")).json()
+    (withdrawn,) = [e for e in history if e["event"] == "amendment_withdrawn"]
+    assert withdrawn["reason"] == "a cancel was requested"
