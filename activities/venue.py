@@ -23,6 +23,11 @@ class CancelAtVenueInput(BaseModel):
     cl_ord_id: str = Field(
         default="", description="Empty from v1 orders: their ClOrdID is the order id."
     )
+    orig_cl_ord_id: str = Field(
+        default="",
+        description="The ClOrdID of the order to cancel, when the request has its own "
+        "`cl_ord_id` (empty: orders from before cancel requests had one).",
+    )
 
     @model_validator(mode="after")
     def _v1_cl_ord_id(self) -> CancelAtVenueInput:
@@ -76,7 +81,9 @@ class VenueActivities:
     async def cancel_at_venue(self, input: CancelAtVenueInput) -> None:
         """Ask the venue to cancel the order sent as `cl_ord_id`; the answer comes as a report."""
         try:
-            await self._venue(input.venue).cancel(input.order_id, input.cl_ord_id)
+            await self._venue(input.venue).cancel(
+                input.order_id, input.cl_ord_id, input.orig_cl_ord_id
+            )
         except VenueRefusedError as exc:
             raise _refused(exc) from exc
 

@@ -50,6 +50,8 @@ class SimVenueOrderRow(SQLModel, table=True):
     next_exec: int = 1
     cancel_requested: bool = False
     cancel_answered: bool = False
+    # The ClOrdID of the last cancel request (None: rows from before requests had their own).
+    cancel_cl_ord_id: str | None = Field(default=None, max_length=128)
     # The ClOrdID the order goes by since its last replace (None: `cl_ord_id`), and a replace
     # request waiting for the venue's answer: its new ClOrdID and terms.
     current_cl_ord_id: str | None = Field(default=None, max_length=128, index=True)
@@ -159,26 +161,38 @@ def venue_orders(session: Session) -> list[SimVenueOrderRow]:
 
 
 def request_cancel(
-    session: Session, order_id: str, cl_ord_id: str, now: datetime
+    session: Session, order_id: str, cl_ord_id: str, orig_cl_ord_id: str, now: datetime
 ) -> SimVenueOrderRow | None:
-    """Record a cancel request (once) and make it due now.
+    """Record a cancel request, under its ClOrdID, of the order going by `orig_cl_ord_id`.
 
-    A repeated request changes nothing: a venue answers a ClOrdID's cancel once.
+    A repeated request changes nothing: a venue answers a cancel ClOrdID once. A new cancel
+    ClOrdID after the last request was answered (rejected) is a new request, due now.
 
     Returns:
         The order as it stands, or None if the venue has no such ClOrdID for `order_id`.
     """
+    cancel = col(SimVenueOrderRow.cancel_cl_ord_id)
     session.exec(
         update(SimVenueOrderRow)
         .where(
-            _goes_by(cl_ord_id),
+            _goes_by(orig_cl_ord_id),
             col(SimVenueOrderRow.order_id) == order_id,
-            col(SimVenueOrderRow.cancel_requested).is_(False),
+            or_(
+                col(SimVenueOrderRow.cancel_requested).is_(False),
+                col(SimVenueOrderRow.cancel_answered).is_(True)
+                & cancel.is_not(None)
+                & (cancel != cl_ord_id),
+            ),
         )
-        .values(cancel_requested=True, next_step_at=now)
+        .values(
+            cancel_requested=True,
+            cancel_answered=False,
+            cancel_cl_ord_id=cl_ord_id,
+            next_step_at=now,
+        )
     )
     session.commit()
-    row = venue_order_by_any_id(session, cl_ord_id)
+    row = venue_order_by_any_id(session, orig_cl_ord_id)
     return row if row is not None and row.order_id == order_id else None
 
 

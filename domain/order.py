@@ -190,7 +190,8 @@ class Order(BaseModel):
         default=None, description="An amend at the venue waiting for approval levels."
     )
     cl_ord_ids_issued: int = Field(
-        default=0, description="Replace requests sent: each carries a new ClOrdID."
+        default=0,
+        description="ClOrdIDs issued for replace (`-R{n}`) and cancel (`-C{n}`) requests.",
     )
     settlement_grace_until: datetime | None = None
     closed: bool = Field(default=False, description="Nothing more will happen to the order.")

@@ -74,8 +74,13 @@ class Venue(Protocol):
     async def submit(self, order: VenueOrder) -> None:
         """Send a new order; a resend of a known ClOrdID is answered OK and creates nothing."""
 
-    async def cancel(self, order_id: str, cl_ord_id: str) -> None:
-        """Ask the venue to cancel the order sent as `cl_ord_id`; the answer comes as a report."""
+    async def cancel(self, order_id: str, cl_ord_id: str, orig_cl_ord_id: str = "") -> None:
+        """Ask the venue to cancel the order that goes by `orig_cl_ord_id` (empty: `cl_ord_id`).
+
+        `cl_ord_id` is the cancel request's own ClOrdID (FIX OrderCancelRequest: ClOrdID and
+        OrigClOrdID): a resend of it is answered OK, and a new one after a `cancel_rejected` is
+        a new request. The answer (canceled, or cancel_rejected) comes as a report.
+        """
 
     async def replace(self, order: VenueOrder, orig_cl_ord_id: str) -> None:
         """Ask the venue to replace the order sent as `orig_cl_ord_id` with `order`'s terms.

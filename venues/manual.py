@@ -17,7 +17,7 @@ class ManualVenue:
     async def submit(self, order: VenueOrder) -> None:
         """Accept the order for working by hand; there is nothing to send anywhere."""
 
-    async def cancel(self, order_id: str, cl_ord_id: str) -> None:
+    async def cancel(self, order_id: str, cl_ord_id: str, orig_cl_ord_id: str = "") -> None:
         """Accept the cancel request; the answer comes as a canceled or cancel_rejected report."""
 
     async def replace(self, order: VenueOrder, orig_cl_ord_id: str) -> None:

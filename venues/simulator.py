@@ -549,17 +549,19 @@ class SimulatedVenue:
         await asyncio.to_thread(self._record_submission, row)
         self._wake.set()
 
-    async def cancel(self, order_id: str, cl_ord_id: str) -> None:
-        """Record a request to cancel the order sent as `cl_ord_id`; the loop answers it.
+    async def cancel(self, order_id: str, cl_ord_id: str, orig_cl_ord_id: str = "") -> None:
+        """Record a request to cancel the order that goes by `orig_cl_ord_id`; the loop answers it.
 
-        A repeated request is answered OK and sends no second answer.
+        A repeated request (its ClOrdID again) is answered OK and sends no second answer; a new
+        one after a rejection is answered again.
 
         Raises:
-            VenueRefusedError: The venue never received `cl_ord_id` for this order.
+            VenueRefusedError: The venue never received the order's ClOrdID for this order.
         """
-        row = await asyncio.to_thread(self._request_cancel, order_id, cl_ord_id)
+        target = orig_cl_ord_id or cl_ord_id
+        row = await asyncio.to_thread(self._request_cancel, order_id, cl_ord_id, target)
         if row is None:
-            raise VenueRefusedError(f"order {order_id} ({cl_ord_id}) is unknown to the simulator")
+            raise VenueRefusedError(f"order {order_id} ({target}) is unknown to the simulator")
         self._wake.set()
 
     async def replace(self, order: VenueOrder, orig_cl_ord_id: str) -> None:
@@ -692,9 +694,13 @@ class SimulatedVenue:
         with self._sessions() as session:
             simulators.record_submission(session, row)
 
-    def _request_cancel(self, order_id: str, cl_ord_id: str) -> SimVenueOrderRow | None:
+    def _request_cancel(
+        self, order_id: str, cl_ord_id: str, orig_cl_ord_id: str
+    ) -> SimVenueOrderRow | None:
         with self._sessions() as session:
-            return simulators.request_cancel(session, order_id, cl_ord_id, datetime.now(UTC))
+            return simulators.request_cancel(
+                session, order_id, cl_ord_id, orig_cl_ord_id, datetime.now(UTC)
+            )
 
     def _request_replace(self, order: VenueOrder, orig_cl_ord_id: str) -> bool:
         with self._sessions() as session:

@@ -48,7 +48,9 @@ class VenueCommand(BaseModel):
     venue: str
     cl_ord_id: str
     requested_by: str = "system"
-    orig_cl_ord_id: str = Field(default="", description="A replace: the ClOrdID it replaces.")
+    orig_cl_ord_id: str = Field(
+        default="", description="A replace or cancel request: the ClOrdID of the order it names."
+    )
 
 
 class CarriedOrder(BaseModel):

@@ -178,6 +178,9 @@ _AMEND = "amend"
 # An amend at the venue that needs an approval level the order never had waits for it (refused
 # before).
 _AMENDMENT_APPROVAL = "amendment-approval"
+# A cancel request carries its own ClOrdID and names the order's as OrigClOrdID (FIX); before,
+# it went under the order's ClOrdID.
+_CANCEL_CL_ORD_ID = "cancel-cl-ord-id"
 # The venue busts or corrects trades (trade_cancel, trade_correct; refused before).
 _TRADE_CORRECTIONS = "trade-corrections"
 # Busts and corrections once the fills are booked: recorded, and flagged for middle office.
@@ -786,11 +789,13 @@ class OrderWorkflow:
             if order.request.time_in_force is TimeInForce.DAY
             else ("its expire_at passed")
         )
+        command = self._cancel_command()
         self._record(
             OrderEvent.CANCEL_REQUESTED,
             reason=f"a {order.request.time_in_force.value} order: {why}",
+            details=self._cancel_details(command),
         )
-        self._commands.append(self._command(VenueCommandKind.CANCEL))
+        self._commands.append(command)
 
     async def _execute(self, command: VenueCommand) -> None:
         handlers = {
@@ -861,7 +866,10 @@ class OrderWorkflow:
             await workflow.execute_local_activity_method(
                 VenueActivities.cancel_at_venue,
                 CancelAtVenueInput(
-                    venue=command.venue, order_id=order.order_id, cl_ord_id=command.cl_ord_id
+                    venue=command.venue,
+                    order_id=order.order_id,
+                    cl_ord_id=command.cl_ord_id,
+                    orig_cl_ord_id=command.orig_cl_ord_id,
                 ),
                 **_VENUE_CALL,
             )
@@ -896,7 +904,7 @@ class OrderWorkflow:
         self._record(
             OrderEvent.CANCEL_SENT_TO_VENUE,
             actor=command.requested_by,
-            details={"venue": command.venue, "cl_ord_id": command.cl_ord_id},
+            details={"venue": command.venue, **self._cancel_details(command)},
         )
 
     async def _decide_replace(self, request: _PhaseRequest[AmendInput]) -> None:
@@ -1208,7 +1216,10 @@ class OrderWorkflow:
         try:
             status: VenueOrderStatus = await workflow.execute_local_activity_method(
                 VenueActivities.venue_order_status,
-                VenueOrderStatusInput(venue=command.venue, cl_ord_id=command.cl_ord_id),
+                # A cancel or replace request names the order by its OrigClOrdID.
+                VenueOrderStatusInput(
+                    venue=command.venue, cl_ord_id=command.orig_cl_ord_id or command.cl_ord_id
+                ),
                 **_VENUE_CALL,
             )
         except FailureError as err:
@@ -1628,10 +1639,14 @@ class OrderWorkflow:
                 details=details,
             )
         else:
+            command = self._cancel_command(input.user)
             self._record(
-                OrderEvent.CANCEL_REQUESTED, reason=input.reason, actor=input.user, details=details
+                OrderEvent.CANCEL_REQUESTED,
+                reason=input.reason,
+                actor=input.user,
+                details={**self._cancel_details(command), **details},
             )
-            self._commands.append(self._command(VenueCommandKind.CANCEL, input.user))
+            self._commands.append(command)
         return await self._answer()
 
     @cancel.validator
@@ -2189,6 +2204,27 @@ class OrderWorkflow:
                 f"cannot {action}: every level approved the amend; it is on its way to the venue",
                 RefusalType.INVALID_STATE,
             )
+
+    def _cancel_command(self, requested_by: str = "system") -> VenueCommand:
+        """Return a cancel request: its own ClOrdID, naming the order's (FIX OrigClOrdID)."""
+        command = self._command(VenueCommandKind.CANCEL, requested_by)
+        if not workflow.patched(_CANCEL_CL_ORD_ID):
+            return command
+        order = self._order
+        order.cl_ord_ids_issued += 1
+        return command.model_copy(
+            update={
+                "cl_ord_id": f"{order.order_id}-C{order.cl_ord_ids_issued}",
+                "orig_cl_ord_id": command.cl_ord_id,
+            }
+        )
+
+    @staticmethod
+    def _cancel_details(command: VenueCommand) -> dict[str, JsonValue]:
+        details: dict[str, JsonValue] = {"cl_ord_id": command.cl_ord_id}
+        if command.orig_cl_ord_id:
+            details["orig_cl_ord_id"] = command.orig_cl_ord_id
+        return details
 
     def _require_status(self, status: OrderStatus, action: str) -> None:
         if self._order.status is not status or self._order.closed:

@@ -112,10 +112,18 @@ class Venue:
     async def submit(self, order: VenueOrder, venue: str = "simulator") -> None:
         await self.env.run(self.activities.submit_order, SubmitOrderInput(venue=venue, order=order))
 
-    async def cancel(self, order: VenueOrder, venue: str = "simulator") -> None:
+    async def cancel(
+        self, order: VenueOrder, venue: str = "simulator", cancel_cl_ord_id: str = ""
+    ) -> None:
+        """Ask to cancel `order`: under its own ClOrdID (as v1 orders did), or a request's."""
         await self.env.run(
             self.activities.cancel_at_venue,
-            CancelAtVenueInput(venue=venue, order_id=order.order_id, cl_ord_id=order.cl_ord_id),
+            CancelAtVenueInput(
+                venue=venue,
+                order_id=order.order_id,
+                cl_ord_id=cancel_cl_ord_id or order.cl_ord_id,
+                orig_cl_ord_id=order.cl_ord_id if cancel_cl_ord_id else "",
+            ),
         )
 
     async def status(self, cl_ord_id: str, venue: str = "simulator") -> VenueOrderStatus:
@@ -844,8 +852,14 @@ async def test_a_cancel_reject_leaves_the_order_working(sessions: SessionFactory
         await venue.submit(order)
         await acknowledged(venue, order)
 
-        await venue.cancel(order)
+        await venue.cancel(order, cancel_cl_ord_id=f"{order.cl_ord_id}-C1")
         await eventually(lambda: len(venue.sink.of(order)) == 2)
+        # A resend of the same request is answered OK and not again; a new request (its own
+        # ClOrdID) is answered again.
+        await venue.cancel(order, cancel_cl_ord_id=f"{order.cl_ord_id}-C1")
+        await venue.cancel(order, cancel_cl_ord_id=f"{order.cl_ord_id}-C2")
+        await eventually(lambda: len(venue.sink.of(order)) == 3)
+        await venue.cancel(order, cancel_cl_ord_id=f"{order.cl_ord_id}-C2")
         await looked_again(venue, market, "AAPL")
         assert venue.row(order).state == "working"
 
@@ -855,10 +869,11 @@ async def test_a_cancel_reject_leaves_the_order_working(sessions: SessionFactory
     assert [r.exec_type for r in reports] == [
         ExecType.NEW,
         ExecType.CANCEL_REJECTED,
+        ExecType.CANCEL_REJECTED,
         ExecType.TRADE,
         ExecType.TRADE,
     ]
-    assert reports[1].text == "cancel refused (sim:cancel-reject)"
+    assert reports[1].text == reports[2].text == "cancel refused (sim:cancel-reject)"
     assert venue.row(order).state == "filled"
 
 

@@ -550,3 +550,37 @@ async def test_an_amend_waiting_for_approval_is_rejected_superseded_expired_or_w
     assert withdrawn[-1].reason == "the order is filled"
     await settle_all(handle)
     await replays(handle, "v2_order_amend_rejected_superseded_expired_withdrawn")
+
+
+async def test_each_cancel_request_has_its_own_cl_ord_id_naming_the_order_s(desk: Desk) -> None:
+    handle = await working(desk, quantity="1000")
+    order_id = order_id_of(handle)
+
+    def sent(state: Order) -> list[tuple[object, object]]:
+        return [
+            (e.details["cl_ord_id"], e.details.get("orig_cl_ord_id"))
+            for e in state.events
+            if e.kind is OrderEvent.CANCEL_SENT_TO_VENUE
+        ]
+
+    await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="first"))
+    await report(desk, handle, "c-1", ExecType.CANCEL_REJECTED)
+    state = await wait_for_status(handle, OrderStatus.WORKING)
+    assert sent(state) == [(f"{order_id}-C1", order_id)]
+    assert state.terms.cl_ord_id == order_id  # a refused cancel leaves the order as it was
+
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="800")
+    )
+    await report(desk, handle, "c-2", ExecType.REPLACED)
+    state = await wait_for_status(handle, OrderStatus.WORKING)
+    assert state.terms.cl_ord_id == f"{order_id}-R2"
+
+    await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="second"))
+    state = await wait_for_status(handle, OrderStatus.PENDING_CANCEL)
+    requested = [e for e in state.events if e.kind is OrderEvent.CANCEL_REQUESTED][-1]
+    assert requested.details["cl_ord_id"] == f"{order_id}-C3"
+    await report(desk, handle, "c-3", ExecType.CANCELED)
+    state = await wait_for_status(handle, OrderStatus.CANCELED)
+    assert sent(state)[-1] == (f"{order_id}-C3", f"{order_id}-R2")
+    await replays(handle, "v2_order_cancels_with_their_own_cl_ord_ids")

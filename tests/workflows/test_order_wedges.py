@@ -409,8 +409,8 @@ class UnreachableVenue(SilentVenue):
 
     name = "unreachable"
 
-    async def cancel(self, order_id: str, cl_ord_id: str) -> None:
-        raise VenueRefusedError(f"unknown order {cl_ord_id}")
+    async def cancel(self, order_id: str, cl_ord_id: str, orig_cl_ord_id: str = "") -> None:
+        raise VenueRefusedError(f"unknown order {orig_cl_ord_id or cl_ord_id}")
 
 
 async def test_cancel_of_an_order_the_venue_never_received_ends_it_canceled(
