@@ -283,6 +283,7 @@ def _upsert_execution(session: Session, order_id: str, fund: str, execution: Exe
             cumulative_quantity=execution.cumulative_quantity,
             average_price=execution.average_price,
             transact_time=execution.transact_time,
+            exec_ref_id=execution.exec_ref_id,
         )
     )
 

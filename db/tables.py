@@ -272,6 +272,8 @@ class ExecutionRow(SQLModel, table=True):
     cumulative_quantity: Decimal = _decimal()
     average_price: Decimal | None = _decimal(nullable=True)
     transact_time: datetime = _timestamp()
+    # A bust or correction (trade_cancel, trade_correct): the exec_id of the trade it changes.
+    exec_ref_id: str | None = Field(default=None, max_length=128)
 
 
 class AllocationRow(SQLModel, table=True):

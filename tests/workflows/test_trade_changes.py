@@ -5,8 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from sqlmodel import select
 from temporalio.client import WorkflowUpdateFailedError
 
+from db.engine import SessionFactory
+from db.tables import ExecutionRow
 from domain.executions import ExecutionReport
 from domain.models import ExecType, OrderStatus
 from domain.order import FlagKind
@@ -42,7 +45,9 @@ async def send(
     return result
 
 
-async def test_a_bust_reopens_the_order_and_a_correction_fills_it(desk: Desk) -> None:
+async def test_a_bust_reopens_the_order_and_a_correction_fills_it(
+    desk: Desk, layer_sessions: SessionFactory
+) -> None:
     handle = await working(desk, quantity="1000")
     await send(desk, handle, "t-1", ExecType.TRADE, "400", "230")
     await send(desk, handle, "t-2", ExecType.TRADE, "300", "231")
@@ -74,6 +79,16 @@ async def test_a_bust_reopens_the_order_and_a_correction_fills_it(desk: Desk) ->
     assert state.status is OrderStatus.SETTLEMENT_PENDING
     assert [(a.quantity, a.price) for a in state.allocations] == [(Decimal(1000), Decimal(229))]
     await settle_all(handle)
+    # The read model keeps which trade each bust or correction changed.
+    with layer_sessions() as session:
+        rows = session.exec(
+            select(ExecutionRow).where(ExecutionRow.order_id == handle.id.removeprefix("order:"))
+        ).all()
+    assert {r.exec_id: r.exec_ref_id for r in rows if r.exec_ref_id} == {
+        "t-3": "t-2",
+        "t-5": "t-1",
+        "t-6": "t-1",
+    }
     await replays(handle, "v2_order_bust_correct_and_late_bust")
 
 
