@@ -22,6 +22,7 @@ from domain.executions import ExecutionReport
 from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderStatus, SettlementStatus
 from domain.order import Order
+from domain.status import OrderEvent
 from tests.authority import creation, signing_client
 from venues.sinks import TemporalCallbacks
 from worker import build_back_office_worker, build_orders_worker
@@ -114,6 +115,18 @@ async def wait_for_status(handle: OrderHandle, *statuses: OrderStatus, within: f
             return state
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"order stayed {state.status}; wanted one of {statuses}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_for_event(handle: OrderHandle, kind: OrderEvent, within: float = 15) -> Order:
+    """Poll the live order (without skipping time) until its log has an event of `kind`."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        state = await handle.query(OrderWorkflow.state)
+        if any(e.kind is kind for e in state.events):
+            return state
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no {kind} event; log: {[e.kind for e in state.events]}")
         await asyncio.sleep(0.05)
 
 

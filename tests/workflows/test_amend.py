@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from db.engine import SessionFactory
+from db.tables import KillSwitchRow
 from domain.authority import Action
 from domain.errors import RefusalType
 from domain.models import AllocationRequest, ComplianceOutcome, ExecType, OrderStatus
@@ -16,6 +18,7 @@ from tests.workflows.conftest import (
     Desk,
     OrderHandle,
     settle_all,
+    wait_for_event,
     wait_for_status,
 )
 from tests.workflows.test_order_workflow import (
@@ -584,3 +587,75 @@ async def test_each_cancel_request_has_its_own_cl_ord_id_naming_the_order_s(desk
     state = await wait_for_status(handle, OrderStatus.CANCELED)
     assert sent(state)[-1] == (f"{order_id}-C3", f"{order_id}-R2")
     await replays(handle, "v2_order_cancels_with_their_own_cl_ord_ids")
+
+
+async def test_an_amend_waiting_for_approval_survives_continue_as_new(desk: Desk) -> None:
+    handle = await working(
+        desk,
+        quantity="1000",
+        timeouts=SHORT_APPROVALS,
+        workflow_fields={"updates_before_continue_as_new": 4},
+    )
+    first_run = (await handle.describe()).run_id
+    order_id = order_id_of(handle)
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="50000")
+    )
+    for n in range(1, 4):  # fills on the current terms; the order goes on in a new run meanwhile
+        await report(desk, handle, f"cw-{n}", ExecType.TRADE, "100", "230")
+    state = await wait_for_status(handle, OrderStatus.PARTIALLY_FILLED)
+    assert (await handle.describe()).run_id != first_run
+    assert state.amendment is not None and state.amendment.approvals.current_level == "cio"
+    # Its deadlines are absolute: the new run escalates it on time.
+    await desk.env.sleep(timedelta(hours=1, minutes=1))
+    state = await handle.query(OrderWorkflow.state)
+    assert state.amendment is not None and state.amendment.escalated
+    await handle.execute_update(OrderWorkflow.approve, approve_as("carl", CIO))
+    state = await wait_for_status(handle, OrderStatus.PENDING_REPLACE)
+    assert state.replacing is not None and state.replacing.quantity == Decimal(50000)
+    await report(desk, handle, "cw-4", ExecType.REPLACED)
+    await report(desk, handle, "cw-5", ExecType.CANCELED)
+    await settle_all(handle)
+
+
+async def test_a_kill_switch_engaged_before_the_approval_withdraws_the_amend(
+    desk: Desk, layer_sessions: SessionFactory
+) -> None:
+    handle = await working(desk, quantity="1000")
+    order_id = order_id_of(handle)
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="50000")
+    )
+    now = datetime.now(UTC)
+    with layer_sessions() as session:
+        session.add(
+            KillSwitchRow(
+                scope="fund-alpha",
+                engaged=True,
+                engaged_by="cora",
+                reason="desk drill",
+                engaged_at=now,
+                updated_at=now,
+            )
+        )
+        session.commit()
+    try:
+        # Compliance judges the terms once more after the last level: nothing goes out.
+        await handle.execute_update(OrderWorkflow.approve, approve_as("carl", CIO))
+        state = await wait_for_event(handle, OrderEvent.AMENDMENT_WITHDRAWN)
+    finally:
+        with layer_sessions() as session:
+            switch = session.get(KillSwitchRow, "fund-alpha")
+            if switch is not None:
+                session.delete(switch)
+            session.commit()
+    withdrawn = [e for e in state.events if e.kind is OrderEvent.AMENDMENT_WITHDRAWN][-1]
+    assert withdrawn.reason.startswith("approved, but ") and "desk drill" in withdrawn.reason
+    assert (state.status, state.terms.quantity, state.amendment) == (
+        OrderStatus.WORKING,
+        Decimal(1000),
+        None,
+    )
+    assert OrderEvent.REPLACE_REQUESTED not in kinds(state)
+    await report(desk, handle, "ks-1", ExecType.CANCELED)
+    await wait_for_status(handle, OrderStatus.CANCELED)

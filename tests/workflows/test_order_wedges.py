@@ -34,10 +34,16 @@ from db.engine import SessionFactory
 from db.tables import OrderEventRow
 from domain.errors import RefusalType
 from domain.models import ExecType, OrderStatus
-from domain.order import FlagKind, Order
+from domain.order import FlagKind
 from domain.status import OrderEvent
 from tests.authority import signing_client
-from tests.workflows.conftest import Desk, OrderHandle, confirm_settlement, wait_for_status
+from tests.workflows.conftest import (
+    Desk,
+    OrderHandle,
+    confirm_settlement,
+    wait_for_event,
+    wait_for_status,
+)
 from tests.workflows.test_order_workflow import approve_as, report_input
 from tests.workflows.test_replay import replays
 from venues.base import Venue, VenueOrder, VenueOrderStatus, VenueRefusedError
@@ -166,7 +172,7 @@ async def test_expiry_timer_in_the_same_task_as_an_approval_counts_the_approval(
     )
     async with order_worker(live, layer_sessions) as queue:
         handle = await live.start(quantity="10", task_queue=queue, timeouts=timeouts)
-        state = await _wait_for_event(handle, OrderEvent.FLAG_RAISED)  # escalated
+        state = await wait_for_event(handle, OrderEvent.FLAG_RAISED)  # escalated
     assert state.approval_expire_at is not None
     # No worker now: the expiry timer fires on the server and its workflow task waits.
     await asyncio.sleep((state.approval_expire_at - datetime.now(UTC)).total_seconds() + 0.5)
@@ -303,11 +309,11 @@ async def test_venue_timeout_is_flagged_and_the_venue_asked_never_a_rejection(
         await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
         await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
         await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="silent"))
-        state = await _wait_for_event(handle, OrderEvent.FLAG_RAISED)
+        state = await wait_for_event(handle, OrderEvent.FLAG_RAISED)
         assert [f.kind for f in state.flags] == [FlagKind.VENUE_UNCONFIRMED]
         assert state.status is OrderStatus.RELEASED
         await desk.env.sleep(timedelta(seconds=30))  # the back-off before asking, skipped
-        state = await _wait_for_event(handle, OrderEvent.SENT_TO_VENUE)
+        state = await wait_for_event(handle, OrderEvent.SENT_TO_VENUE)
         kinds = [e.kind for e in state.events]
         # Asked the venue, heard it never got the order, sent it again under the same ClOrdID.
         assert kinds.index(OrderEvent.VENUE_STATUS_CHECKED) < kinds.index(OrderEvent.SENT_TO_VENUE)
@@ -336,9 +342,9 @@ async def test_unacknowledged_order_is_flagged_and_the_venue_asked(desk: Desk) -
     await wait_for_status(handle, OrderStatus.PENDING_APPROVAL)
     await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
     await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
-    await _wait_for_event(handle, OrderEvent.SENT_TO_VENUE)
+    await wait_for_event(handle, OrderEvent.SENT_TO_VENUE)
     await desk.env.sleep(timedelta(minutes=2))
-    state = await _wait_for_event(handle, OrderEvent.VENUE_STATUS_CHECKED)
+    state = await wait_for_event(handle, OrderEvent.VENUE_STATUS_CHECKED)
     assert [f.kind for f in state.flags] == [FlagKind.VENUE_ACK_OVERDUE]
     assert state.status is OrderStatus.RELEASED
     await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="no ack"))
@@ -392,18 +398,6 @@ async def test_long_lived_order_continues_as_new_and_still_answers(
     assert sorted(seqs) == list(range(1, max(seqs) + 1))  # every event projected once, none lost
 
 
-async def _wait_for_event(handle: OrderHandle, kind: OrderEvent, within: float = 15) -> Order:
-    """Poll the live order (without skipping time) until its log has an event of `kind`."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        state = await handle.query(OrderWorkflow.state)
-        if any(e.kind is kind for e in state.events):
-            return state
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"no {kind} event; log: {[e.kind for e in state.events]}")
-        await asyncio.sleep(0.05)
-
-
 class UnreachableVenue(SilentVenue):
     """A venue whose gateway never answers a submission, and that refuses to cancel what it lacks."""
 
@@ -425,7 +419,7 @@ async def test_cancel_of_an_order_the_venue_never_received_ends_it_canceled(
         await handle.execute_update(
             OrderWorkflow.release, ReleaseInput(user="tom", venue="unreachable")
         )
-        await _wait_for_event(handle, OrderEvent.FLAG_RAISED)  # venue_unconfirmed
+        await wait_for_event(handle, OrderEvent.FLAG_RAISED)  # venue_unconfirmed
         await handle.execute_update(OrderWorkflow.cancel, CancelInput(user="tom", reason="stop"))
         assert (await handle.result()).status is OrderStatus.CANCELED
         state = await handle.query(OrderWorkflow.state)
@@ -472,7 +466,7 @@ async def test_a_replace_the_venue_refuses_or_never_gets_leaves_the_order_as_it_
         await handle.execute_update(
             OrderWorkflow.amend, AmendInput(user="alice", quantity=Decimal(5), reason="less")
         )
-        state = await _wait_for_event(handle, OrderEvent.REPLACE_REJECTED, within=30)
+        state = await wait_for_event(handle, OrderEvent.REPLACE_REJECTED, within=30)
         assert (state.status, state.terms.quantity, state.replacing) == (
             OrderStatus.WORKING,
             Decimal(10),
@@ -486,7 +480,7 @@ async def test_a_replace_the_venue_refuses_or_never_gets_leaves_the_order_as_it_
 
         # Its book lost, the venue does not know the order: reconciliation flags that.
         await handle.signal(OrderWorkflow.reconcile, ReconcileInput(venue=venue.name))
-        state = await _wait_for_event(handle, OrderEvent.VENUE_STATUS_CHECKED)
+        state = await wait_for_event(handle, OrderEvent.VENUE_STATUS_CHECKED)
         mismatch = [f for f in state.flags if f.kind is FlagKind.VENUE_MISMATCH]
         assert [f.message for f in mismatch] == [f"{venue.name} does not know {order_id}"]
 
