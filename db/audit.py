@@ -10,6 +10,7 @@ removed from the end).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import Select, Update, and_, bindparam, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from db.tables import AuditHeadRow, AuditRow, dialect_insert
+from db.tables import AuditHeadRow, AuditRow, core_insert
 
 GENESIS = "0" * 64
 
@@ -65,18 +66,44 @@ def chain_hash(prev_hash: str, fund: str, position: int, entry: AuditEntry | Aud
     return hashlib.sha256((prev_hash + _content(fund, position, entry)).encode()).hexdigest()
 
 
-def _locked_head(session: Session, fund: str) -> AuditHeadRow:
-    """Return the fund's chain head, locked for this transaction (created at the genesis)."""
-    session.execute(
-        dialect_insert(session, AuditHeadRow)
-        .values(fund=fund, position=0, hash=GENESIS)
-        .on_conflict_do_nothing()
+# The statements an append runs, built once per backend (Core: the projection appends often).
+_HEADS = AuditHeadRow.__table__  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _head_genesis(dialect: str) -> Any:
+    return core_insert(dialect, AuditHeadRow).on_conflict_do_nothing()
+
+
+@functools.cache
+def _head_locked(dialect: str) -> Select[Any]:
+    query = sa_select(_HEADS.c.position, _HEADS.c.hash).where(
+        _HEADS.c.fund == bindparam("head_fund")
     )
-    query = sa_select(AuditHeadRow).where(col(AuditHeadRow.fund) == fund)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    head: AuditHeadRow = session.execute(query).scalar_one()
-    return head
+    return query.with_for_update() if dialect == "postgresql" else query
+
+
+_HEAD_MOVE: Update = (
+    update(_HEADS)
+    .where(_HEADS.c.fund == bindparam("head_fund"))
+    .values(position=bindparam("new_position"), hash=bindparam("new_hash"))
+)
+
+
+@functools.cache
+def _rows_insert(dialect: str) -> Any:
+    return core_insert(dialect, AuditRow)
+
+
+def _locked_head(session: Session, fund: str) -> tuple[int, str]:
+    """Return the fund's chain head (position, hash), locked for this transaction.
+
+    A fund's first append creates its head at the genesis.
+    """
+    dialect = session.get_bind().dialect.name
+    session.execute(_head_genesis(dialect), {"fund": fund, "position": 0, "hash": GENESIS})
+    position, digest = session.execute(_head_locked(dialect), {"head_fund": fund}).one()
+    return int(position), str(digest)
 
 
 def append(session: Session, fund: str, entries: Sequence[AuditEntry]) -> None:
@@ -88,32 +115,30 @@ def append(session: Session, fund: str, entries: Sequence[AuditEntry]) -> None:
     """
     if not entries:
         return
-    head = _locked_head(session, fund)
-    position, previous = head.position, head.hash
+    position, previous = _locked_head(session, fund)
     rows = []
     for entry in entries:
         position += 1
         digest = chain_hash(previous, fund, position, entry)
         rows.append(
-            AuditRow(
-                fund=fund,
-                position=position,
-                order_id=entry.order_id,
-                seq=entry.seq,
-                kind=entry.kind,
-                actor=entry.actor,
-                at=entry.at,
-                status=entry.status,
-                reason=entry.reason,
-                details=entry.details,
-                prev_hash=previous,
-                hash=digest,
-            )
+            {
+                "fund": fund,
+                "position": position,
+                "order_id": entry.order_id,
+                "seq": entry.seq,
+                "kind": entry.kind,
+                "actor": entry.actor,
+                "at": entry.at,
+                "status": entry.status,
+                "reason": entry.reason,
+                "details": entry.details,
+                "prev_hash": previous,
+                "hash": digest,
+            }
         )
         previous = digest
-    session.add_all(rows)
-    head.position, head.hash = position, previous
-    session.add(head)
+    session.execute(_rows_insert(session.get_bind().dialect.name), rows)
+    session.execute(_HEAD_MOVE, {"head_fund": fund, "new_position": position, "new_hash": previous})
 
 
 @dataclass(frozen=True)

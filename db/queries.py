@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from db.tables import (
     PositionRow,
     RefusedActionRow,
     SettlementRow,
+    core_insert,
     dialect_insert,
 )
 from domain.models import (
@@ -109,18 +111,40 @@ def upsert_order_summary(session: Session, summary: OrderSummary) -> bool:
         for k, v in summary.model_dump(exclude=_JSON_COLUMNS).items()
     }
     values |= summary.model_dump(mode="json", include=_JSON_COLUMNS)
-    insert = dialect_insert(session, OrderRow).values(**values)
-    changed = {k: insert.excluded[k] for k in values if k != "order_id"}
-    statement = insert.on_conflict_do_update(
-        index_elements=["order_id"],
-        set_=changed,
-        where=col(OrderRow.version) < insert.excluded.version,
-    )
-    # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg's is gone once the cursor
-    # closes, and -1 (unknown) would read as "changed".
-    result = session.execute(statement.execution_options(preserve_rowcount=True))
+    statement = _summary_upsert(_dialect(session), tuple(values))
+    result = session.execute(statement, values)
     rowcount: int = result.rowcount  # type: ignore[attr-defined]
     return rowcount > 0
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+@functools.cache
+def _summary_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+    """The order row's upsert of `columns`, conditioned on the version (built once per shape)."""
+    insert = core_insert(dialect, OrderRow)
+    excluded = insert.excluded
+    return insert.on_conflict_do_update(
+        index_elements=["order_id"],
+        set_={k: excluded[k] for k in columns if k != "order_id"},
+        where=excluded.version > OrderRow.__table__.c.version,  # type: ignore[attr-defined]
+        # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg's is gone once the
+        # cursor closes, and -1 (unknown) would read as "changed".
+    ).execution_options(preserve_rowcount=True)
+
+
+@functools.cache
+def _events_insert(dialect: str) -> Any:
+    """Insert events not yet written, answering the sequence numbers it wrote (built once)."""
+    insert = core_insert(dialect, OrderEventRow)
+    return insert.on_conflict_do_nothing().returning(insert.table.c.seq)
+
+
+@functools.cache
+def _executions_insert(dialect: str) -> Any:
+    return core_insert(dialect, ExecutionRow).on_conflict_do_nothing()
 
 
 def project_order(session: Session, projection: OrderProjection) -> None:
@@ -132,25 +156,21 @@ def project_order(session: Session, projection: OrderProjection) -> None:
     summary = projection.summary
     upsert_order_summary(session, summary)
     if projection.events:
-        events = dialect_insert(session, OrderEventRow).values(
-            [
-                {
-                    "order_id": summary.order_id,
-                    "seq": e.seq,
-                    "fund": summary.fund,
-                    "at": e.at,
-                    "kind": e.kind.value,
-                    "actor": e.actor,
-                    "status": e.status.value,
-                    "reason": e.reason,
-                    "details": e.details,
-                }
-                for e in projection.events
-            ]
-        )
-        inserted = set(
-            session.execute(events.on_conflict_do_nothing().returning(OrderEventRow.seq)).scalars()
-        )
+        rows = [
+            {
+                "order_id": summary.order_id,
+                "seq": e.seq,
+                "fund": summary.fund,
+                "at": e.at,
+                "kind": e.kind.value,
+                "actor": e.actor,
+                "status": e.status.value,
+                "reason": e.reason,
+                "details": e.details,
+            }
+            for e in projection.events
+        ]
+        inserted = set(session.execute(_events_insert(_dialect(session)), rows).scalars())
         # Only events this projection wrote join the audit chain: a repeat appends nothing.
         audit.append(
             session,
@@ -170,8 +190,11 @@ def project_order(session: Session, projection: OrderProjection) -> None:
                 if e.seq in inserted
             ],
         )
-    for execution in projection.executions:
-        _upsert_execution(session, summary.order_id, summary.fund, execution)
+    if projection.executions:
+        session.execute(
+            _executions_insert(_dialect(session)),
+            [_execution_row(summary.order_id, summary.fund, e) for e in projection.executions],
+        )
     if projection.allocations:
         _book(
             session,
@@ -270,22 +293,25 @@ def upsert_order(session: Session, state: OrderState) -> bool:
 
 
 def _upsert_execution(session: Session, order_id: str, fund: str, execution: Execution) -> None:
-    if session.get(ExecutionRow, (order_id, execution.exec_id)) is not None:
-        return
-    session.add(
-        ExecutionRow(
-            order_id=order_id,
-            exec_id=execution.exec_id,
-            fund=fund,
-            exec_type=execution.exec_type.value,
-            last_quantity=execution.last_quantity,
-            last_price=execution.last_price,
-            cumulative_quantity=execution.cumulative_quantity,
-            average_price=execution.average_price,
-            transact_time=execution.transact_time,
-            exec_ref_id=execution.exec_ref_id,
-        )
+    session.execute(
+        _executions_insert(_dialect(session)), _execution_row(order_id, fund, execution)
     )
+
+
+def _execution_row(order_id: str, fund: str, execution: Execution) -> dict[str, Any]:
+    """Return an execution as its row's values (written once per (order, exec id))."""
+    return {
+        "order_id": order_id,
+        "exec_id": execution.exec_id,
+        "fund": fund,
+        "exec_type": execution.exec_type.value,
+        "last_quantity": execution.last_quantity,
+        "last_price": execution.last_price,
+        "cumulative_quantity": execution.cumulative_quantity,
+        "average_price": execution.average_price,
+        "transact_time": execution.transact_time,
+        "exec_ref_id": execution.exec_ref_id,
+    }
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,16 @@ def dialect_insert(session: Session, table: type[SQLModel]) -> Any:
     return insert(table)
 
 
+def core_insert(dialect: str, table: type[SQLModel]) -> Any:
+    """Return a Core INSERT of `table` for the backend `dialect`, to build once and reuse.
+
+    Executed with its values as parameters (not `.values()`), one statement compiles once per
+    process and skips the ORM's bulk path: the projection writes through these on every event.
+    """
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table.__table__)  # type: ignore[attr-defined]
+
+
 class FundRow(SQLModel, table=True):
     __tablename__ = "funds"
 
