@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.back_office import SimulatedBackOffice
 from config import Settings
 from db.engine import SessionFactory, create_schema, make_engine, session_factory
+from db.tables import KillSwitchRow
 from domain.executions import ExecutionReport
 from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderStatus, SettlementStatus
@@ -116,6 +118,32 @@ async def wait_for_status(handle: OrderHandle, *statuses: OrderStatus, within: f
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"order stayed {state.status}; wanted one of {statuses}")
         await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def kill_switch_engaged(sessions: SessionFactory, scope: str, reason: str) -> Iterator[None]:
+    """Engage cora's kill switch on `scope` (a fund, or the firm) while the block runs."""
+    now = datetime.now(UTC)
+    with sessions() as session:
+        session.add(
+            KillSwitchRow(
+                scope=scope,
+                engaged=True,
+                engaged_by="cora",
+                reason=reason,
+                engaged_at=now,
+                updated_at=now,
+            )
+        )
+        session.commit()
+    try:
+        yield
+    finally:
+        with sessions() as session:
+            switch = session.get(KillSwitchRow, scope)
+            if switch is not None:
+                session.delete(switch)
+            session.commit()
 
 
 async def wait_for_event(handle: OrderHandle, kind: OrderEvent, within: float = 15) -> Order:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 from db.engine import SessionFactory
-from db.tables import KillSwitchRow
 from domain.authority import Action
 from domain.errors import RefusalType
 from domain.models import AllocationRequest, ComplianceOutcome, ExecType, OrderStatus
@@ -17,6 +16,7 @@ from tests.workflows.conftest import (
     SHORT_APPROVALS,
     Desk,
     OrderHandle,
+    kill_switch_engaged,
     settle_all,
     wait_for_event,
     wait_for_status,
@@ -626,29 +626,10 @@ async def test_a_kill_switch_engaged_before_the_approval_withdraws_the_amend(
     await handle.execute_update(
         OrderWorkflow.amend, await amend_as(desk, "alice", order_id, quantity="50000")
     )
-    now = datetime.now(UTC)
-    with layer_sessions() as session:
-        session.add(
-            KillSwitchRow(
-                scope="fund-alpha",
-                engaged=True,
-                engaged_by="cora",
-                reason="desk drill",
-                engaged_at=now,
-                updated_at=now,
-            )
-        )
-        session.commit()
-    try:
+    with kill_switch_engaged(layer_sessions, "fund-alpha", "desk drill"):
         # Compliance judges the terms once more after the last level: nothing goes out.
         await handle.execute_update(OrderWorkflow.approve, approve_as("carl", CIO))
         state = await wait_for_event(handle, OrderEvent.AMENDMENT_WITHDRAWN)
-    finally:
-        with layer_sessions() as session:
-            switch = session.get(KillSwitchRow, "fund-alpha")
-            if switch is not None:
-                session.delete(switch)
-            session.commit()
     withdrawn = [e for e in state.events if e.kind is OrderEvent.AMENDMENT_WITHDRAWN][-1]
     assert withdrawn.reason.startswith("approved, but ") and "desk drill" in withdrawn.reason
     assert (state.status, state.terms.quantity, state.amendment) == (

@@ -7,7 +7,6 @@ release, as compliance would edit policies/compliance.toml while orders wait.
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,9 @@ import pytest
 from activities.assessment import AssessmentActivities
 from activities.portfolio import PortfolioActivities, ReadModelPrices
 from db.engine import SessionFactory
-from db.tables import KillSwitchRow
 from domain.errors import RefusalType
 from domain.models import ExecType, OrderStatus
-from tests.workflows.conftest import Desk, OrderHandle, wait_for_status
+from tests.workflows.conftest import Desk, OrderHandle, kill_switch_engaged, wait_for_status
 from tests.workflows.test_order_wedges import order_worker
 from tests.workflows.test_order_workflow import approve_as, refusal_of, report_input, warned
 from workflows.messages import CancelInput, OverrideInput, ReleaseInput
@@ -125,32 +123,13 @@ async def test_a_kill_switch_holds_an_approved_order_until_it_is_lifted(
     state = await handle.query(OrderWorkflow.state)
     if state.status is OrderStatus.PENDING_APPROVAL:
         await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
-    now = datetime.now(UTC)
-    with layer_sessions() as session:
-        session.add(
-            KillSwitchRow(
-                scope="fund-beta",
-                engaged=True,
-                engaged_by="cora",
-                reason="desk drill",
-                engaged_at=now,
-                updated_at=now,
-            )
-        )
-        session.commit()
-    try:
+    with kill_switch_engaged(layer_sessions, "fund-beta", "desk drill"):
         refused = await refusal_of(
             handle, OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
         )
         assert refused.type == RefusalType.KILL_SWITCH_ENGAGED
         assert "cora" in refused.message and "desk drill" in refused.message
         assert (await handle.query(OrderWorkflow.state)).status is OrderStatus.APPROVED
-    finally:
-        with layer_sessions() as session:
-            switch = session.get(KillSwitchRow, "fund-beta")
-            if switch is not None:
-                session.delete(switch)
-            session.commit()
     state = await handle.execute_update(
         OrderWorkflow.release, ReleaseInput(user="tom", venue="manual")
     )
