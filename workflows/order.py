@@ -937,7 +937,7 @@ class OrderWorkflow:
                 request.refuse(*refusal)
                 return
             assert not isinstance(judgement, str)
-            judged, missing = judgement, self._levels_missing(judgement)
+            judged, missing = judgement, self._levels_missing(judgement, with_pending=False)
             if missing and not workflow.patched(_AMENDMENT_APPROVAL):
                 request.refuse(
                     f"the new terms need approval by {', '.join(missing)}, which this order did "
@@ -990,11 +990,15 @@ class OrderWorkflow:
             )
         return None
 
-    def _levels_missing(self, judged: AssessOrderResult) -> list[str]:
-        """Return the approval levels new terms need that nobody has approved on this order."""
+    def _levels_missing(self, judged: AssessOrderResult, *, with_pending: bool = True) -> list[str]:
+        """Return the approval levels terms need that nobody has approved on this order.
+
+        `with_pending`: the pending amend's approvals count (for its own terms; a new amend's
+        terms were approved by nobody).
+        """
         order = self._order
         given = [*order.approvals.given]
-        if order.amendment is not None:
+        if with_pending and order.amendment is not None:
             given += order.amendment.approvals.given
         approved = {g.level for g in given}
         return [level for level in judged.assessment.approval.levels if level not in approved]

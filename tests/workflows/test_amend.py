@@ -640,3 +640,33 @@ async def test_a_kill_switch_engaged_before_the_approval_withdraws_the_amend(
     assert OrderEvent.REPLACE_REQUESTED not in kinds(state)
     await report(desk, handle, "ks-1", ExecType.CANCELED)
     await wait_for_status(handle, OrderStatus.CANCELED)
+
+
+async def test_a_new_amend_does_not_inherit_the_approvals_of_the_one_it_supersedes(
+    desk: Desk,
+) -> None:
+    # fund-beta lets 100 AAPL through by policy; past 5,000,000 it needs desk_head, then cio.
+    handle = await desk.start(
+        quantity="100", created_by="bob", fund="fund-beta", manual_back_office=True
+    )
+    await wait_for_status(handle, OrderStatus.APPROVED)
+    await handle.execute_update(OrderWorkflow.release, ReleaseInput(user="tom", venue="manual"))
+    await report(desk, handle, "sup-1", ExecType.NEW)
+    await wait_for_status(handle, OrderStatus.WORKING)
+    order_id = order_id_of(handle)
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "bob", order_id, quantity="25000")
+    )
+    assert state.amendment is not None
+    assert state.amendment.approvals.required == ["desk_head", "cio"]
+    state = await handle.execute_update(OrderWorkflow.approve, approve_as("dana"))
+    assert state.amendment is not None and state.amendment.approvals.current_level == "cio"
+    # Other terms: dana approved 25,000, not these; both levels are asked again.
+    state = await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "bob", order_id, quantity="26000")
+    )
+    assert state.amendment is not None and state.amendment.terms.quantity == Decimal(26000)
+    assert state.amendment.approvals.required == ["desk_head", "cio"]
+    assert state.amendment.approvals.given == []
+    await report(desk, handle, "sup-2", ExecType.CANCELED)
+    await wait_for_status(handle, OrderStatus.CANCELED)
