@@ -291,6 +291,8 @@ def process_env(settings: Settings) -> dict[str, str]:
     values = settings.model_dump(mode="json")
     values["database_url"] = settings.resolved_database_url
     for name, value in values.items():
+        if value is None:
+            continue  # unset: the process takes the setting's default ("null" is no value)
         env[f"OMS_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 
