@@ -12,6 +12,7 @@ function. The file's format is described in the file itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tomllib
@@ -326,6 +327,10 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _E = TypeVar("_E", bound=StrEnum)
 
 
+# Parsed once per content: the file is re-read for every check (an edit applies at once), and
+# reading it costs microseconds where parsing and checking it cost milliseconds. The result is
+# immutable, so every caller may share it; a broken file is not cached and raises every time.
+@functools.lru_cache(maxsize=8)
 def parse_compliance_policy(content: bytes, source: str = "compliance.toml") -> CompliancePolicy:
     """Parse and check the compliance policy file.
 
