@@ -18,7 +18,7 @@ from api.errors import (
     BodySizeLimit,
     install_error_handlers,
 )
-from api.metrics import Metrics, metrics_middleware
+from api.metrics import Metrics, MetricsMiddleware
 from api.routers import approvals, compliance, executions, health, orders, settlements, views
 from api.routers import audit as audit_router
 from api.routers import chat as chat_router
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.state.metrics = Metrics()
     # The last added runs first: the metrics see every answer, the size limit's 413s included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
-    app.middleware("http")(metrics_middleware(app.state.metrics))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     # approvals before views: the first route for a path answers it, and the paged inbox
     # replaces the list views.py served at the same path.

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
-from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import Settings
 
@@ -58,37 +59,47 @@ class Metrics:
         return generate_latest(self.registry).decode()
 
 
-def route_template(request: Request) -> str:
+def route_template(scope: MutableMapping[str, Any]) -> str:
     """Return the matched route's path template, so ids do not explode the label set."""
-    route = request.scope.get("route")
+    route = scope.get("route")
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"
 
 
-def metrics_middleware(
-    metrics: Metrics,
-) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    async def middleware(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+class MetricsMiddleware:
+    """Count and time every HTTP answer by method, route template and status.
+
+    A plain ASGI middleware: it watches the answer's status go by, where an `@app.middleware`
+    function would run each request through an extra task, stream and response wrapper.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
         started = time.perf_counter()
+        status = 500
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self._app(scope, receive, watched)
         except Exception:
             # Unhandled: the server answers 500 outside this middleware; count it here.
-            metrics.observe(
-                request.method, route_template(request), 500, time.perf_counter() - started
-            )
+            status = 500
             raise
-        metrics.observe(
-            request.method,
-            route_template(request),
-            response.status_code,
-            time.perf_counter() - started,
-        )
-        return response
-
-    return middleware
+        finally:
+            self._metrics.observe(
+                scope["method"], route_template(scope), status, time.perf_counter() - started
+            )
 
 
 @contextlib.contextmanager
