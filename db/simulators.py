@@ -7,14 +7,16 @@ statement, safe when two simulators share the database.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Index, or_, update
+from sqlalchemy import Index, bindparam, or_, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from db.tables import SettlementRow, _decimal, _timestamp, dialect_insert
+from db.tables import SettlementRow, _decimal, _timestamp, core_insert
 from domain.models import SettlementStatus
 
 
@@ -86,14 +88,63 @@ def record_submission(session: Session, order: SimVenueOrderRow) -> bool:
         Whether the order was new.
     """
     values: dict[str, Any] = order.model_dump()
-    insert = dialect_insert(session, SimVenueOrderRow).values(**values)
-    statement = insert.on_conflict_do_update(
-        index_elements=["cl_ord_id"],
-        set_={"submissions": col(SimVenueOrderRow.submissions) + 1},
-    ).returning(col(SimVenueOrderRow.submissions))
-    submissions = session.exec(statement).scalar_one()
+    statement = _submission_upsert(session.get_bind().dialect.name, tuple(values))
+    submissions = session.execute(statement, values).scalar_one()
     session.commit()
     return bool(submissions == 1)
+
+
+# The statements the simulator's loop runs for every step of every order: built once per
+# backend (and shape), executed with parameters.
+_ORDERS = SimVenueOrderRow.__table__  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _submission_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+    del columns  # part of the cache key: the statement takes exactly these parameters
+    insert = core_insert(dialect, SimVenueOrderRow)
+    return insert.on_conflict_do_update(
+        index_elements=["cl_ord_id"], set_={"submissions": _ORDERS.c.submissions + 1}
+    ).returning(_ORDERS.c.submissions)
+
+
+def _due_and_free() -> Any:
+    """Due by `:now`, and free or held by `:owner` (an expired lease is free)."""
+    now: Any = bindparam("now")
+    return (
+        _ORDERS.c.next_step_at.is_not(None),
+        _ORDERS.c.next_step_at <= now,
+        or_(
+            _ORDERS.c.lease_until.is_(None),
+            _ORDERS.c.lease_until < now,
+            _ORDERS.c.lease_owner == bindparam("owner"),
+        ),
+    )
+
+
+_DUE = (
+    sql_select(_ORDERS.c.cl_ord_id)
+    .where(*_due_and_free())
+    .order_by(_ORDERS.c.next_step_at)
+    .limit(bindparam("limit"))
+)
+_CLAIM = (
+    update(_ORDERS)
+    .where(_ORDERS.c.cl_ord_id == bindparam("id"), *_due_and_free())
+    .values(lease_owner=bindparam("owner"), lease_until=bindparam("lease_until"))
+)
+# A request that arrived while a step's report was on its way is due at once.
+_REQUEST_PENDING = (
+    update(_ORDERS)
+    .where(
+        _ORDERS.c.cl_ord_id == bindparam("id"),
+        or_(
+            _ORDERS.c.cancel_requested.is_(True) & _ORDERS.c.cancel_answered.is_(False),
+            _ORDERS.c.replace_cl_ord_id.is_not(None),
+        ),
+    )
+    .values(next_step_at=bindparam("now"))
+)
 
 
 def venue_order(session: Session, cl_ord_id: str) -> SimVenueOrderRow | None:
@@ -198,25 +249,7 @@ def request_cancel(
 
 def due_venue_orders(session: Session, now: datetime, owner: str, limit: int) -> list[str]:
     """Return the ClOrdIDs with a step due by `now` that no other simulator holds, most overdue first."""
-    query = (
-        select(SimVenueOrderRow.cl_ord_id)
-        .where(
-            col(SimVenueOrderRow.next_step_at).is_not(None),
-            col(SimVenueOrderRow.next_step_at) <= now,
-            _free_or_held_by(owner, now),
-        )
-        .order_by(col(SimVenueOrderRow.next_step_at))
-        .limit(limit)
-    )
-    return list(session.exec(query))
-
-
-def _free_or_held_by(owner: str, now: datetime) -> Any:
-    return or_(
-        col(SimVenueOrderRow.lease_until).is_(None),
-        col(SimVenueOrderRow.lease_until) < now,
-        col(SimVenueOrderRow.lease_owner) == owner,
-    )
+    return list(session.execute(_DUE, {"now": now, "owner": owner, "limit": limit}).scalars())
 
 
 def claim_venue_order(
@@ -226,17 +259,10 @@ def claim_venue_order(
 
     None when the step is no longer due or another simulator holds an unexpired lease.
     """
-    result = session.exec(
-        update(SimVenueOrderRow)
-        .where(
-            col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
-            col(SimVenueOrderRow.next_step_at).is_not(None),
-            col(SimVenueOrderRow.next_step_at) <= now,
-            _free_or_held_by(owner, now),
-        )
-        .values(lease_owner=owner, lease_until=lease_until)
+    result = session.execute(
+        _CLAIM, {"id": cl_ord_id, "now": now, "owner": owner, "lease_until": lease_until}
     )
-    if not result.rowcount:
+    if not result.rowcount:  # type: ignore[attr-defined]
         session.rollback()
         return None
     row = session.get(SimVenueOrderRow, cl_ord_id)
@@ -269,12 +295,9 @@ def record_venue_step(
     Returns:
         Whether the step was recorded.
     """
-    result = session.exec(
-        update(SimVenueOrderRow)
-        .where(
-            col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
-            col(SimVenueOrderRow.next_exec) == reported_exec,
-        )
+    result = session.execute(
+        update(_ORDERS)
+        .where(_ORDERS.c.cl_ord_id == cl_ord_id, _ORDERS.c.next_exec == reported_exec)
         .values(
             next_exec=next_exec,
             state=state,
@@ -287,21 +310,9 @@ def record_venue_step(
             **_replace_answered(replace_answer),
         )
     )
-    recorded = bool(result.rowcount)
+    recorded = bool(result.rowcount)  # type: ignore[attr-defined]
     if recorded:
-        # A request that arrived while the report was on its way is due at once.
-        session.exec(
-            update(SimVenueOrderRow)
-            .where(
-                col(SimVenueOrderRow.cl_ord_id) == cl_ord_id,
-                or_(
-                    (col(SimVenueOrderRow.cancel_requested).is_(True))
-                    & (col(SimVenueOrderRow.cancel_answered).is_(False)),
-                    col(SimVenueOrderRow.replace_cl_ord_id).is_not(None),
-                ),
-            )
-            .values(next_step_at=now)
-        )
+        session.execute(_REQUEST_PENDING, {"id": cl_ord_id, "now": now})
     session.commit()
     return recorded
 
