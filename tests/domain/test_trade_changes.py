@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from domain.executions import ReportVerdict, apply_report, live_fill
+from domain.executions import ReportOutcome, ReportVerdict, apply_report, live_fill
 from domain.models import ExecType, Execution, OrderStatus
 from domain.status import OrderEvent, next_status
 from tests.domain.test_execution_guards import GUARDS, QUANTITY, RECEIVED, _report
@@ -180,30 +180,23 @@ def test_without_the_executions_busts_are_not_understood() -> None:
 def test_orders_from_before_amend_keep_their_replace_rules(
     exec_type: ExecType, before: ReportVerdict
 ) -> None:
-    outcome = apply_report(
-        status=S.WORKING,
-        quantity=QUANTITY,
-        filled_quantity=Decimal(0),
-        average_price=None,
-        seen_exec_ids=set(),
-        report=_report(exec_type, "r-1"),
-        reported_by="sim-venue",
-        received_at=RECEIVED,
-        guards=GUARDS,
-    )
+    def applied(replace_semantics: bool) -> ReportOutcome:
+        return apply_report(
+            status=S.WORKING,
+            quantity=QUANTITY,
+            filled_quantity=Decimal(0),
+            average_price=None,
+            seen_exec_ids=set(),
+            report=_report(exec_type, "r-1"),
+            reported_by="sim-venue",
+            received_at=RECEIVED,
+            guards=GUARDS,
+            replace_semantics=replace_semantics,
+        )
+
+    outcome = applied(replace_semantics=False)
     assert outcome.verdict is before
     assert outcome.event is None
     # With amend, none of them is taken without a replace pending.
-    now = apply_report(
-        status=S.WORKING,
-        quantity=QUANTITY,
-        filled_quantity=Decimal(0),
-        average_price=None,
-        seen_exec_ids=set(),
-        report=_report(exec_type, "r-1"),
-        reported_by="sim-venue",
-        received_at=RECEIVED,
-        guards=GUARDS,
-        replace_semantics=True,
-    )
+    now = applied(replace_semantics=True)
     assert now.verdict is ReportVerdict.REFUSED and "none is pending" in now.reason

@@ -69,6 +69,7 @@ def report_input(
     qty: str = "0",
     price: str | None = None,
     transact_time: datetime | None = None,
+    exec_ref_id: str | None = None,
 ) -> ExecutionReportInput:
     return ExecutionReportInput(
         report=ExecutionReport(
@@ -78,6 +79,7 @@ def report_input(
             last_quantity=Decimal(qty),
             last_price=Decimal(price) if price else None,
             transact_time=transact_time or datetime.now(UTC),
+            exec_ref_id=exec_ref_id,
         ),
         reported_by="sim-venue",
     )

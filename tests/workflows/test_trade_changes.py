@@ -10,14 +10,14 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from db.engine import SessionFactory
 from db.tables import ExecutionRow
-from domain.executions import ExecutionReport
 from domain.models import ExecType, OrderStatus
 from domain.order import FlagKind
 from domain.status import OrderEvent
 from tests.workflows.conftest import Desk, OrderHandle, settle_all, wait_for_status
 from tests.workflows.test_amend import working
+from tests.workflows.test_order_workflow import report_input
 from tests.workflows.test_replay import replays
-from workflows.messages import ExecutionReportInput, ExecutionReportResult
+from workflows.messages import ExecutionReportResult
 from workflows.order import OrderWorkflow
 
 
@@ -30,17 +30,12 @@ async def send(
     price: str | None = None,
     ref: str | None = None,
 ) -> ExecutionReportResult:
-    report = ExecutionReport(
-        order_id=handle.id.removeprefix("order:"),
-        exec_id=exec_id,
-        exec_type=exec_type,
-        last_quantity=Decimal(qty),
-        last_price=None if price is None else Decimal(price),
-        transact_time=await desk.env.get_current_time(),
-        exec_ref_id=ref,
+    now = await desk.env.get_current_time()  # the order's clock: time is skipped
+    update = report_input(
+        handle.id.removeprefix("order:"), exec_id, exec_type, qty, price, now, exec_ref_id=ref
     )
     result: ExecutionReportResult = await handle.execute_update(
-        OrderWorkflow.execution_report, ExecutionReportInput(report=report, reported_by="sim-venue")
+        OrderWorkflow.execution_report, update
     )
     return result
 
