@@ -505,7 +505,14 @@ async def test_an_amend_waiting_for_approval_is_rejected_superseded_expired_or_w
         )
         assert state.amendment is not None
 
-    # Rejected: the order works on as it was.
+    # Whoever asked for the amend does not decide it, whatever level they hold.
+    await handle.execute_update(
+        OrderWorkflow.amend, await amend_as(desk, "carl", order_id, quantity="50000")
+    )
+    refused = await refusal_of(handle, OrderWorkflow.approve, approve_as("carl", CIO))
+    assert refused.type == RefusalType.FORBIDDEN and "asked for the amend" in refused.message
+
+    # Rejected: the order works on as it was (alice's amend supersedes carl's).
     await upsize()
     refused = await refusal_of(
         handle, OrderWorkflow.reject, RejectInput(user="carl", reason=" ", grants=[CIO])
