@@ -29,7 +29,7 @@ COPY api/ api/
 COPY db/ db/
 COPY venues/ venues/
 COPY policies/ policies/
-COPY cli.py config.py worker.py devserver.py ./
+COPY cli.py config.py worker.py workflow_runner.py devserver.py ./
 
 RUN pip install --no-cache-dir . \
     && rm -rf build *.egg-info

@@ -15,7 +15,6 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.assessment import AssessmentActivities
 from activities.back_office import BackOfficeActivities, SimulatedBackOffice
@@ -35,37 +34,11 @@ from venues.manual import ManualVenue
 from venues.reconcile import reconcile_orders_at
 from venues.simulator import PriceSource, SimulatedVenue
 from venues.sinks import HttpCallbacks
+from workflow_runner import workflow_runner
 from workflows.order import OrderWorkflow
 from workflows.order_v1 import OrderWorkflowV1
 
 QUEUES = ("orders", "back-office")
-
-# The sandbox re-imports every module a workflow imports on each run unless it is passed
-# through. Ours are deterministic (domain/ is pure; workflows reach activities only by
-# reference), and so are pydantic's, so they are loaded once and shared: a measured saving of
-# most of a workflow task's CPU (see README, Performance).
-PASSED_THROUGH = (
-    "activities",
-    "db",
-    "domain",
-    "venues",
-    "workflows.messages",
-    "pydantic",
-    "pydantic_core",
-    "annotated_types",
-    # Signed authority is verified in validators (domain.authority).
-    "cryptography",
-    "sqlmodel",
-    "sqlalchemy",
-    "httpx",
-)
-
-
-def workflow_runner() -> SandboxedWorkflowRunner:
-    """Return the sandboxed runner with our deterministic modules passed through."""
-    return SandboxedWorkflowRunner(
-        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
-    )
 
 
 def data_converter(settings: Settings) -> DataConverter:
@@ -174,7 +147,7 @@ def build_orders_worker(
             compliance.approval_matrix,
         ],
         activity_executor=executor,
-        workflow_runner=workflow_runner(),
+        workflow_runner=workflow_runner(client.data_converter),
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_local_activities=settings.worker_max_concurrent_activities,
     )

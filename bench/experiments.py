@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from temporalio.converter import DataConverter
 from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 
 
@@ -23,19 +24,21 @@ class Experiment:
     apply: Callable[[], None]
 
 
-def use_runner(name: str) -> WorkflowRunner:
+def use_runner(name: str, converter: DataConverter) -> WorkflowRunner:
     """Return the workflow runner `name`, and make OMS workers built in this process use it.
 
-    `sandbox` is `worker.workflow_runner()` (the sandbox, our modules passed through);
-    `unsandboxed` is `UnsandboxedWorkflowRunner`.
+    `sandbox` is `workflow_runner.workflow_runner(converter)` (the sandbox, our modules passed
+    through, serialization contexts answered outside it); `unsandboxed` is
+    `UnsandboxedWorkflowRunner`.
     """
     import worker
+    import workflow_runner
 
     if name == "unsandboxed":
         runner: WorkflowRunner = UnsandboxedWorkflowRunner()
-        _replace(worker, "workflow_runner", lambda: runner)
+        _replace(worker, "workflow_runner", lambda _converter: runner)
         return runner
-    return worker.workflow_runner()
+    return workflow_runner.workflow_runner(converter)
 
 
 def apply(names: list[str]) -> None:

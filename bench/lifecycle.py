@@ -51,9 +51,10 @@ Options
                     CPU time): CPU by thread and by kind of code, inclusive CPU of entry points
                     (workflow activations, sandbox, projections, casbin, ...), top 25 functions.
                     The profiler slows the OMS down about 2.5x: read the shares, not the rate.
-    --runner        `sandbox` (worker.workflow_runner(), the default: the sandbox with our
-                    modules passed through) or `unsandboxed` (UnsandboxedWorkflowRunner), for the
-                    OMS workers and both references alike.
+    --profile-out PATH   with --profile, also write the merged profile (pstats) to PATH.
+    --runner        `sandbox` (workflow_runner.workflow_runner(...), the default: the sandbox
+                    with our modules passed through) or `unsandboxed`
+                    (UnsandboxedWorkflowRunner), for the OMS workers and both references alike.
     --max-concurrent-activities   Settings.worker_max_concurrent_activities for the OMS workers.
     --processes     the API and each queue's worker in a process of its own (`bench.serve`), as
                     in production, instead of all in this one (one GIL).
@@ -454,6 +455,8 @@ async def run_lifecycle(
         if profiler is not None:
             report = profiler.stop()
             profiler = None
+            if args.profile_out and report.merged is not None:
+                report.merged.dump_stats(args.profile_out)
         for timing in timings:
             if not timing.failure and "total" not in timing.stages:
                 timing.failure = (
@@ -638,6 +641,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile", action="store_true", help="profile the lifecycle (every Python thread)"
     )
     parser.add_argument(
+        "--profile-out",
+        default="",
+        metavar="PATH",
+        help="with --profile, also write the merged profile to PATH (pstats, for snakeviz or"
+        " `python -m pstats`)",
+    )
+    parser.add_argument(
         "--runner",
         choices=("sandbox", "unsandboxed"),
         default="sandbox",
@@ -679,6 +689,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--orders, --concurrency and --max-concurrent-activities must be at least 1")
     if args.fill_delay < 0 or args.confirm_delay < 0:
         parser.error("delays cannot be negative")
+    if args.profile_out and not args.profile:
+        parser.error("--profile-out needs --profile")
     if args.profile and args.processes:
         parser.error("--profile profiles this process: it cannot be used with --processes")
     return args
@@ -691,7 +703,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     for name in args.experiment:
         print(f"EXPERIMENT {name}: {experiments.EXPERIMENTS[name].describe}", flush=True)
     experiments.apply(args.experiment)
-    runner = experiments.use_runner(args.runner)
+    runner = experiments.use_runner(args.runner, pydantic_data_converter)
     temporal_cli = Path(sys.executable).parent / "temporal"
     print(
         f"starting the Temporal dev server ({temporal_cli}); {args.orders} of each,"

@@ -16,6 +16,8 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
+from temporalio.contrib.pydantic import pydantic_data_converter
+
 from bench import experiments
 
 
@@ -28,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     experiments.apply(args.experiment)
-    experiments.use_runner(args.runner)
+    # The workers built below pick the runner up; the returned one is the references'.
+    experiments.use_runner(args.runner, pydantic_data_converter)
 
     import uvicorn
 

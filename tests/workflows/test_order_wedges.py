@@ -48,7 +48,7 @@ from tests.workflows.test_order_workflow import approve_as, report_input
 from tests.workflows.test_replay import replays
 from venues.base import Venue, VenueOrder, VenueOrderStatus, VenueRefusedError
 from venues.manual import ManualVenue
-from worker import workflow_runner
+from workflow_runner import workflow_runner
 from workflows.messages import (
     AmendInput,
     CancelInput,
@@ -89,7 +89,7 @@ async def order_worker(
                 venue_activities.replace_at_venue,
             ],
             activity_executor=executor,
-            workflow_runner=workflow_runner(),
+            workflow_runner=workflow_runner(desk.client.data_converter),
             max_concurrent_activities=4,
             max_concurrent_local_activities=4,
         ):
