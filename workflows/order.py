@@ -183,6 +183,25 @@ _AMENDMENT_APPROVAL = "amendment-approval"
 _CANCEL_CL_ORD_ID = "cancel-cl-ord-id"
 # The venue busts or corrects trades (trade_cancel, trade_correct; refused before).
 _TRADE_CORRECTIONS = "trade-corrections"
+# An order started under this baseline follows every patch in it, recorded by this one marker
+# rather than by a marker of its own per patch (each is two history events: the marker and the
+# search attribute Temporal keeps of it). Runs started before it consult each patch as before.
+# A patch added later is not in it: it gets a marker of its own, or goes in a new baseline.
+_BASELINE = "v2-baseline-1"
+_BASELINE_PATCHES = frozenset(
+    {
+        _SIGNED_AUTHORITY,
+        _PORTFOLIO_COMPLIANCE,
+        _TIME_IN_FORCE,
+        _FUND_APPROVAL_MATRIX,
+        _PER_LEVEL_NOTICES,
+        _EXECUTION_GUARDS,
+        _AMEND,
+        _AMENDMENT_APPROVAL,
+        _CANCEL_CL_ORD_ID,
+        _TRADE_CORRECTIONS,
+    }
+)
 # Busts and corrections once the fills are booked: recorded, and flagged for middle office.
 _AFTER_ALLOCATION = frozenset(
     {OrderEvent.TRADE_BUSTED_AFTER_ALLOCATION, OrderEvent.TRADE_CORRECTED_AFTER_ALLOCATION}
@@ -294,6 +313,8 @@ class OrderWorkflow:
     @workflow.init
     def __init__(self, input: OrderWorkflowInput) -> None:
         self._input = input
+        # First, so that every handler and phase sees it (its marker is the run's first command).
+        self._on_baseline = workflow.patched(_BASELINE)
         carried = input.carried
         if carried is None:
             self._order = Order.new(input.order_id, input.request, input.created_by, workflow.now())
@@ -318,6 +339,10 @@ class OrderWorkflow:
         self._release: _PhaseRequest[ReleaseInput] | None = None
         # An amend of an order at the venue, waiting for compliance before the replace goes.
         self._amend: _PhaseRequest[AmendInput] | None = None
+
+    def _patched(self, patch_id: str) -> bool:
+        """Return whether this run follows the code of patch `patch_id` (see `_BASELINE`)."""
+        return (self._on_baseline and patch_id in _BASELINE_PATCHES) or workflow.patched(patch_id)
 
     # ---- the life of the order ----------------------------------------------------------------
 
@@ -370,7 +395,7 @@ class OrderWorkflow:
     async def _pre_trade(self) -> None:
         """Check the order against the fund's rules; decide the approval levels it needs."""
         order = self._order
-        if workflow.patched(_SIGNED_AUTHORITY) and order.creation is None:
+        if self._patched(_SIGNED_AUTHORITY) and order.creation is None:
             attested = await self._wait_until(
                 lambda: (
                     order.creation is not None or order.status is not OrderStatus.PENDING_COMPLIANCE
@@ -386,7 +411,7 @@ class OrderWorkflow:
                 return
             if order.status is not OrderStatus.PENDING_COMPLIANCE:
                 return
-        if workflow.patched(_PORTFOLIO_COMPLIANCE):
+        if self._patched(_PORTFOLIO_COMPLIANCE):
             await self._pre_trade_on_portfolio()
             return
         try:
@@ -429,7 +454,7 @@ class OrderWorkflow:
             timeouts.approval_expire_after,
         )
         policy = data.approval_policy
-        if policy is not None and workflow.patched(_FUND_APPROVAL_MATRIX):
+        if policy is not None and self._patched(_FUND_APPROVAL_MATRIX):
             approvals = order.approvals
             approvals.notional = approval_notional(order.request, snapshot)
             approvals.currency = approval_currency(snapshot)
@@ -535,7 +560,7 @@ class OrderWorkflow:
             return
         order.approvals.required = list(assessment.approval.levels)
         details["approvals_required"] = list(order.approvals.required)
-        if workflow.patched(_TIME_IN_FORCE):
+        if self._patched(_TIME_IN_FORCE):
             tif = order.request.time_in_force
             if tif is TimeInForce.DAY and judged.session_close is not None:
                 # As long from now as the close was from the check: the worker's clock and
@@ -615,7 +640,7 @@ class OrderWorkflow:
 
         pending = order.approvals.current_level
         # Orders from before this patch waited for the whole approval with one set of timers.
-        per_level = workflow.patched(_PER_LEVEL_NOTICES)
+        per_level = self._patched(_PER_LEVEL_NOTICES)
 
         def decided() -> bool:
             # Decided, or this level decided and the next one waits (the phase starts over
@@ -938,7 +963,7 @@ class OrderWorkflow:
                 return
             assert not isinstance(judgement, str)
             judged, missing = judgement, self._levels_missing(judgement, with_pending=False)
-            if missing and not workflow.patched(_AMENDMENT_APPROVAL):
+            if missing and not self._patched(_AMENDMENT_APPROVAL):
                 request.refuse(
                     f"the new terms need approval by {', '.join(missing)}, which this order did "
                     "not have: cancel it and create a new order for the larger size",
@@ -1590,7 +1615,7 @@ class OrderWorkflow:
         """
         if input.authority is not None:
             self._use(input.authority)
-        if not workflow.patched(_PORTFOLIO_COMPLIANCE):  # released before the re-check existed
+        if not self._patched(_PORTFOLIO_COMPLIANCE):  # released before the re-check existed
             self._released(input)
             return await self._answer()
         request = _PhaseRequest(input)
@@ -1800,7 +1825,7 @@ class OrderWorkflow:
         order = self._order
         report = input.report
         guards = None
-        if workflow.patched(_EXECUTION_GUARDS):
+        if self._patched(_EXECUTION_GUARDS):
             instrument = order.instrument
             guards = ReportGuards(
                 side=order.request.side,
@@ -1828,10 +1853,10 @@ class OrderWorkflow:
                 received_at=workflow.now(),
                 guards=guards,
                 replacing=None if order.replacing is None else order.replacing.quantity,
-                replace_semantics=guards is not None and workflow.patched(_AMEND),
+                replace_semantics=guards is not None and self._patched(_AMEND),
                 executions=order.executions
                 if report.exec_type in (ExecType.TRADE_CANCEL, ExecType.TRADE_CORRECT)
-                and workflow.patched(_TRADE_CORRECTIONS)
+                and self._patched(_TRADE_CORRECTIONS)
                 else None,
             )
         if outcome.verdict is ReportVerdict.REFUSED and not refused_before:
@@ -2212,7 +2237,7 @@ class OrderWorkflow:
     def _cancel_command(self, requested_by: str = "system") -> VenueCommand:
         """Return a cancel request: its own ClOrdID, naming the order's (FIX OrigClOrdID)."""
         command = self._command(VenueCommandKind.CANCEL, requested_by)
-        if not workflow.patched(_CANCEL_CL_ORD_ID):
+        if not self._patched(_CANCEL_CL_ORD_ID):
             return command
         order = self._order
         order.cl_ord_ids_issued += 1

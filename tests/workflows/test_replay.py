@@ -8,11 +8,13 @@ histories from a fresh run; do that only for a deliberate, patched change.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -21,7 +23,7 @@ from domain.models import AllocationRequest, OrderStatus
 from tests.workflows.conftest import SHORT_APPROVALS, Desk, OrderHandle, wait_for_status
 from tests.workflows.test_order_workflow import warned
 from workflows.messages import ApproveInput, OverrideInput, PolicyGrant, ReleaseInput
-from workflows.order import OrderWorkflow
+from workflows.order import _BASELINE, OrderWorkflow
 from workflows.order_v1 import OrderWorkflowV1
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -64,7 +66,9 @@ async def test_fresh_run_replays(desk: Desk) -> None:
     await handle.result()
     history = await handle.fetch_history()
     await replayer().replay_workflow(history)
-    record_if_asked("v2_order_settled_two_accounts", history)
+    # One patch marker, the baseline's, stands for every patch the order follows.
+    assert patch_markers(history) == [_BASELINE]
+    record_if_asked("v2_order_settled_on_baseline", history)
 
 
 async def test_fresh_override_escalation_and_expiry_replays(desk: Desk) -> None:
@@ -86,6 +90,18 @@ async def replays(handle: OrderHandle, name: str) -> None:
     history = await handle.fetch_history()
     await replayer().replay_workflow(history)
     record_if_asked(name, history)
+
+
+def patch_markers(history: WorkflowHistory) -> list[str]:
+    """Return the patch ids that `history` recorded, in order."""
+    return [
+        json.loads(event.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)[
+            "id"
+        ]
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and event.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
 
 
 def record_if_asked(name: str, history: WorkflowHistory) -> None:
