@@ -183,6 +183,9 @@ _AMENDMENT_APPROVAL = "amendment-approval"
 _CANCEL_CL_ORD_ID = "cancel-cl-ord-id"
 # The venue busts or corrects trades (trade_cancel, trade_correct; refused before).
 _TRADE_CORRECTIONS = "trade-corrections"
+# The projector writes once the run loop waits (or an Update waits for its answer), so that the
+# events of one step go in one write; before, it wrote as soon as anything was unprojected.
+_COALESCED_PROJECTION = "coalesced-projection"
 # An order started under this baseline follows every patch in it, recorded by this one marker
 # rather than by a marker of its own per patch (each is two history events: the marker and the
 # search attribute Temporal keeps of it). Runs started before it consult each patch as before.
@@ -200,6 +203,7 @@ _BASELINE_PATCHES = frozenset(
         _AMENDMENT_APPROVAL,
         _CANCEL_CL_ORD_ID,
         _TRADE_CORRECTIONS,
+        _COALESCED_PROJECTION,
     }
 )
 # Busts and corrections once the fills are booked: recorded, and flagged for middle office.
@@ -331,6 +335,13 @@ class OrderWorkflow:
             self._projected_executions = carried.projected_executions
             self._allocations_projected = carried.allocations_projected
             self._settlements_projected = dict(carried.settlement_statuses_projected)
+        self._coalesced_projection = self._patched(_COALESCED_PROJECTION)
+        # Updates waiting for their change to be projected: the projector writes at once.
+        self._answers_awaited = 0
+        # While compliance judges the order (a quick local step), the projector holds its write
+        # for the events that step brings; what the run loop waits for, while it waits.
+        self._judging = False
+        self._run_loop_waits_for: Callable[[], bool] | None = None
         self._updates_this_run = 0
         self._status_checks = 0  # venue calls that brought no acknowledgement yet: the back-off
         self._projector_stopping = False
@@ -491,6 +502,7 @@ class OrderWorkflow:
         A string says why it could not be judged.
         """
         order = self._order
+        self._judging = True
         try:
             return await workflow.execute_local_activity_method(
                 AssessmentActivities.assess_order,
@@ -506,6 +518,8 @@ class OrderWorkflow:
             # Only a non-retryable refusal gets here (an unknown instrument or fund, no FX
             # rate): the order cannot be judged, so it cannot pass.
             return f"compliance could not run: {_cause(err)}"
+        finally:
+            self._judging = False
 
     def _compliance_details(self, judged: AssessOrderResult) -> dict[str, JsonValue]:
         """Keep what was judged on the order, and return the event's details for the history."""
@@ -1999,9 +2013,7 @@ class OrderWorkflow:
     async def _projector(self) -> None:
         """Write what is not yet projected, one batch at a time, until the order has closed."""
         while True:
-            await workflow.wait_condition(
-                lambda: self._has_unprojected() or self._projector_stopping
-            )
+            await workflow.wait_condition(self._projection_due)
             if not self._has_unprojected():
                 return
             projection = self._pending_projection()
@@ -2119,6 +2131,18 @@ class OrderWorkflow:
     def _has_unprojected(self) -> bool:
         return self._order.last_seq > self._projected_seq
 
+    def _projection_due(self) -> bool:
+        """Return whether the projector should write now (or, with nothing to write, stop)."""
+        if not self._has_unprojected():
+            return self._projector_stopping
+        if not self._coalesced_projection or self._projector_stopping or self._answers_awaited:
+            return True
+        if self._judging:
+            return False  # the judgement's events are a moment away: one write for both
+        # A wait that is about to end brings the next step's events: write them together.
+        waits_for = self._run_loop_waits_for
+        return waits_for is None or not waits_for()
+
     def _pending_projection(self) -> OrderProjection:
         order = self._order
         new_executions = order.execution_count - self._projected_executions
@@ -2140,7 +2164,11 @@ class OrderWorkflow:
         """Return the order to the caller once the read model shows this change."""
         self._updates_this_run += 1
         seq = self._order.last_seq
-        await workflow.wait_condition(lambda: self._projected_seq >= seq)
+        self._answers_awaited += 1
+        try:
+            await workflow.wait_condition(lambda: self._projected_seq >= seq)
+        finally:
+            self._answers_awaited -= 1
         return self._order.without_events()
 
     # ---- continue-as-new ----------------------------------------------------------------------
@@ -2356,11 +2384,15 @@ class OrderWorkflow:
             # Whatever an order waits for before release, its time in force may end first.
             deadline = ends if deadline is None else min(deadline, ends)
 
-        if deadline is None:
-            await workflow.wait_condition(woken)
-        else:
-            remaining = deadline - workflow.now()
-            if remaining > timedelta(0):
-                with contextlib.suppress(TimeoutError):
-                    await workflow.wait_condition(woken, timeout=remaining)
+        self._run_loop_waits_for = woken
+        try:
+            if deadline is None:
+                await workflow.wait_condition(woken)
+            else:
+                remaining = deadline - workflow.now()
+                if remaining > timedelta(0):
+                    with contextlib.suppress(TimeoutError):
+                        await workflow.wait_condition(woken, timeout=remaining)
+        finally:
+            self._run_loop_waits_for = None
         return condition()
