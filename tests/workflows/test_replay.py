@@ -68,6 +68,7 @@ async def test_fresh_run_replays(desk: Desk) -> None:
     await replayer().replay_workflow(history)
     # One patch marker, the baseline's, stands for every patch the order follows.
     assert patch_markers(history) == [_BASELINE]
+    assert writes_without_a_reason_between(history) == 0
     record_if_asked("v2_order_settled_on_baseline", history)
 
 
@@ -102,6 +103,35 @@ def patch_markers(history: WorkflowHistory) -> list[str]:
         if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
         and event.marker_recorded_event_attributes.marker_name == "core_patch"
     ]
+
+
+def writes_without_a_reason_between(history: WorkflowHistory) -> int:
+    """Count the projections that followed another with no workflow task and no Update's answer
+    between them: a step's events went in two writes."""
+    count, written = 0, False
+    for event in history.events:
+        if event.event_type in (
+            EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED,
+        ):
+            written = False
+        elif (
+            event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+            and event.marker_recorded_event_attributes.marker_name == "core_local_activity"
+            and b'"project_events"'
+            in event.marker_recorded_event_attributes.details["data"].payloads[0].data
+        ):
+            count += written
+            written = True
+    return count
+
+
+def test_the_projection_of_one_step_is_one_write() -> None:
+    """Histories from before the coalesced projection wrote one step's events twice, at times."""
+    before = WorkflowHistory.from_json(
+        "before", (HISTORIES / "v2_order_settled_two_accounts.json").read_text()
+    )
+    assert writes_without_a_reason_between(before) == 2
 
 
 def record_if_asked(name: str, history: WorkflowHistory) -> None:
