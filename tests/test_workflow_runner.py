@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import CodeType
+from typing import Any
 
 import pytest
 import temporalio.common
@@ -25,7 +28,12 @@ from temporalio.worker import WorkflowInstanceDetails
 from temporalio.worker._command_aware_visitor import CommandInfo
 
 from domain.payload_codec import EncryptionCodec
-from workflow_runner import ContextShortcut, uses_serialization_context, workflow_runner
+from workflow_runner import (
+    CompiledOnceLoader,
+    ContextShortcut,
+    uses_serialization_context,
+    workflow_runner,
+)
 from workflows.order import OrderWorkflow
 
 INFO = workflow.Info(
@@ -146,3 +154,23 @@ def test_a_commands_context_goes_to_the_sandbox_only_when_contexts_matter() -> N
         assert shortcut.get_serialization_context(AN_ACTIVITY) == answer
         assert shortcut.get_serialization_context(None) == own
         assert sandboxed.asked == asked
+
+
+async def test_each_run_imports_the_workflow_module_without_compiling_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled: list[str] = []
+    compile_source = CompiledOnceLoader.source_to_code
+
+    def counting(self: CompiledOnceLoader, data: bytes, path: str, **kwargs: Any) -> CodeType:
+        compiled.append(path)
+        return compile_source(self, data, path, **kwargs)
+
+    monkeypatch.setattr(CompiledOnceLoader, "source_to_code", counting)
+    monkeypatch.setattr(CompiledOnceLoader, "_codes", {})
+    runner = workflow_runner(pydantic_data_converter)
+    for _ in range(3):
+        runner.create_instance(details())
+    # Compiled at most once (not at all where Python's own bytecode cache has it), and kept.
+    assert len([p for p in compiled if Path(p).name == "order.py"]) <= 1
+    assert [path for path, _, _ in CompiledOnceLoader._codes if Path(path).name == "order.py"]
