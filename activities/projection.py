@@ -54,7 +54,7 @@ class ProjectionActivities:
 
     @activity.defn
     def book_allocations(self, input: BookAllocationsInput) -> None:
-        """Record the order's allocations and rebuild the positions of the accounts they touch."""
+        """Record the order's allocations and move the positions of the accounts they touch."""
         with self._sessions() as session:
             queries.book_allocations(session, input.state, input.allocations, input.booked_at)
 

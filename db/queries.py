@@ -448,7 +448,7 @@ def approval_inbox(
 def book_allocations(
     session: Session, state: OrderState, allocations: Iterable[Allocation], booked_at: datetime
 ) -> None:
-    """Record the order's allocations (once) and rebuild the positions they touch."""
+    """Record the order's allocations (once) and move the positions they touch."""
     _book(session, state.order_id, state.fund, state.symbol, state.side, allocations, booked_at)
     session.commit()
 
@@ -462,80 +462,103 @@ def _book(
     allocations: Iterable[Allocation],
     booked_at: datetime,
 ) -> None:
-    touched: set[str] = set()
+    booked: dict[str, list[AllocationRow]] = {}
     for allocation in allocations:
-        touched.add(allocation.account)
         if session.get(AllocationRow, (order_id, allocation.account)) is not None:
-            continue
-        session.add(
-            AllocationRow(
-                order_id=order_id,
-                account=allocation.account,
-                fund=fund,
-                symbol=symbol,
-                side=side.value,
-                quantity=allocation.quantity,
-                price=allocation.price,
-                booked_at=booked_at,
-            )
+            continue  # booked by an earlier projection: its position has it already
+        row = AllocationRow(
+            order_id=order_id,
+            account=allocation.account,
+            fund=fund,
+            symbol=symbol,
+            side=side.value,
+            quantity=allocation.quantity,
+            price=allocation.price,
+            booked_at=booked_at,
         )
+        session.add(row)
+        booked.setdefault(allocation.account, []).append(row)
     session.flush()
-    for account in sorted(touched):
-        _rebuild_position(session, fund, account, symbol, booked_at)
+    for account in sorted(booked):
+        _move_position(session, fund, account, symbol, booked[account], booked_at)
 
 
-def _rebuild_position(session: Session, fund: str, account: str, symbol: str, at: datetime) -> None:
-    """Recompute one position from all its allocations, so rebooking is harmless (idempotent).
+def _move_position(
+    session: Session,
+    fund: str,
+    account: str,
+    symbol: str,
+    booked: Sequence[AllocationRow],
+    at: datetime,
+) -> None:
+    """Add newly booked allocations to one position.
+
+    A position is the fold of its allocations in booking-time order (`_fold`). Allocations
+    booked after everything the position holds are folded into it as it stands; one booked
+    earlier (two orders booking at nearly the same moment, committed the other way round)
+    rebuilds the position from all its allocations, so the order of commits never shows.
+
+    Two orders booking into one position at once must not each move it without the other's
+    allocation: the position row is locked (PostgreSQL) before it is read, so the second waits
+    for the first and then sees its result. A position not yet there is inserted by one of
+    them; the other fails on the key and its activity retries. (SQLite serialises writers and
+    refuses a stale writer, with the same retry.)
+    """
+    position = session.get(PositionRow, (account, symbol), with_for_update=True)
+    rows: Iterable[AllocationRow]
+    if position is not None and all(row.booked_at > position.updated_at for row in booked):
+        rows = sorted(booked, key=lambda row: (row.booked_at, row.order_id))
+    else:
+        # New (its first allocations), or booked out of order: from all its allocations.
+        rows = session.exec(
+            select(AllocationRow)
+            .where(AllocationRow.account == account, AllocationRow.symbol == symbol)
+            .order_by(col(AllocationRow.booked_at), col(AllocationRow.order_id))
+        )
+        if position is None:
+            position = PositionRow(fund=fund, account=account, symbol=symbol, updated_at=at)
+        position.quantity, position.average_cost, position.cash_flow = (
+            Decimal(0),
+            Decimal(0),
+            Decimal(0),
+        )
+    quantity, average_cost, cash_flow = position.quantity, position.average_cost, position.cash_flow
+    latest = position.updated_at
+    for row in rows:
+        quantity, average_cost, cash_flow = _fold(
+            quantity, average_cost, cash_flow, row.quantity * Side(row.side).sign, row.price
+        )
+        latest = max(latest, row.booked_at)
+    # The latest booking time folded in: what tells a later booking whether it comes after.
+    position.quantity, position.average_cost, position.cash_flow, position.updated_at = (
+        quantity,
+        average_cost,
+        cash_flow,
+        latest,
+    )
+    session.add(position)
+
+
+def _fold(
+    quantity: Decimal, average_cost: Decimal, cash_flow: Decimal, signed: Decimal, price: Decimal
+) -> tuple[Decimal, Decimal, Decimal]:
+    """Return a position (quantity, average cost, cash flow) after a trade of `signed` at `price`.
 
     Average cost is the weighted cost of the open position: trades that add to it move the
     average, trades that reduce it leave it, a trade that flips the sign starts it anew.
-
-    Two orders booking into one position at once must not each rebuild it without the other's
-    allocation: the position row is locked (PostgreSQL) before the allocations are read, so the
-    second waits for the first and then sees its rows. A position not yet there is inserted by
-    one of them; the other fails on the key and its activity retries. (SQLite serialises
-    writers and refuses a stale writer, with the same retry.)
     """
-    position = session.get(PositionRow, (account, symbol), with_for_update=True)
-    rows = session.exec(
-        select(AllocationRow)
-        .where(AllocationRow.account == account, AllocationRow.symbol == symbol)
-        .order_by(col(AllocationRow.booked_at), col(AllocationRow.order_id))
-    )
-    quantity, average_cost, cash_flow = Decimal(0), Decimal(0), Decimal(0)
-    for row in rows:
-        signed = row.quantity * Side(row.side).sign
-        cash_flow -= signed * row.price
-        new_quantity = quantity + signed
-        if quantity == 0 or (quantity > 0) == (signed > 0):
-            average_cost = (
-                (quantity * average_cost + signed * row.price) / new_quantity
-                if new_quantity
-                else Decimal(0)
-            )
-        elif (new_quantity > 0) != (quantity > 0) and new_quantity != 0:
-            average_cost = row.price
-        elif new_quantity == 0:
-            average_cost = Decimal(0)
-        quantity = new_quantity
-    if position is None:
-        position = PositionRow(
-            fund=fund,
-            account=account,
-            symbol=symbol,
-            quantity=quantity,
-            average_cost=average_cost,
-            cash_flow=cash_flow,
-            updated_at=at,
+    new_quantity = quantity + signed
+    if quantity == 0 or (quantity > 0) == (signed > 0):
+        average_cost = (
+            (quantity * average_cost + signed * price) / new_quantity
+            if new_quantity
+            else Decimal(0)
         )
-    else:
-        position.quantity, position.average_cost, position.cash_flow, position.updated_at = (
-            quantity,
-            average_cost,
-            cash_flow,
-            at,
-        )
-    session.add(position)
+    elif (new_quantity > 0) != (quantity > 0) and new_quantity != 0:
+        average_cost = price
+    elif new_quantity == 0:
+        average_cost = Decimal(0)
+    return new_quantity, average_cost, cash_flow - signed * price
 
 
 def positions(session: Session, funds: Sequence[str] | None) -> list[PositionRow]:
@@ -763,7 +786,7 @@ def fund_holdings(session: Session, fund: str) -> dict[str, Decimal]:
     """Return the fund's holdings per symbol over all its accounts: start of day plus booked.
 
     `holdings_sod` is the book as it stood before the allocations this read model holds, and
-    `positions` is rebuilt from those allocations, so the two add up without counting a trade
+    `positions` is the fold of those allocations, so the two add up without counting a trade
     twice. (Rolling a day over must move positions into `holdings_sod` and retire their
     allocations in one transaction; nothing does that yet.) Symbols netting to zero are left out.
     """

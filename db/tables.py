@@ -152,7 +152,7 @@ class MarketRow(SQLModel, table=True):
 class HoldingSodRow(SQLModel, table=True):
     """What an account held at the start of the day, before any allocation the OMS has booked.
 
-    A fund's holdings are these plus its positions (rebuilt from the allocations): see
+    A fund's holdings are these plus its positions (the fold of the allocations): see
     `db.queries.fund_holdings`.
     """
 
@@ -300,7 +300,7 @@ class AllocationRow(SQLModel, table=True):
 
 
 class PositionRow(SQLModel, table=True):
-    """Net position per account and instrument, rebuilt from the account's allocations."""
+    """Net position per account and instrument: its allocations folded in booking-time order."""
 
     __tablename__ = "positions"
 

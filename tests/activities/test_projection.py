@@ -497,6 +497,40 @@ async def test_a_sell_through_zero_starts_the_average_cost_anew(sessions: Sessio
     )
 
 
+async def test_a_booking_committed_after_a_later_one_counts_in_booking_time_order(
+    sessions: SessionFactory,
+) -> None:
+    """Average cost follows the trades' booking times, not the order the bookings committed in."""
+    env, projection = ActivityEnvironment(), ProjectionActivities(sessions)
+    account = unique("acct")
+    first = order_state(unique("ord"), status=OrderStatus.FILLED, quantity=Decimal(100))
+    later = order_state(
+        unique("ord"), side=Side.SELL_SHORT, status=OrderStatus.FILLED, quantity=Decimal(150)
+    )
+    earlier = order_state(unique("ord"), status=OrderStatus.FILLED, quantity=Decimal(100))
+
+    book(env, projection, first, [fill(account, "100", "230.5")], T0)
+    book(env, projection, later, [fill(account, "150", "250")], T0 + timedelta(hours=2))
+    book(env, projection, earlier, [fill(account, "100", "240")], T0 + timedelta(hours=1))
+
+    # +100 @ 230.5, +100 @ 240 (average 235.25), then -150 @ 250 (a reduction keeps it). In
+    # commit order the sell would have flipped the position and the buy flipped it back at 240.
+    held = position(sessions, account)
+    assert (held.quantity, held.average_cost, held.cash_flow) == (
+        Decimal(50),
+        Decimal("235.25"),
+        Decimal(-9550),  # -23050 - 24000 + 37500
+    )
+    assert held.updated_at == T0 + timedelta(hours=2)
+
+    # The next booking in time order is folded into the position as it stands.
+    next_one = order_state(unique("ord"), status=OrderStatus.FILLED, quantity=Decimal(50))
+    book(env, projection, next_one, [fill(account, "50", "260")], T0 + timedelta(hours=3))
+    held = position(sessions, account)
+    assert (held.quantity, held.average_cost) == (Decimal(100), Decimal("247.625"))
+    assert held.updated_at == T0 + timedelta(hours=3)
+
+
 # ---- record_settlement_status -----------------------------------------------------------------
 
 
