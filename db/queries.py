@@ -970,13 +970,18 @@ def upsert_reservation(session: Session, reservation: ComplianceReservationRow) 
     `created_at` stays as first written: the order reserved from then on.
     """
     values = reservation.model_dump()
-    insert = dialect_insert(session, ComplianceReservationRow).values(**values)
+    session.execute(_reservation_upsert(_dialect(session), tuple(values)), values)
+
+
+@functools.cache
+def _reservation_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+    """The reservation's upsert of `columns` (built once per shape, executed with parameters)."""
+    insert = core_insert(dialect, ComplianceReservationRow)
     kept = {"order_id", "created_at"}
-    statement = insert.on_conflict_do_update(
+    return insert.on_conflict_do_update(
         index_elements=["order_id"],
-        set_={k: insert.excluded[k] for k in values if k not in kept},
+        set_={k: insert.excluded[k] for k in columns if k not in kept},
     )
-    session.execute(statement)
 
 
 def delete_reservations(session: Session, order_ids: Iterable[str]) -> None:
