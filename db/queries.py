@@ -505,14 +505,23 @@ def _move_position(
     refuses a stale writer, with the same retry.)
     """
     position = session.get(PositionRow, (account, symbol), with_for_update=True)
-    rows: Iterable[AllocationRow]
+    trades: Iterable[tuple[Decimal, str, Decimal, datetime]]
     if position is not None and all(row.booked_at > position.updated_at for row in booked):
-        rows = sorted(booked, key=lambda row: (row.booked_at, row.order_id))
+        trades = [
+            (row.quantity, row.side, row.price, row.booked_at)
+            for row in sorted(booked, key=lambda row: (row.booked_at, row.order_id))
+        ]
     else:
-        # New (its first allocations), or booked out of order: from all its allocations.
-        rows = session.exec(
-            select(AllocationRow)
-            .where(AllocationRow.account == account, AllocationRow.symbol == symbol)
+        # New (its first allocations), or booked out of order: from all its allocations (as
+        # plain rows: a position may have thousands).
+        trades = session.execute(
+            sql_select(
+                col(AllocationRow.quantity),
+                col(AllocationRow.side),
+                col(AllocationRow.price),
+                col(AllocationRow.booked_at),
+            )
+            .where(col(AllocationRow.account) == account, col(AllocationRow.symbol) == symbol)
             .order_by(col(AllocationRow.booked_at), col(AllocationRow.order_id))
         )
         if position is None:
@@ -524,11 +533,11 @@ def _move_position(
         )
     quantity, average_cost, cash_flow = position.quantity, position.average_cost, position.cash_flow
     latest = position.updated_at
-    for row in rows:
+    for traded, side, price, booked_at in trades:
         quantity, average_cost, cash_flow = _fold(
-            quantity, average_cost, cash_flow, row.quantity * Side(row.side).sign, row.price
+            quantity, average_cost, cash_flow, traded * Side(side).sign, price
         )
-        latest = max(latest, row.booked_at)
+        latest = max(latest, booked_at)
     # The latest booking time folded in: what tells a later booking whether it comes after.
     position.quantity, position.average_cost, position.cash_flow, position.updated_at = (
         quantity,
