@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 import anyio
@@ -72,6 +73,31 @@ class DatabaseGate:
             self._slots.release()
 
 
+class OrderRoutes:
+    """Each order's fund and workflow type, as the read model gave them: neither ever changes.
+
+    Every request on an order needs them (to authorise, and to route to its workflow); remembered,
+    they cost no database slot, thread hop or query after the first. Bounded: the orders seen
+    longest ago are forgotten first.
+    """
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._size = size
+        self._routes: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    def get(self, order_id: str) -> tuple[str, str] | None:
+        route = self._routes.get(order_id)
+        if route is not None:
+            self._routes.move_to_end(order_id)
+        return route
+
+    def remember(self, order_id: str, route: tuple[str, str]) -> None:
+        self._routes[order_id] = route
+        self._routes.move_to_end(order_id)
+        if len(self._routes) > self._size:
+            self._routes.popitem(last=False)
+
+
 @dataclass
 class Services:
     """What every request may use; built once at start-up (see api.app.create_app)."""
@@ -81,6 +107,7 @@ class Services:
     sessions: SessionFactory
     authorizer: Authorizer
     db: DatabaseGate
+    routes: OrderRoutes = field(default_factory=OrderRoutes)
 
 
 # Async (though it does no I/O) so that FastAPI runs it on the event loop: a sync dependency

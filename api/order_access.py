@@ -97,7 +97,11 @@ async def locate(
     """
     if not ORDER_ID_PATTERN.match(order_id):
         raise not_found()
-    route = await run_db(services, lambda session: queries.order_route(session, order_id))
+    route = services.routes.get(order_id)
+    if route is None:
+        route = await run_db(services, lambda session: queries.order_route(session, order_id))
+        if route is not None:
+            services.routes.remember(order_id, route)
     if route is None:
         # Not projected yet (a create still in flight): only Temporal knows its type and fund.
         try:

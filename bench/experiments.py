@@ -88,32 +88,6 @@ def _long_poll_from_read_model() -> None:
     _replace(orders, "query_order", from_row)
 
 
-def _cache_order_routes() -> None:
-    # Every request on an order first reads its fund and workflow type from the read model
-    # (a database slot, a thread hop and a query); neither ever changes, so remember them.
-    from api import order_access
-    from api.errors import not_found
-    from api.routers import executions, orders
-
-    located = order_access.locate
-    routes: dict[str, tuple[str, str]] = {}
-
-    async def locate(
-        services: Any, user: str, order_id: str, seen_through: tuple[str, str] = ("orders", "read")
-    ) -> order_access.OrderRef:
-        route = routes.get(order_id)
-        if route is None:
-            ref = await located(services, user, order_id, seen_through)
-            routes[order_id] = (ref.fund, ref.workflow_type)
-            return ref
-        if services.authorizer.check(user, route[0], *seen_through) is None:
-            raise not_found()
-        return order_access.OrderRef(order_id, *route)
-
-    for router in (orders, executions):
-        _replace(router, "locate", locate)
-
-
 def _simulator_keepalive() -> None:
     # The simulators share one httpx client with the default pool (20 kept-alive connections);
     # with more reports and confirmations in flight, connections are closed and opened again,
@@ -168,11 +142,6 @@ EXPERIMENTS: dict[str, Experiment] = {
         "GET /orders/{id}?wait_for= answers from the read-model row, not a Query (which replays"
         " a closed order's whole history)",
         _long_poll_from_read_model,
-    ),
-    "route-cache": Experiment(
-        "locate() remembers each order's fund and workflow type instead of reading them from"
-        " the read model on every request",
-        _cache_order_routes,
     ),
     "simulator-keepalive": Experiment(
         "the simulators' httpx client keeps up to 200 connections alive (default 20)",
