@@ -25,7 +25,10 @@ workflow tasks, activities, local activities, Updates, Signals, timers, its size
 it had a workflow task queued or open on a worker), where the CPU went (per thread group of
 this process, per OMS process, the Temporal server, other processes; from /proc), the
 event-loop lag and the Temporal calls' latency. Then a summary table and the two ratios:
-lifecycle orders/s / trivial workflows/s and / same-interaction workflows/s.
+lifecycle orders/s / trivial workflows/s and / same-interaction workflows/s. All of it runs
+three times (rounds) on the one server, and the last lines give each ratio's median over the
+rounds: the machine's speed drifts (the references have run at half and at twice the speed an
+hour apart), and a ratio from one batch of each can be off by a third.
 
 How to read it
     - Rates are completed workflows / wall time of the batch. One warm-up of each runs first,
@@ -63,6 +66,8 @@ Options
                     (bench/experiments.py), to measure it before anyone edits the OMS. Printed
                     as EXPERIMENT, and named in the summary.
     --lifecycle-only   skip the references (quick comparisons).
+    --rounds N      how many times to run the references and the lifecycle (default 3; 1 with
+                    --lifecycle-only or --profile).
 
 Run: `python -m bench.lifecycle [--orders N] [--concurrency C] [...]` (`make bench`). Nothing is
 downloaded: the dev server is the `temporal` CLI next to this Python.
@@ -79,6 +84,7 @@ import logging
 import math
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -125,6 +131,8 @@ TEARDOWN_SECONDS = 30.0
 STAGES = ("create", "approve", "release", "release->settled", "total")
 FAILED_STATUSES = frozenset({"settlement_failed", "venue_rejected", "canceled", "expired"})
 TARGET_TRIVIAL, TARGET_INTERACTION = 0.25, 0.6
+# The machine's speed drifts between runs, and the references with it: ratios are medians.
+DEFAULT_ROUNDS = 3
 DEFAULT_CONCURRENCY, PROFILE_CONCURRENCY = 25, 10
 
 
@@ -682,6 +690,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--lifecycle-only", action="store_true", help="skip the two references (quick experiments)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="run the references and the lifecycle this many times, one after the other, and"
+        " print each ratio's median (default 3, 1 with --lifecycle-only or --profile)",
+    )
     args = parser.parse_args(argv)
     if args.concurrency is None:
         args.concurrency = PROFILE_CONCURRENCY if args.profile else DEFAULT_CONCURRENCY
@@ -689,6 +704,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--orders, --concurrency and --max-concurrent-activities must be at least 1")
     if args.fill_delay < 0 or args.confirm_delay < 0:
         parser.error("delays cannot be negative")
+    if args.rounds is None:
+        args.rounds = 1 if args.lifecycle_only or args.profile else DEFAULT_ROUNDS
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.profile and args.rounds > 1:
+        parser.error("--profile profiles one round: use --rounds 1")
     if args.profile_out and not args.profile:
         parser.error("--profile-out needs --profile")
     if args.profile and args.processes:
@@ -712,6 +733,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     budget = phase_budget(args.orders)
+    rounds: list[tuple[LifecycleResult, PhaseResult | None, PhaseResult | None]] = []
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as tmp:
         env = await WorkflowEnvironment.start_local(
             data_converter=pydantic_data_converter,
@@ -721,50 +743,94 @@ async def main(argv: Sequence[str] | None = None) -> int:
         try:
             rpc = RpcTimes()
             client = rpc.client(env.client)
-            trivial = interaction = None
-            if not args.lifecycle_only:
-                probe = Probe(rpc)
-                trivial = await run_trivial(
-                    client, runner, args.orders, args.concurrency, budget, probe
-                )
-                report_reference(
-                    "Trivial reference: one workflow, one trivial activity (execute_workflow)",
-                    args,
-                    trivial,
-                    probe,
-                )
-                probe = Probe(rpc)
-                interaction = await run_interaction(
-                    client, runner, args.orders, args.concurrency, budget, probe
-                )
-                report_reference(
-                    "Same-interaction reference: update-with-start, approve, release,"
-                    " 3 report Updates, 2 settlement Signals; no activities",
-                    args,
-                    interaction,
-                    probe,
-                )
-            profiler = AllThreadsProfiler() if args.profile else None
-            with read_model_url(args.postgres) as database_url:
-                lifecycle = await run_lifecycle(
-                    env, args, Path(tmp), log_counter, profiler, database_url, rpc
-                )
-            report_lifecycle(args, lifecycle)
-            if args.processes:
-                print("\n".join(process_log_lines(Path(tmp))), flush=True)
+            for index in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"\n=== Round {index + 1} of {args.rounds} ===", flush=True)
+                trivial = interaction = None
+                if not args.lifecycle_only:
+                    probe = Probe(rpc)
+                    trivial = await run_trivial(
+                        client, runner, args.orders, args.concurrency, budget, probe
+                    )
+                    report_reference(
+                        "Trivial reference: one workflow, one trivial activity (execute_workflow)",
+                        args,
+                        trivial,
+                        probe,
+                    )
+                    probe = Probe(rpc)
+                    interaction = await run_interaction(
+                        client, runner, args.orders, args.concurrency, budget, probe
+                    )
+                    report_reference(
+                        "Same-interaction reference: update-with-start, approve, release,"
+                        " 3 report Updates, 2 settlement Signals; no activities",
+                        args,
+                        interaction,
+                        probe,
+                    )
+                profiler = AllThreadsProfiler() if args.profile else None
+                data_dir = Path(tmp) / f"round-{index + 1}"
+                data_dir.mkdir()
+                with read_model_url(args.postgres) as database_url:
+                    lifecycle = await run_lifecycle(
+                        env, args, data_dir, log_counter, profiler, database_url, rpc
+                    )
+                report_lifecycle(args, lifecycle)
+                if args.processes:
+                    print("\n".join(process_log_lines(data_dir)), flush=True)
+                rounds.append((lifecycle, trivial, interaction))
         finally:
             await env.shutdown()
-    if lifecycle.profile is not None:
-        print(
-            "\nProfile of the lifecycle batch (every Python thread, thread CPU time;"
-            " profiling slows it down, so read shares, not rates):",
-            flush=True,
-        )
-        print("\n".join(lifecycle.profile.lines(len(lifecycle.settled))), flush=True)
-    if trivial is not None and interaction is not None:
-        report_summary(args, lifecycle, trivial, interaction, args.runner)
+    for lifecycle, _, _ in rounds:
+        if lifecycle.profile is not None:
+            print(
+                "\nProfile of the lifecycle batch (every Python thread, thread CPU time;"
+                " profiling slows it down, so read shares, not rates):",
+                flush=True,
+            )
+            print("\n".join(lifecycle.profile.lines(len(lifecycle.settled))), flush=True)
+    for lifecycle, trivial, interaction in rounds:
+        if trivial is not None and interaction is not None:
+            report_summary(args, lifecycle, trivial, interaction, args.runner)
+    report_rounds(rounds)
     print("\n".join(log_counter.lines()), flush=True)
-    return 1 if len(lifecycle.settled) < args.orders else 0
+    return 1 if any(len(lifecycle.settled) < args.orders for lifecycle, _, _ in rounds) else 0
+
+
+def report_rounds(
+    rounds: Sequence[tuple[LifecycleResult, PhaseResult | None, PhaseResult | None]],
+) -> None:
+    """Print each ratio's median over the rounds (the machine's speed drifts between runs)."""
+    ratios = [
+        (lifecycle.rate / rate_of(trivial), lifecycle.rate / rate_of(interaction))
+        for lifecycle, trivial, interaction in rounds
+        if trivial is not None
+        and interaction is not None
+        and rate_of(trivial)
+        and rate_of(interaction)
+    ]
+    if len(ratios) < 2:
+        return
+    to_trivial = sorted(r[0] for r in ratios)
+    to_interaction = sorted(r[1] for r in ratios)
+    rates = sorted(lifecycle.rate for lifecycle, _, _ in rounds)
+    print(
+        "\n".join(
+            [
+                "",
+                f"Over {len(ratios)} rounds (median, and the range):",
+                f"  lifecycle orders/s           {statistics.median(rates):.2f}"
+                f"   ({rates[0]:.2f} .. {rates[-1]:.2f})",
+                f"  lifecycle / trivial          {statistics.median(to_trivial):.3f}"
+                f"  ({to_trivial[0]:.3f} .. {to_trivial[-1]:.3f})   (target >= {TARGET_TRIVIAL})",
+                f"  lifecycle / same-interaction {statistics.median(to_interaction):.3f}"
+                f"  ({to_interaction[0]:.3f} .. {to_interaction[-1]:.3f})"
+                f"   (target >= {TARGET_INTERACTION})",
+            ]
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
