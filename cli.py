@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import re
@@ -79,10 +78,11 @@ def chat_banner(settings: Settings) -> list[str]:
 
 def _cmd_dev(_: argparse.Namespace, settings: Settings) -> int:
     from devserver import PortInUseError, run_dev
+    from worker import run_event_loop
 
     print("\n".join(chat_banner(settings)), flush=True)
     try:
-        asyncio.run(run_dev(settings))
+        run_event_loop(run_dev(settings))
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -90,19 +90,19 @@ def _cmd_dev(_: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import QUEUES, run_workers
+    from worker import QUEUES, run_event_loop, run_workers
 
     queues = [args.queue] if args.queue else list(QUEUES)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_workers(settings, queues))
+        run_event_loop(run_workers(settings, queues))
     return 0
 
 
 def _cmd_simulators(_: argparse.Namespace, settings: Settings) -> int:
-    from worker import run_workers
+    from worker import run_event_loop, run_workers
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_workers(settings, [], simulate=True))
+        run_event_loop(run_workers(settings, [], simulate=True))
     return 0
 
 

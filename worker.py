@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Coroutine, Sequence
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from temporalio.client import Client
@@ -39,6 +39,21 @@ from workflows.order import OrderWorkflow
 from workflows.order_v1 import OrderWorkflowV1
 
 QUEUES = ("orders", "back-office")
+
+T = TypeVar("T")
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on uvloop where it is installed (a dependency, but on Windows).
+
+    Every OMS process spends much of its CPU in the event loop (HTTP, Temporal's polling, thread
+    hand-offs); uvloop's does the same work for about a tenth less CPU an order (`make bench`).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def data_converter(settings: Settings) -> DataConverter:

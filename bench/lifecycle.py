@@ -837,5 +837,7 @@ if __name__ == "__main__":
     # Run the module's own import, not `__main__`: the workflow sandbox re-imports the module
     # that defines a workflow by name, which `__main__` may lack (under runpy wrappers).
     from bench.lifecycle import main as _main
+    from worker import run_event_loop
 
-    sys.exit(asyncio.run(_main()))
+    # The event loop `oms dev` and the workers run on.
+    sys.exit(run_event_loop(_main()))

@@ -11,7 +11,6 @@ Run: `python -m bench.serve {api,orders,back-office,simulators} [--runner R] [--
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from api.app import create_app
     from config import Settings
-    from worker import run_workers
+    from worker import run_event_loop, run_workers
 
     settings = Settings()
     if args.role == "api":
@@ -50,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     queues = [] if args.role == "simulators" else [args.role]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_workers(settings, queues, simulate=args.role == "simulators"))
+        run_event_loop(run_workers(settings, queues, simulate=args.role == "simulators"))
     return 0
 
 
