@@ -189,7 +189,7 @@ def thread_group(native_id: int, name: str | None) -> str:
         return THREAD_GROUPS[2]
     if name.startswith("AnyIO worker thread"):
         return THREAD_GROUPS[3]
-    if name.startswith("asyncio_"):
+    if name.startswith(("asyncio_", "uvloop_")):  # the event loop's default executor
         return THREAD_GROUPS[4]
     return THREAD_GROUPS[5]
 
