@@ -8,8 +8,9 @@ see each other, so they cannot jointly breach a limit that each passes alone.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Protocol
 
@@ -92,38 +93,67 @@ def _refuse(message: str) -> ApplicationError:
     return ApplicationError(message, type=RefusalType.INVALID_INPUT, non_retryable=True)
 
 
-def _hours(market: MarketRow) -> MarketHours:
-    return MarketHours(
-        market=market.market,
-        timezone=market.timezone,
-        opens=market.opens,
-        closes=market.closes,
-        weekdays=list(market.weekdays),
-        always_open=market.always_open,
-    )
-
-
 def _instrument_data(
     references: Mapping[str, queries.InstrumentReference],
     prices: Mapping[str, Decimal],
     markets: Mapping[str, MarketRow],
 ) -> dict[str, InstrumentData]:
-    # One MarketHours per market, shared by its instruments (pydantic keeps a model instance
-    # as given): a fund may hold thousands of instruments on a handful of markets.
-    hours = {code: _hours(market) for code, market in markets.items()}
-    instruments: dict[str, InstrumentData] = {}
-    for symbol, ref in sorted(references.items()):
-        instruments[symbol] = InstrumentData(
-            symbol=symbol,
-            asset_class=AssetClass(ref.asset_class),
-            currency=ref.currency,
-            reference_price=prices.get(symbol),
-            lot_size=ref.lot_size,
-            issuer=ref.issuer,
-            sector=ref.sector,
-            hours=hours.get(ref.market) if ref.market else None,
-        )
-    return instruments
+    hours = {code: _hours_key(market) for code, market in markets.items()}
+    return {
+        symbol: _instrument(ref, prices.get(symbol), hours.get(ref.market) if ref.market else None)
+        for symbol, ref in sorted(references.items())
+    }
+
+
+_HoursKey = tuple[str, str, time, time, tuple[int, ...], bool]
+
+
+def _hours_key(market: MarketRow) -> _HoursKey:
+    return (
+        market.market,
+        market.timezone,
+        market.opens,
+        market.closes,
+        tuple(market.weekdays),
+        market.always_open,
+    )
+
+
+@functools.lru_cache(maxsize=100_000)
+def _instrument(
+    ref: queries.InstrumentReference, price: Decimal | None, hours: _HoursKey | None
+) -> InstrumentData:
+    """Return an instrument's data: one frozen instance per distinct value, kept across checks.
+
+    Building 10,000 of them was the largest part of a big fund's check (under the fund's lock).
+    The reference data, the price and the market's hours are the key, so a change to any of
+    them gives a new instance.
+    """
+    return InstrumentData(
+        symbol=ref.symbol,
+        asset_class=AssetClass(ref.asset_class),
+        currency=ref.currency,
+        reference_price=price,
+        lot_size=ref.lot_size,
+        issuer=ref.issuer,
+        sector=ref.sector,
+        hours=None if hours is None else _market_hours(hours),
+    )
+
+
+@functools.lru_cache(maxsize=1_000)
+def _market_hours(key: _HoursKey) -> MarketHours:
+    # One instance per market's hours, shared by its instruments (pydantic keeps a model
+    # instance as given): a fund may hold thousands of instruments on a handful of markets.
+    market, timezone, opens, closes, weekdays, always_open = key
+    return MarketHours(
+        market=market,
+        timezone=timezone,
+        opens=opens,
+        closes=closes,
+        weekdays=list(weekdays),
+        always_open=always_open,
+    )
 
 
 def _fx_to_base(

@@ -800,14 +800,19 @@ def fund_holdings(session: Session, fund: str) -> dict[str, Decimal]:
     allocations in one transaction; nothing does that yet.) Symbols netting to zero are left out.
     """
     totals: dict[str, Decimal] = {}
-    sod = session.execute(
-        select(col(HoldingSodRow.symbol), col(HoldingSodRow.quantity)).where(
-            HoldingSodRow.fund == fund
+    # Core statements on the session's connection: a fund may hold 10,000 instruments, and the
+    # ORM's result handling costs more than the rows themselves.
+    connection = session.connection()
+    sod = connection.execute(
+        sql_select(col(HoldingSodRow.symbol), col(HoldingSodRow.quantity)).where(
+            col(HoldingSodRow.fund) == fund
         )
-    )
-    booked = session.execute(
-        select(col(PositionRow.symbol), col(PositionRow.quantity)).where(PositionRow.fund == fund)
-    )
+    ).all()
+    booked = connection.execute(
+        sql_select(col(PositionRow.symbol), col(PositionRow.quantity)).where(
+            col(PositionRow.fund) == fund
+        )
+    ).all()
     for symbol, quantity in [*sod, *booked]:
         totals[symbol] = totals.get(symbol, Decimal(0)) + quantity
     return {symbol: tidy(quantity) for symbol, quantity in sorted(totals.items()) if quantity}
@@ -831,9 +836,10 @@ def instrument_references(
 ) -> dict[str, InstrumentReference]:
     """Return the reference data of those of `symbols` that are known, by symbol."""
     found: dict[str, InstrumentReference] = {}
+    connection = session.connection()
     for chunk in _chunks(symbols):
-        # Plain rows, not ORM objects: a fund may hold 10,000 instruments.
-        rows = session.execute(
+        # Plain rows on the connection, not through the ORM: a fund may hold 10,000 instruments.
+        rows = connection.execute(
             sql_select(
                 col(InstrumentRow.symbol),
                 col(InstrumentRow.asset_class),
@@ -843,7 +849,7 @@ def instrument_references(
                 col(InstrumentRow.sector),
                 col(InstrumentRow.market),
             ).where(col(InstrumentRow.symbol).in_(chunk))
-        )
+        ).all()
         for symbol, asset_class, currency, lot_size, issuer, sector, market in rows:
             found[symbol] = InstrumentReference(
                 symbol=symbol,
@@ -860,12 +866,13 @@ def instrument_references(
 def instrument_reference_prices(session: Session, symbols: Iterable[str]) -> dict[str, Decimal]:
     """Return the instruments' reference prices, for those of `symbols` that are known."""
     prices: dict[str, Decimal] = {}
+    connection = session.connection()
     for chunk in _chunks(symbols):
-        rows = session.execute(
-            select(col(InstrumentRow.symbol), col(InstrumentRow.reference_price)).where(
+        rows = connection.execute(
+            sql_select(col(InstrumentRow.symbol), col(InstrumentRow.reference_price)).where(
                 col(InstrumentRow.symbol).in_(chunk)
             )
-        )
+        ).all()
         prices.update((symbol, tidy(price)) for symbol, price in rows)
     return prices
 
@@ -876,10 +883,23 @@ def all_markets(session: Session) -> dict[str, MarketRow]:
 
 
 @dataclass(frozen=True)
+class Reserved:
+    """A compliance reservation as read (plain values: a fund may have thousands open)."""
+
+    order_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    exposure: Decimal
+    created_by: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class ReservationWithStatus:
     """A compliance reservation and, when the order has a row yet, where the order stands."""
 
-    reservation: ComplianceReservationRow
+    reservation: Reserved
     status: str | None
     quantity: Decimal | None
     filled_quantity: Decimal | None
@@ -893,24 +913,29 @@ def reservations_with_status(
     The order's row may not be there yet (its check runs before the projection catches up): the
     join is an outer one, and such a reservation comes with status None.
     """
-    rows = session.execute(
-        select(
-            ComplianceReservationRow,
-            col(OrderRow.status),
-            col(OrderRow.quantity),
-            col(OrderRow.filled_quantity),
+    reservation = ComplianceReservationRow.__table__.c  # type: ignore[attr-defined]
+    rows = (
+        session.connection()
+        .execute(
+            sql_select(
+                reservation.order_id,
+                reservation.symbol,
+                reservation.side,
+                reservation.quantity,
+                reservation.exposure,
+                reservation.created_by,
+                reservation.created_at,
+                col(OrderRow.status),
+                col(OrderRow.quantity),
+                col(OrderRow.filled_quantity),
+            )
+            .outerjoin(OrderRow, col(OrderRow.order_id) == reservation.order_id)
+            .where(reservation.fund == fund, reservation.order_id != exclude_order_id)
+            .order_by(reservation.created_at, reservation.order_id)
         )
-        .outerjoin(OrderRow, col(OrderRow.order_id) == col(ComplianceReservationRow.order_id))
-        .where(
-            ComplianceReservationRow.fund == fund,
-            ComplianceReservationRow.order_id != exclude_order_id,
-        )
-        .order_by(col(ComplianceReservationRow.created_at), col(ComplianceReservationRow.order_id))
+        .all()
     )
-    return [
-        ReservationWithStatus(reservation, status, quantity, filled)
-        for reservation, status, quantity, filled in rows
-    ]
+    return [ReservationWithStatus(Reserved(*row[:7]), row[7], row[8], row[9]) for row in rows]
 
 
 def unreserved_orders(
