@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import Decimal, getcontext
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -435,4 +435,12 @@ class OrderState(BaseModel):
 
 def tidy(value: Decimal) -> Decimal:
     """Drop trailing zeros that storage adds (1.000000 -> 1) without switching to exponent form."""
+    _, digits, exponent = value.as_tuple()
+    # Already tidy, as most values are (a big fund's check tidies tens of thousands): a whole
+    # number without exponent, or a fraction whose last digit is not a zero, within the
+    # context's precision (`normalize` rounds longer ones, and they keep that behaviour).
+    if len(digits) <= getcontext().prec and (
+        exponent == 0 or (isinstance(exponent, int) and exponent < 0 and digits[-1] != 0)
+    ):
+        return value
     return Decimal(format(value.normalize(), "f"))

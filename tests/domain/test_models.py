@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from domain.ids import (
@@ -393,6 +395,20 @@ def test_tidy(value: str, text: str) -> None:
     tidied = tidy(Decimal(value))
     assert tidied == Decimal(value)
     assert str(tidied) == text
+
+
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False, places=None)
+    | st.builds(
+        lambda digits, places: Decimal(digits).scaleb(-places),
+        st.integers(-(10**20), 10**20),
+        st.integers(-5, 14),
+    )
+)
+def test_tidy_gives_what_normalising_and_formatting_gives(value: Decimal) -> None:
+    # Its shortcut for values already tidy must answer exactly as the full formula would.
+    tidied, formula = tidy(value), Decimal(format(value.normalize(), "f"))
+    assert tidied.as_tuple() == formula.as_tuple()
 
 
 @pytest.mark.parametrize(
