@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.lifecycle $(BENCH_ARGS)
 	$(BIN)/python -m bench.authority
 	$(BIN)/python -m bench.compliance
+	$(BIN)/python -m bench.fund_check
 
 clean:
 	rm -rf $(VENV) .oms .pytest_cache .mypy_cache .ruff_cache
