@@ -200,6 +200,9 @@ def _cmd_api(_: argparse.Namespace, settings: Settings) -> int:
     # `error: ...`, rather than as a traceback from uvicorn's start-up.
     settings.payload_codec()
     # Metrics never leave on the API port: their own listener (OMS_METRICS_HOST/PORT).
+    from worker import settle_garbage_collector
+
+    settle_garbage_collector()
     try:
         with serve_metrics(settings, app.state.metrics):
             uvicorn.run(app, host=settings.api_host, port=settings.api_port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import math
 import os
@@ -465,12 +466,49 @@ class LoopLag:
         )
 
 
+class GcPauses:
+    """The garbage collector's collections in this process, and their time, per generation."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.count[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._started
+
+    def start(self) -> None:
+        gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def line(self, count: int) -> str:
+        per = 1000 / max(1, count)
+        parts = ", ".join(
+            f"gen {g} {n} ({seconds * per:.1f} ms)"
+            for g, (n, seconds) in enumerate(zip(self.count, self.seconds, strict=True))
+        )
+        return (
+            f"  GC pauses           {sum(self.seconds) * per:.1f} ms per workflow in this"
+            f" process: collections {parts}"
+        )
+
+
 class Probe:
-    """What one phase measures around its batch (after its warm-up): CPU, loop lag, Temporal calls."""
+    """What one phase measures around its batch (after its warm-up): CPU, loop lag, Temporal calls,
+    and the garbage collector's pauses in this process."""
 
     def __init__(self, rpc: RpcTimes) -> None:
         self._rpc = rpc
         self._lag = LoopLag()
+        self._gc = GcPauses()
         self._before: CpuSnapshot | None = None
         self.cpu: CpuUse | None = None
         self._lines: list[str] = []
@@ -478,18 +516,20 @@ class Probe:
     def begin(self) -> None:
         self._rpc.reset()
         self._lag.start()
+        self._gc.start()
         self._before = CpuSnapshot.take()
 
     async def end(self) -> None:
         if self._before is None:
             return
         self.cpu = CpuUse.between(self._before, CpuSnapshot.take())
+        self._gc.stop()
         await self._lag.stop()
         self._lines = [self._lag.line(), *self._rpc.lines()]
 
     def lines(self, count: int) -> list[str]:
         cpu = self.cpu.lines(count) if self.cpu is not None else []
-        return cpu + self._lines
+        return [*cpu, self._gc.line(count), *self._lines]
 
 
 # --- warnings and errors, counted ---------------------------------------------------------------

@@ -36,10 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from api.app import create_app
     from config import Settings
-    from worker import run_event_loop, run_workers
+    from worker import run_event_loop, run_workers, settle_garbage_collector
 
     settings = Settings()
     if args.role == "api":
+        settle_garbage_collector()  # as `oms api` does
         uvicorn.run(
             create_app(settings),
             host=settings.api_host,
