@@ -199,10 +199,10 @@ def _cmd_api(_: argparse.Namespace, settings: Settings) -> int:
     # The app's Temporal client encrypts payloads: refuse bad or missing keys here, as
     # `error: ...`, rather than as a traceback from uvicorn's start-up.
     settings.payload_codec()
-    # Metrics never leave on the API port: their own listener (OMS_METRICS_HOST/PORT).
     from worker import settle_garbage_collector
 
     settle_garbage_collector()
+    # Metrics never leave on the API port: their own listener (OMS_METRICS_HOST/PORT).
     try:
         with serve_metrics(settings, app.state.metrics):
             uvicorn.run(app, host=settings.api_host, port=settings.api_port)
