@@ -2,8 +2,8 @@
 serialization contexts answered without entering the sandbox.
 
 The SDK asks the workflow instance for a serialization context once per payload sequence it
-converts (every activation and every completion, several passes each: about 140 times an
-order). The sandboxed instance answers each question by compiling and executing a snippet
+converts (every activation and every completion, several passes each: about a hundred times
+an order in `make bench`). The sandboxed instance answers each question by compiling and executing a snippet
 inside the sandbox, which a profile of `make bench` put at a tenth of an order's CPU.
 
 - A question about the workflow's own payloads (no command) has an answer fixed for the life of

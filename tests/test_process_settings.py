@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from worker import GC_YOUNG_THRESHOLD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,8 @@ def test_a_started_process_freezes_what_it_loaded_and_collects_young_objects_les
     assert rest_kept == "True"
 
 
-def test_the_event_loop_is_uvloop_where_it_is_installed() -> None:
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop is not a dependency on Windows")
+def test_the_event_loop_is_uvloop() -> None:
     probe = (
         "import asyncio, worker\n"
         "async def loop_name():\n"
