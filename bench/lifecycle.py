@@ -1,4 +1,4 @@
-"""Order lifecycle throughput and latency against two references, on one real Temporal dev server.
+"""Order lifecycle throughput and latency against three references, on one real Temporal dev server.
 
 What is measured, in one run, on one dev server (in-memory), in this order:
 
@@ -10,7 +10,12 @@ What is measured, in one run, on one dev server (in-memory), in this order:
     the other) and one Signal per settlement instruction, sent straight through the Temporal
     client as the API, the venue and the back office would. Its rate is the ceiling for an
     order's shape of interaction.
-3.  The lifecycle: N orders, C at a time, through the public HTTP API of the OMS, in this
+3.  The order shape (`bench.reference.OrderShapeWorkflow`): the same messages, driven the same
+    way, to a workflow that also gives every command an order's history holds (its patch
+    marker, 12 local activities, its timers, the back office's activity), each a no-op. Its
+    rate is the ceiling of the order's design: what the lifecycle would reach if the OMS's own
+    work (HTTP, database, compliance rules, simulators) cost nothing.
+4.  The lifecycle: N orders, C at a time, through the public HTTP API of the OMS, in this
     process as under `oms dev` (API, both workers and both simulators, `devserver.running_oms`;
     or in four processes with --processes), on a SQLite read model (or PostgreSQL):
 
@@ -25,7 +30,8 @@ workflow tasks, activities, local activities, Updates, Signals, timers, its size
 it had a workflow task queued or open on a worker), where the CPU went (per thread group of
 this process, per OMS process, the Temporal server, other processes; from /proc), the
 event-loop lag and the Temporal calls' latency. Then a summary table and the two ratios:
-lifecycle orders/s / trivial workflows/s and / same-interaction workflows/s. All of it runs
+lifecycle orders/s / trivial workflows/s and / same-interaction workflows/s, and the order
+shape's rate over each reference and the lifecycle's over the order shape's. All of it runs
 three times (rounds) on the one server, and the last lines give each ratio's median over the
 rounds: the machine's speed drifts (the references have run at half and at twice the speed an
 hour apart), and a ratio from one batch of each can be off by a third.
@@ -98,8 +104,10 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import WorkflowRunner
 
 from activities.assessment import copy_policies_without
 from api.tokens import issue_token
@@ -117,7 +125,13 @@ from bench.measure import (
     stats_row,
 )
 from bench.profiling import AllThreadsProfiler, ProfileReport
-from bench.reference import PhaseResult, order_request, run_interaction, run_trivial
+from bench.reference import (
+    PhaseResult,
+    order_request,
+    run_interaction,
+    run_order_shape,
+    run_trivial,
+)
 from config import POLICIES_DIR, Settings
 from db.demo import load_demo_data
 from db.engine import create_schema, make_engine, session_factory
@@ -134,6 +148,15 @@ TARGET_TRIVIAL, TARGET_INTERACTION = 0.25, 0.6
 # The machine's speed drifts between runs, and the references with it: ratios are medians.
 DEFAULT_ROUNDS = 3
 DEFAULT_CONCURRENCY, PROFILE_CONCURRENCY = 25, 10
+
+
+@dataclass
+class References:
+    """One round's reference batches: what the lifecycle's rate is divided by."""
+
+    trivial: PhaseResult
+    interaction: PhaseResult
+    order_shape: PhaseResult
 
 
 # --- the lifecycle -----------------------------------------------------------------------------
@@ -557,14 +580,11 @@ def rate_of(result: PhaseResult) -> float:
 
 
 def report_summary(
-    args: argparse.Namespace,
-    lifecycle: LifecycleResult,
-    trivial: PhaseResult,
-    interaction: PhaseResult,
-    runner: str,
+    args: argparse.Namespace, lifecycle: LifecycleResult, refs: References, runner: str
 ) -> None:
     settled = lifecycle.settled
-    trivial_rate, interaction_rate = rate_of(trivial), rate_of(interaction)
+    trivial_rate, interaction_rate = rate_of(refs.trivial), rate_of(refs.interaction)
+    shape_rate = rate_of(refs.order_shape)
     to_trivial = lifecycle.rate / trivial_rate if trivial_rate else math.nan
     to_interaction = lifecycle.rate / interaction_rate if interaction_rate else math.nan
 
@@ -579,6 +599,13 @@ def report_summary(
         if not history:
             return "-"
         return f"{history['events']:.0f} / {history['workflow tasks']:.1f}"
+
+    def row(name: str, result: PhaseResult) -> str:
+        return (
+            f"  | {name} | {rate_of(result):.2f} |"
+            f" {_ms(result.latencies, 50)} / {_ms(result.latencies, 99)}"
+            f" | {wft(result.history)} |"
+        )
 
     changes = [
         f"runner={runner}",
@@ -596,12 +623,9 @@ def report_summary(
         "  |---|---|---|---|",
         f"  | order lifecycle | {lifecycle.rate:.2f} | {p('total', 50)} / {p('total', 99)}"
         f" | {wft(lifecycle.history)} |",
-        f"  | same-interaction reference | {interaction_rate:.2f} |"
-        f" {_ms(interaction.latencies, 50)} / {_ms(interaction.latencies, 99)}"
-        f" | {wft(interaction.history)} |",
-        f"  | trivial reference | {trivial_rate:.2f} |"
-        f" {_ms(trivial.latencies, 50)} / {_ms(trivial.latencies, 99)}"
-        f" | {wft(trivial.history)} |",
+        row("order shape, no work", refs.order_shape),
+        row("same-interaction reference", refs.interaction),
+        row("trivial reference", refs.trivial),
         "",
         "  lifecycle stages p50 / p99 (ms): "
         + ", ".join(f"{stage} {p(stage, 50)} / {p(stage, 99)}" for stage in STAGES),
@@ -612,8 +636,20 @@ def report_summary(
         f"  lifecycle / same-interaction = {lifecycle.rate:.2f} / {interaction_rate:.2f}"
         f" = {to_interaction:.3f}   (target >= {TARGET_INTERACTION})"
         f" {'met' if to_interaction >= TARGET_INTERACTION else 'NOT MET'}",
+        "",
+        "  The order's shape with every step free (its ceiling, whatever the OMS's own work costs):",
+        f"  order shape / trivial          = {shape_rate:.2f} / {trivial_rate:.2f}"
+        f" = {_ratio(shape_rate, trivial_rate):.3f}",
+        f"  order shape / same-interaction = {shape_rate:.2f} / {interaction_rate:.2f}"
+        f" = {_ratio(shape_rate, interaction_rate):.3f}",
+        f"  lifecycle / order shape        = {lifecycle.rate:.2f} / {shape_rate:.2f}"
+        f" = {_ratio(lifecycle.rate, shape_rate):.3f}   (what the OMS's own work leaves)",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan
 
 
 def _ms(latencies: Sequence[float], pct: float) -> str:
@@ -717,6 +753,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+async def run_references(
+    client: Client,
+    runner: WorkflowRunner,
+    args: argparse.Namespace,
+    budget: float,
+    rpc: RpcTimes,
+) -> References:
+    """Run and report the three reference batches of one round."""
+    batches = []
+    for title, run in (
+        ("Trivial reference: one workflow, one trivial activity (execute_workflow)", run_trivial),
+        (
+            "Same-interaction reference: update-with-start, approve, release,"
+            " 3 report Updates, 2 settlement Signals; no activities",
+            run_interaction,
+        ),
+        (
+            "Order shape, no work: the same messages and an order's commands, each a no-op"
+            " (patch marker, 12 local activities, timers, 1 activity)",
+            run_order_shape,
+        ),
+    ):
+        probe = Probe(rpc)
+        result = await run(client, runner, args.orders, args.concurrency, budget, probe)
+        report_reference(title, args, result, probe)
+        batches.append(result)
+    trivial, interaction, order_shape = batches
+    return References(trivial=trivial, interaction=interaction, order_shape=order_shape)
+
+
 async def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log_counter = LogCounter()
@@ -733,7 +799,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     budget = phase_budget(args.orders)
-    rounds: list[tuple[LifecycleResult, PhaseResult | None, PhaseResult | None]] = []
+    rounds: list[tuple[LifecycleResult, References | None]] = []
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as tmp:
         env = await WorkflowEnvironment.start_local(
             data_converter=pydantic_data_converter,
@@ -746,29 +812,9 @@ async def main(argv: Sequence[str] | None = None) -> int:
             for index in range(args.rounds):
                 if args.rounds > 1:
                     print(f"\n=== Round {index + 1} of {args.rounds} ===", flush=True)
-                trivial = interaction = None
+                refs = None
                 if not args.lifecycle_only:
-                    probe = Probe(rpc)
-                    trivial = await run_trivial(
-                        client, runner, args.orders, args.concurrency, budget, probe
-                    )
-                    report_reference(
-                        "Trivial reference: one workflow, one trivial activity (execute_workflow)",
-                        args,
-                        trivial,
-                        probe,
-                    )
-                    probe = Probe(rpc)
-                    interaction = await run_interaction(
-                        client, runner, args.orders, args.concurrency, budget, probe
-                    )
-                    report_reference(
-                        "Same-interaction reference: update-with-start, approve, release,"
-                        " 3 report Updates, 2 settlement Signals; no activities",
-                        args,
-                        interaction,
-                        probe,
-                    )
+                    refs = await run_references(client, runner, args, budget, rpc)
                 profiler = AllThreadsProfiler() if args.profile else None
                 data_dir = Path(tmp) / f"round-{index + 1}"
                 data_dir.mkdir()
@@ -779,10 +825,10 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 report_lifecycle(args, lifecycle)
                 if args.processes:
                     print("\n".join(process_log_lines(data_dir)), flush=True)
-                rounds.append((lifecycle, trivial, interaction))
+                rounds.append((lifecycle, refs))
         finally:
             await env.shutdown()
-    for lifecycle, _, _ in rounds:
+    for lifecycle, _ in rounds:
         if lifecycle.profile is not None:
             print(
                 "\nProfile of the lifecycle batch (every Python thread, thread CPU time;"
@@ -790,43 +836,61 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             print("\n".join(lifecycle.profile.lines(len(lifecycle.settled))), flush=True)
-    for lifecycle, trivial, interaction in rounds:
-        if trivial is not None and interaction is not None:
-            report_summary(args, lifecycle, trivial, interaction, args.runner)
+    for lifecycle, refs in rounds:
+        if refs is not None:
+            report_summary(args, lifecycle, refs, args.runner)
     report_rounds(rounds)
     print("\n".join(log_counter.lines()), flush=True)
-    return 1 if any(len(lifecycle.settled) < args.orders for lifecycle, _, _ in rounds) else 0
+    return 1 if any(len(lifecycle.settled) < args.orders for lifecycle, _ in rounds) else 0
 
 
-def report_rounds(
-    rounds: Sequence[tuple[LifecycleResult, PhaseResult | None, PhaseResult | None]],
-) -> None:
+def report_rounds(rounds: Sequence[tuple[LifecycleResult, References | None]]) -> None:
     """Print each ratio's median over the rounds (the machine's speed drifts between runs)."""
-    ratios = [
-        (lifecycle.rate / rate_of(trivial), lifecycle.rate / rate_of(interaction))
-        for lifecycle, trivial, interaction in rounds
-        if trivial is not None
-        and interaction is not None
-        and rate_of(trivial)
-        and rate_of(interaction)
-    ]
-    if len(ratios) < 2:
+    measured = [(lifecycle, refs) for lifecycle, refs in rounds if refs is not None]
+    if len(measured) < 2:
         return
-    to_trivial = sorted(r[0] for r in ratios)
-    to_interaction = sorted(r[1] for r in ratios)
-    rates = sorted(lifecycle.rate for lifecycle, _, _ in rounds)
+
+    def spread(name: str, values: Sequence[float], target: str = "") -> str:
+        ordered = sorted(values)
+        return (
+            f"  {name:<32} {statistics.median(ordered):.3f}"
+            f"  ({ordered[0]:.3f} .. {ordered[-1]:.3f}){target}"
+        )
+
+    rates = sorted(lifecycle.rate for lifecycle, _ in rounds)
+    trivial = [rate_of(refs.trivial) for _, refs in measured]
+    interaction = [rate_of(refs.interaction) for _, refs in measured]
+    shape = [rate_of(refs.order_shape) for _, refs in measured]
+    lifecycles = [lifecycle.rate for lifecycle, _ in measured]
     print(
         "\n".join(
             [
                 "",
-                f"Over {len(ratios)} rounds (median, and the range):",
-                f"  lifecycle orders/s           {statistics.median(rates):.2f}"
+                f"Over {len(measured)} rounds (median, and the range):",
+                f"  {'lifecycle orders/s':<32} {statistics.median(rates):.2f}"
                 f"   ({rates[0]:.2f} .. {rates[-1]:.2f})",
-                f"  lifecycle / trivial          {statistics.median(to_trivial):.3f}"
-                f"  ({to_trivial[0]:.3f} .. {to_trivial[-1]:.3f})   (target >= {TARGET_TRIVIAL})",
-                f"  lifecycle / same-interaction {statistics.median(to_interaction):.3f}"
-                f"  ({to_interaction[0]:.3f} .. {to_interaction[-1]:.3f})"
-                f"   (target >= {TARGET_INTERACTION})",
+                spread(
+                    "lifecycle / trivial",
+                    [_ratio(a, b) for a, b in zip(lifecycles, trivial, strict=True)],
+                    f"   (target >= {TARGET_TRIVIAL})",
+                ),
+                spread(
+                    "lifecycle / same-interaction",
+                    [_ratio(a, b) for a, b in zip(lifecycles, interaction, strict=True)],
+                    f"   (target >= {TARGET_INTERACTION})",
+                ),
+                spread(
+                    "order shape / trivial",
+                    [_ratio(a, b) for a, b in zip(shape, trivial, strict=True)],
+                ),
+                spread(
+                    "order shape / same-interaction",
+                    [_ratio(a, b) for a, b in zip(shape, interaction, strict=True)],
+                ),
+                spread(
+                    "lifecycle / order shape",
+                    [_ratio(a, b) for a, b in zip(lifecycles, shape, strict=True)],
+                ),
             ]
         ),
         flush=True,

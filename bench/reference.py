@@ -1,4 +1,4 @@
-"""The two references an order is measured against, and the loads that drive them.
+"""The references an order is measured against, and the loads that drive them.
 
 - `TrivialWorkflow`: one trivial activity. The cheapest thing worth measuring on a server.
 - `InteractionWorkflow`: the messages of an order and nothing else. It is started by
@@ -7,6 +7,13 @@
   the other, as the simulator sends them) and one Signal per settlement instruction, and then
   completes. It has no activities, no local activities and no timers, so its rate is the
   ceiling for an order's shape of interaction on this server and worker.
+- `OrderShapeWorkflow`: the same messages, plus every Temporal command an order's history
+  holds, each doing nothing: its patch marker, a no-op local activity wherever the order runs
+  one (the two compliance checks, the submission, and a projector that writes when the run
+  loop waits or an Update waits for its answer), its timers (creation, approval, the day's
+  end, the venue's acknowledgement, the settlement deadline) and the back office's activity.
+  Its rate is what the order's design would reach if the OMS's own work (HTTP, database,
+  compliance rules, the simulators) cost nothing.
 
 The load plays the API, the venue and the back office straight through the Temporal client,
 with the same message types as the order workflow (`workflows.messages`), so the payloads are
@@ -16,6 +23,7 @@ alike. The answers are small: how big the order workflow's answers are is the or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -162,6 +170,186 @@ class InteractionWorkflow:
         self._settled.add(input.settlement_id)
 
 
+# --- the order-shaped workflow ------------------------------------------------------------------
+
+# An order's timers (`workflows.order`): its creation's attestation, the approval's escalation,
+# the day order's end while it waits for release and while it works at the venue, the venue's
+# acknowledgement and the settlement deadline. None of them fires here.
+_CREATION_WAIT = timedelta(minutes=1)
+_APPROVAL_WAIT = timedelta(hours=4)
+_DAY_ENDS = timedelta(days=1)
+_ACK_WAIT = timedelta(minutes=1)
+_SETTLEMENT_WAIT = timedelta(days=3)
+_STEP_TIMEOUT = timedelta(seconds=30)
+
+
+class OrderStep(BaseModel):
+    """Which of an order's activities a no-op step stands in for."""
+
+    step: str
+
+
+@activity.defn
+async def order_step(input: OrderStep) -> str:
+    """Stand in for one of an order's activities; do nothing."""
+    return input.step
+
+
+@workflow.defn
+class OrderShapeWorkflow:
+    """An order's messages and every Temporal command an order gives, each doing nothing.
+
+    It runs as `workflows.order.OrderWorkflow` runs a created, approved, released, filled and
+    settled order: one patch marker; a local activity for each compliance check (at creation and
+    at release) and for the submission; a projector coroutine that runs a local activity when
+    something is unprojected and the run loop waits or an Update waits for its answer (holding
+    it while a check runs); the order's timers; one activity for the back office. Human
+    Updates answer once their change is "projected"; the venue's reports answer at once.
+    """
+
+    @workflow.init
+    def __init__(self, input: OrderWorkflowInput) -> None:
+        self._settlements_expected = len(input.request.allocations)
+        self._step = "created"
+        self._asked = False
+        self._checked = False
+        self._release_checked = False
+        self._reports = 0
+        self._settled: set[str] = set()
+        self._changes = 0
+        self._projected = 0
+        self._answers_awaited = 0
+        self._judging = False
+        self._closing = False
+        self._run_loop_waits_for: Callable[[], bool] | None = None
+
+    @workflow.run
+    async def run(self, input: OrderWorkflowInput) -> InteractionResult:
+        workflow.patched("order-shape-baseline")
+        projector = asyncio.create_task(self._projector())
+        self._changes += 1  # created
+        await self._wait_until(lambda: self._asked, _CREATION_WAIT)
+        await self._judge()
+        self._checked = True
+        await self._wait_until(lambda: self._step == "approved", _APPROVAL_WAIT)
+        await self._wait_until(lambda: self._step == "released", _DAY_ENDS)
+        await self._judge()
+        self._release_checked = True
+        await self._local("submit")
+        self._changes += 1  # sent to the venue
+        await self._wait_until(lambda: self._reports >= 1, _ACK_WAIT)
+        await self._wait_until(lambda: self._reports >= 3, _DAY_ENDS)
+        self._changes += 1  # allocated
+        await workflow.execute_activity(
+            order_step, OrderStep(step="instruct_settlements"), start_to_close_timeout=_STEP_TIMEOUT
+        )
+        self._changes += 1  # instructed
+        await self._wait_until(
+            lambda: len(self._settled) >= self._settlements_expected, _SETTLEMENT_WAIT
+        )
+        self._changes += 1  # settled
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._closing = True
+        await projector
+        return InteractionResult(reports=self._reports, settlements=len(self._settled))
+
+    async def _local(self, step: str) -> None:
+        await workflow.execute_local_activity(
+            order_step, OrderStep(step=step), start_to_close_timeout=_STEP_TIMEOUT
+        )
+
+    async def _judge(self) -> None:
+        """A compliance check: the projector holds its write for the judgement's events."""
+        self._judging = True
+        try:
+            await self._local("assess_order")
+        finally:
+            self._judging = False
+        self._changes += 1
+
+    async def _wait_until(
+        self, condition: Callable[[], bool], within: timedelta | None = None
+    ) -> None:
+        self._run_loop_waits_for = condition
+        try:
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(condition, timeout=within)
+        finally:
+            self._run_loop_waits_for = None
+
+    def _projection_due(self) -> bool:
+        if self._changes <= self._projected:
+            return self._closing
+        if self._closing or self._answers_awaited:
+            return True
+        if self._judging:
+            return False
+        waits_for = self._run_loop_waits_for
+        return waits_for is None or not waits_for()
+
+    async def _projector(self) -> None:
+        while True:
+            await workflow.wait_condition(self._projection_due)
+            if self._changes <= self._projected:
+                return
+            written = self._changes
+            await self._local("project_events")
+            self._projected = max(self._projected, written)
+
+    async def _answer(self, step: str, change: int) -> InteractionAnswer:
+        """Answer an Update once its change is projected, as the order's human Updates do."""
+        self._answers_awaited += 1
+        try:
+            await workflow.wait_condition(lambda: self._projected >= change)
+        finally:
+            self._answers_awaited -= 1
+        return InteractionAnswer(step=step, count=change)
+
+    @workflow.update
+    async def await_compliance(self, input: AwaitComplianceInput) -> InteractionAnswer:
+        self._asked = True
+        await workflow.wait_condition(lambda: self._checked)
+        return await self._answer(self._step, self._changes)
+
+    @workflow.update
+    async def approve(self, input: ApproveInput) -> InteractionAnswer:
+        self._step = "approved"
+        self._changes += 1
+        return await self._answer(self._step, self._changes)
+
+    @approve.validator
+    def _validate_approve(self, input: ApproveInput) -> None:
+        if self._step != "created" or not self._checked:
+            raise _refuse(f"cannot approve an order that is {self._step}")
+
+    @workflow.update
+    async def release(self, input: ReleaseInput) -> InteractionAnswer:
+        self._step = "released"
+        await workflow.wait_condition(lambda: self._release_checked)
+        return await self._answer(self._step, self._changes)
+
+    @release.validator
+    def _validate_release(self, input: ReleaseInput) -> None:
+        if self._step != "approved":
+            raise _refuse(f"cannot release an order that is {self._step}")
+
+    @workflow.update
+    def execution_report(self, input: ExecutionReportInput) -> InteractionAnswer:
+        self._reports += 1
+        self._changes += 1
+        return InteractionAnswer(step=input.report.exec_type.value, count=self._reports)
+
+    @execution_report.validator
+    def _validate_execution_report(self, input: ExecutionReportInput) -> None:
+        if self._step != "released":
+            raise _refuse(f"the order is {self._step}, not at a venue")
+
+    @workflow.signal
+    def settlement_update(self, input: SettlementUpdateInput) -> None:
+        self._settled.add(input.settlement_id)
+        self._changes += 1
+
+
 # --- the loads ---------------------------------------------------------------------------------
 
 ACCOUNTS = ("alpha-main", "alpha-growth")
@@ -256,29 +444,37 @@ async def run_trivial(
     )
 
 
-async def drive_interaction(client: Client, queue: str, workflow_id: str) -> None:
-    """One order's messages, in order, each sent when the one before it has been answered."""
+async def drive_interaction(
+    client: Client, queue: str, workflow_id: str, workflow_type: str = "InteractionWorkflow"
+) -> None:
+    """One order's messages, in order, each sent when the one before it has been answered.
+
+    `workflow_type` is `InteractionWorkflow` or `OrderShapeWorkflow`: they take the same
+    messages under the same names.
+    """
     request = order_request(workflow_id[-60:])
-    start = WithStartWorkflowOperation(
-        InteractionWorkflow.run,
+    start: WithStartWorkflowOperation[Any, InteractionResult] = WithStartWorkflowOperation(
+        workflow_type,
         OrderWorkflowInput(order_id=workflow_id, request=request, created_by="alice"),
         id=workflow_id,
         task_queue=queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        result_type=InteractionResult,
     )
     # The API: create (update-with-start), approve, release.
     await client.execute_update_with_start_workflow(
-        InteractionWorkflow.await_compliance,
+        "await_compliance",
         AwaitComplianceInput(),
         start_workflow_operation=start,
+        result_type=InteractionAnswer,
     )
     handle = await start.workflow_handle()
     grants = [PolicyGrant(permission="desk_head", policy=["dana", "*", "approvals", "desk_head"])]
     await handle.execute_update(
-        InteractionWorkflow.approve, ApproveInput(user="dana", grants=grants)
+        "approve", ApproveInput(user="dana", grants=grants), result_type=InteractionAnswer
     )
     await handle.execute_update(
-        InteractionWorkflow.release, ReleaseInput(user="tom", venue="simulator")
+        "release", ReleaseInput(user="tom", venue="simulator"), result_type=InteractionAnswer
     )
     # The venue: acknowledgement, then two fills, each Update answered before the next.
     half = QUANTITY / 2
@@ -294,14 +490,15 @@ async def drive_interaction(client: Client, queue: str, workflow_id: str) -> Non
             transact_time=datetime.now(UTC),
         )
         await handle.execute_update(
-            InteractionWorkflow.execution_report,
+            "execution_report",
             ExecutionReportInput(report=report, reported_by="sim-venue"),
+            result_type=InteractionAnswer,
         )
     # The back office: one Signal per settlement instruction, as its confirmations arrive.
     await asyncio.gather(
         *(
             handle.signal(
-                InteractionWorkflow.settlement_update,
+                "settlement_update",
                 SettlementUpdateInput(
                     settlement_id=f"stl-{account}",
                     status=SettlementStatus.CONFIRMED,
@@ -331,4 +528,23 @@ async def run_interaction(
     parts = {"workflows": [InteractionWorkflow]}
     return await _run_phase(
         client, runner, "interaction", parts, drive, count, concurrency, budget, probe
+    )
+
+
+async def run_order_shape(
+    client: Client,
+    runner: WorkflowRunner,
+    count: int,
+    concurrency: int,
+    budget: float,
+    probe: Probe,
+) -> PhaseResult:
+    """Drive `count` order-shaped workflows, `concurrency` at a time, on a worker of their own."""
+
+    async def drive(queue: str, workflow_id: str) -> None:
+        await drive_interaction(client, queue, workflow_id, "OrderShapeWorkflow")
+
+    parts = {"workflows": [OrderShapeWorkflow], "activities": [order_step]}
+    return await _run_phase(
+        client, runner, "order-shape", parts, drive, count, concurrency, budget, probe
     )
