@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from temporalio import activity
 
 from db import queries
+from db.changes import ORDER_CHANGES, OrderChanges
 from db.engine import SessionFactory
 from domain.models import Allocation, OrderState, SettlementStatus
 from domain.order import OrderProjection
@@ -35,16 +36,26 @@ class RecordSettlementStatusInput(BaseModel):
 
 
 class ProjectionActivities:
-    """Keep the read model (orders, executions, allocations, positions, settlements) in step."""
+    """Keep the read model (orders, executions, allocations, positions, settlements) in step.
 
-    def __init__(self, sessions: SessionFactory) -> None:
+    Args:
+        sessions: The read model.
+        changes: Told of each order projection once it is committed, for this process's
+            long-polls.
+    """
+
+    def __init__(self, sessions: SessionFactory, changes: OrderChanges = ORDER_CHANGES) -> None:
         self._sessions = sessions
+        self._changes = changes
+        changes.add_projector()
 
     @activity.defn
     def project_events(self, input: ProjectEventsInput) -> None:
         """Write an order's new events, its slim row and what they booked, in one transaction."""
         with self._sessions() as session:
             queries.project_order(session, input.projection)
+        summary = input.projection.summary
+        self._changes.committed(summary.order_id, summary.status.value, summary.filled_quantity > 0)
 
     @activity.defn
     def project_order(self, input: ProjectOrderInput) -> bool:

@@ -46,6 +46,7 @@ from api.schemas import (
 )
 from config import Settings
 from db import queries
+from db.changes import ORDER_CHANGES
 from domain.authority import Action
 from domain.ids import order_id_for, order_workflow_id
 from domain.models import AllocationRequest, OrderRequest, OrderState, OrderStatus, step_problem
@@ -64,9 +65,11 @@ from workflows.order import AMEND_AT_VENUE, WORKFLOW_TYPE, OrderWorkflow
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
-# A long-poll waits at most this long, and looks at the read model this often (growing).
+# A long-poll waits at most this long, and reads the read model this often (growing to
+# `_POLL_MAX`; to `_POLL_MAX_TOLD` where this process's projector tells it of each commit, so the
+# reads only catch what a projector elsewhere wrote).
 MAX_WAIT_SECONDS = 60
-_POLL_FIRST, _POLL_MAX = 0.05, 0.5
+_POLL_FIRST, _POLL_MAX, _POLL_MAX_TOLD = 0.05, 0.5, 2.0
 
 
 def normalise_order(
@@ -258,23 +261,30 @@ async def _wait_in_read_model(
 ) -> None:
     """Return once the read model shows the order at one of `wanted`, later, or final; or at timeout.
 
-    The read model is polled (cheap, indexed by order id) rather than the workflow: a Query per
-    poll would cost the worker a workflow task each time.
+    The read model is read (cheap, indexed by order id) rather than the workflow queried: a
+    Query per look would cost the worker a workflow task each time. A projection committed in
+    this process is told at once (`db.changes`), with the status it wrote.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     interval = _POLL_FIRST
-    while True:
-        row = await run_db(services, lambda session: queries.order_status(session, order_id))
-        if row is not None:
-            status, filled = row
-            if has_reached(OrderStatus(status), wanted, filled=filled):
+    ceiling = _POLL_MAX_TOLD if ORDER_CHANGES.projected_here else _POLL_MAX
+    with ORDER_CHANGES.watch(order_id) as changes:
+        seen = await run_db(services, lambda session: queries.order_status(session, order_id))
+        while True:
+            if seen is not None:
+                status, filled = seen
+                if has_reached(OrderStatus(status), wanted, filled=filled):
+                    return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return
-        await asyncio.sleep(min(interval, remaining))
-        interval = min(interval * 1.5, _POLL_MAX)
+            seen = await changes.next(min(interval, remaining))
+            if seen is None:
+                seen = await run_db(
+                    services, lambda session: queries.order_status(session, order_id)
+                )
+                interval = min(interval * 1.5, ceiling)
 
 
 @router.get("/{order_id}", response_model=OrderPublic)
