@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,6 +27,7 @@ from api.routers import chat as chat_router
 from api.routers import codec as codec_router
 from api.routers import kill_switch as kill_switch_router
 from config import Settings
+from db.changes import PostgresChangeListener
 from db.engine import create_schema, make_engine, session_factory
 from domain.payload_codec import EncryptionCodec
 
@@ -62,9 +65,19 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
             authorizer=Authorizer(settings.policies_dir),
             db=DatabaseGate(settings.api_db_concurrency, settings.api_db_wait_seconds),
         )
+        # On PostgreSQL every process's projections are heard here, for the long-polls.
+        listener = (
+            asyncio.create_task(PostgresChangeListener(settings.resolved_database_url).run())
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         try:
             yield
         finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
             engine.dispose()
 
     title, version = "OMS", "1"

@@ -1,18 +1,35 @@
-"""Order projections committed in this process, told at once to whoever waits on the order.
+"""Order projections, told at once to whoever waits on the order in this process.
 
 A long-poll (`GET /orders/{id}?wait_for=`) reads the read model, and would otherwise only learn
-of a change at its next read. When the projector that writes the order runs in the same process
-(`oms dev`, `make run`, the API tests), the commit wakes the waiter with the status it wrote.
-The read model stays the truth: a waiter still reads it on a schedule of its own, so a
-projection written by another process (a worker elsewhere) is seen too, only later.
+of a change at its next read. Two ways tell it sooner, with the status written:
+
+- the projector of this process (`oms dev`, `make run`) tells its commits to `ORDER_CHANGES`;
+- on PostgreSQL, every projection's transaction NOTIFYs `CHANNEL` at commit, and a
+  `PostgresChangeListener` (the API runs one) hears every process's.
+
+The read model stays the truth: a waiter still reads it on a schedule of its own, so a commit
+nobody told (a listener reconnecting, a projector in another process on SQLite) is seen too,
+only later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import threading
 from collections.abc import Iterator
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "oms_order_changes"
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :payload)")
 
 
 class OrderWatch:
@@ -54,16 +71,28 @@ class OrderChanges:
         self._lock = threading.Lock()
         self._watches: dict[str, list[OrderWatch]] = {}
         self._projectors = 0
+        self._listeners = 0
 
     @property
-    def projected_here(self) -> bool:
-        """Whether a projector runs in this process, so that its commits are told here."""
-        return self._projectors > 0
+    def commits_told_here(self) -> bool:
+        """Whether commits are told in this process: a projector runs here, or a listener hears all."""
+        return self._projectors > 0 or self._listeners > 0
 
     def add_projector(self) -> None:
         """Say that a projector runs in this process (its waiters may read the model less often)."""
         with self._lock:
             self._projectors += 1
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """Say that every process's commits are heard here while the block runs."""
+        with self._lock:
+            self._listeners += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._listeners -= 1
 
     @contextlib.contextmanager
     def watch(self, order_id: str) -> Iterator[OrderWatch]:
@@ -89,3 +118,67 @@ class OrderChanges:
 
 
 ORDER_CHANGES = OrderChanges()
+
+
+def notify_at_commit(session: Session, order_id: str, status: str, filled: bool) -> None:
+    """On PostgreSQL, have this transaction tell every listening process of the order at commit.
+
+    PostgreSQL delivers the notification only if the transaction commits, after it has.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_NOTIFY, {"payload": json.dumps([order_id, status, filled])})
+
+
+class PostgresChangeListener:
+    """Hears every process's order commits on PostgreSQL (LISTEN) and tells them to `changes`.
+
+    Args:
+        database_url: The read model's SQLAlchemy URL (postgresql+psycopg://...).
+        changes: Whom to tell.
+        retry_seconds: How long to wait before connecting again after the connection failed.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        changes: OrderChanges = ORDER_CHANGES,
+        *,
+        retry_seconds: float = 1.0,
+        application_name: str = "oms-order-changes",
+    ) -> None:
+        url = make_url(database_url).set(drivername="postgresql")
+        self._conninfo = url.render_as_string(hide_password=False)
+        self._changes = changes
+        self._retry = retry_seconds
+        self._application_name = application_name
+        self.listening = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listen until cancelled; a lost connection is made again after `retry_seconds`."""
+        while True:
+            try:
+                await self._listen()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("order changes: not listening (%s); again in %.1f s", exc, self._retry)
+            self.listening.clear()
+            await asyncio.sleep(self._retry)
+
+    async def _listen(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, application_name=self._application_name
+        ) as connection:
+            await connection.execute(f"LISTEN {CHANNEL}")
+            with self._changes.listening():
+                self.listening.set()
+                async for note in connection.notifies():
+                    self._tell(note.payload)
+
+    def _tell(self, payload: str) -> None:
+        try:
+            order_id, status, filled = json.loads(payload)
+            if not (isinstance(order_id, str) and isinstance(status, str)):
+                raise ValueError("order id and status must be strings")
+        except (ValueError, TypeError) as exc:  # anyone who may connect can NOTIFY: drop a bad one
+            log.warning("order changes: ignored a notification %r (%s)", payload[:200], exc)
+            return
+        self._changes.committed(order_id, status, bool(filled))

@@ -17,7 +17,7 @@ from sqlalchemy import select as sql_select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col, select
 
-from db import audit
+from db import audit, changes
 from db.tables import (
     FIRM_WIDE_SCOPE,
     AccountRow,
@@ -220,6 +220,9 @@ def project_order(session: Session, projection: OrderProjection) -> None:
             .where(col(OrderRow.order_id) == summary.order_id)
             .values(final_state=projection.final.model_dump(mode="json"))
         )
+    changes.notify_at_commit(
+        session, summary.order_id, summary.status.value, summary.filled_quantity > 0
+    )
     session.commit()
 
 

@@ -66,8 +66,8 @@ from workflows.order import AMEND_AT_VENUE, WORKFLOW_TYPE, OrderWorkflow
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 # A long-poll waits at most this long, and reads the read model this often (growing to
-# `_POLL_MAX`; to `_POLL_MAX_TOLD` where this process's projector tells it of each commit, so the
-# reads only catch what a projector elsewhere wrote).
+# `_POLL_MAX`; to `_POLL_MAX_TOLD` where commits are told in this process, by its own projector
+# or PostgreSQL's notifications, so that the reads only catch what nobody told).
 MAX_WAIT_SECONDS = 60
 _POLL_FIRST, _POLL_MAX, _POLL_MAX_TOLD = 0.05, 0.5, 2.0
 
@@ -263,12 +263,12 @@ async def _wait_in_read_model(
 
     The read model is read (cheap, indexed by order id) rather than the workflow queried: a
     Query per look would cost the worker a workflow task each time. A projection committed in
-    this process is told at once (`db.changes`), with the status it wrote.
+    this process, or heard of on PostgreSQL, is told at once (`db.changes`), with its status.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     interval = _POLL_FIRST
-    ceiling = _POLL_MAX_TOLD if ORDER_CHANGES.projected_here else _POLL_MAX
+    ceiling = _POLL_MAX_TOLD if ORDER_CHANGES.commits_told_here else _POLL_MAX
     with ORDER_CHANGES.watch(order_id) as changes:
         seen = await run_db(services, lambda session: queries.order_status(session, order_id))
         while True:

@@ -7,16 +7,22 @@ handed over between them, and only once it is in the read model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator, Awaitable, Iterator
 
+import pytest
+from sqlalchemy import text
 from temporalio.testing import ActivityEnvironment
 
 from activities.projection import ProjectEventsInput, ProjectionActivities
 from db import queries
-from db.changes import OrderChanges
-from db.engine import SessionFactory
+from db.changes import CHANNEL, OrderChanges, PostgresChangeListener, notify_at_commit
+from db.engine import SessionFactory, create_schema, make_engine, session_factory
+from domain.order import Order
 from domain.status import OrderEvent
 from tests.activities.test_read_model import new_order, projection, step, to_working, trade
+from tests.conftest import POSTGRES_URL, _postgres_database
 
 
 async def test_a_commit_in_another_thread_wakes_the_orders_waiter_with_its_status() -> None:
@@ -70,7 +76,7 @@ async def test_the_projection_activity_tells_its_waiters_once_the_read_model_has
         OrderChanges.committed(changes, order_id, status, filled)
 
     changes.committed = read_when_told  # type: ignore[method-assign]
-    assert changes.projected_here
+    assert changes.commits_told_here
     with changes.watch(order.order_id) as watch:
         await asyncio.to_thread(
             ActivityEnvironment().run,
@@ -81,3 +87,119 @@ async def test_the_projection_activity_tells_its_waiters_once_the_read_model_has
 
     assert told == (order.status.value, True)
     assert seen_in_the_read_model == [(order.status.value, True)]
+
+
+# ---- every process's commits, heard on PostgreSQL ---------------------------------------------
+
+
+@pytest.fixture
+def postgres_sessions() -> Iterator[tuple[str, SessionFactory]]:
+    """A read model of this test's own on PostgreSQL, and its URL."""
+    if not POSTGRES_URL:
+        pytest.skip("OMS_TEST_POSTGRES_URL is not set")
+    for url in _postgres_database():
+        engine = make_engine(url)
+        create_schema(engine)
+        try:
+            yield url, session_factory(engine)
+        finally:
+            engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    url: str, changes: OrderChanges, name: str
+) -> AsyncIterator[PostgresChangeListener]:
+    listener = PostgresChangeListener(url, changes, retry_seconds=0.05, application_name=name)
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.listening.wait(), 30)
+        yield listener
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def project_in_another_thread(sessions: SessionFactory, order: Order) -> Awaitable[None]:
+    def write() -> None:
+        with sessions() as session:
+            queries.project_order(session, projection(order))
+
+    return asyncio.to_thread(write)
+
+
+async def test_a_commit_in_any_process_is_heard_by_a_listener(
+    postgres_sessions: tuple[str, SessionFactory],
+) -> None:
+    url, sessions = postgres_sessions
+    changes = OrderChanges()
+    order = to_working(new_order())
+    async with listening(url, changes, "oms-test-heard"):
+        assert changes.commits_told_here
+        with changes.watch(order.order_id) as watch:
+            await project_in_another_thread(sessions, order)
+
+            assert await watch.next(within=30) == ("working", False)
+    assert not changes.commits_told_here
+
+
+async def test_a_rolled_back_projection_tells_nobody(
+    postgres_sessions: tuple[str, SessionFactory],
+) -> None:
+    url, sessions = postgres_sessions
+    changes = OrderChanges()
+    order = to_working(new_order())
+    async with listening(url, changes, "oms-test-rollback"):
+        with changes.watch(order.order_id) as watch:
+
+            def notify_then_roll_back() -> None:
+                with sessions() as session:
+                    notify_at_commit(session, order.order_id, "working", False)
+                    session.rollback()
+
+            await asyncio.to_thread(notify_then_roll_back)
+            # A commit after it is heard, and alone: the rolled-back one never was.
+            await project_in_another_thread(sessions, order)
+            assert await watch.next(within=30) == ("working", False)
+            assert await watch.next(within=0.2) is None
+
+
+async def test_a_forged_notification_is_dropped_and_the_listener_goes_on(
+    postgres_sessions: tuple[str, SessionFactory],
+) -> None:
+    url, sessions = postgres_sessions
+    changes = OrderChanges()
+    order = to_working(new_order())
+    async with listening(url, changes, "oms-test-forged"):
+        with changes.watch(order.order_id) as watch:
+            with sessions() as session:
+                for payload in ("not json", "5", '["only", "two"]', f'[1, "{order.order_id}", 0]'):
+                    session.execute(text(f"SELECT pg_notify('{CHANNEL}', :p)"), {"p": payload})
+                session.commit()
+            await project_in_another_thread(sessions, order)
+
+            assert await watch.next(within=30) == ("working", False)
+
+
+async def test_a_listener_whose_connection_is_killed_listens_again(
+    postgres_sessions: tuple[str, SessionFactory],
+) -> None:
+    url, sessions = postgres_sessions
+    changes = OrderChanges()
+    order = to_working(new_order())
+    async with listening(url, changes, "oms-test-killed") as listener:
+        listener.listening.clear()
+        with sessions() as session:
+            [killed] = session.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'oms-test-killed'"
+                )
+            ).scalars()
+        assert killed
+        await asyncio.wait_for(listener.listening.wait(), 30)
+
+        with changes.watch(order.order_id) as watch:
+            await project_in_another_thread(sessions, order)
+            assert await watch.next(within=30) == ("working", False)

@@ -11,6 +11,8 @@ import asyncio
 import threading
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from db.changes import ORDER_CHANGES
 from tests.api.conftest import Stack
@@ -126,3 +128,24 @@ async def test_a_wait_on_an_order_the_caller_may_not_see_is_not_found(stack: Sta
 
     assert response.status_code == 404
     assert order["order_id"] not in ORDER_CHANGES._watches
+
+
+async def test_on_postgresql_the_api_listens_for_every_processs_commits(stack: Stack) -> None:
+    url = make_url(stack.settings.resolved_database_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("the API listens for notifications on PostgreSQL only")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            listeners = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = :database AND application_name = 'oms-order-changes'"
+                ),
+                {"database": url.database},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+    assert listeners == 1
+    assert ORDER_CHANGES.commits_told_here
