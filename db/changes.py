@@ -29,6 +29,9 @@ from sqlmodel import Session
 log = logging.getLogger(__name__)
 
 CHANNEL = "oms_order_changes"
+# A listener that cannot connect tries again at most this far apart (the long-polls read the
+# read model meanwhile).
+_MAX_RETRY_SECONDS = 30.0
 _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :payload)")
 
 
@@ -135,7 +138,7 @@ class PostgresChangeListener:
     Args:
         database_url: The read model's SQLAlchemy URL (postgresql+psycopg://...).
         changes: Whom to tell.
-        retry_seconds: How long to wait before connecting again after the connection failed.
+        retry_seconds: How long to wait before the first retry after the connection was lost.
     """
 
     def __init__(
@@ -154,14 +157,24 @@ class PostgresChangeListener:
         self.listening = asyncio.Event()
 
     async def run(self) -> None:
-        """Listen until cancelled; a lost connection is made again after `retry_seconds`."""
+        """Listen until cancelled; a lost connection is made again, less often while it fails.
+
+        The first retry comes after `retry_seconds`, each next one after twice as long (up to
+        `_MAX_RETRY_SECONDS`), and a connection that listened starts the count again.
+        """
+        wait = self._retry
         while True:
             try:
                 await self._listen()
+                problem = "the connection closed"
             except (psycopg.Error, OSError) as exc:
-                log.warning("order changes: not listening (%s); again in %.1f s", exc, self._retry)
+                problem = str(exc) or type(exc).__name__
+            if self.listening.is_set():
+                wait = self._retry
             self.listening.clear()
-            await asyncio.sleep(self._retry)
+            log.warning("order changes: not listening (%s); again in %.3g s", problem, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, _MAX_RETRY_SECONDS)
 
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
 
@@ -203,3 +205,27 @@ async def test_a_listener_whose_connection_is_killed_listens_again(
         with changes.watch(order.order_id) as watch:
             await project_in_another_thread(sessions, order)
             assert await watch.next(within=30) == ("working", False)
+
+
+async def test_a_listener_that_cannot_connect_tries_again_less_and_less_often(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listener = PostgresChangeListener(
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/test", OrderChanges(), retry_seconds=0.01
+    )
+    with caplog.at_level(logging.WARNING, logger="db.changes"):
+        task = asyncio.create_task(listener.run())
+        for _ in range(500):
+            if len(caplog.records) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    waits = [record.args[1] for record in caplog.records[:4] if isinstance(record.args, tuple)]
+    assert waits == [0.01, 0.02, 0.04, 0.08]
+    assert not listener.listening.is_set()
