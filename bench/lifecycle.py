@@ -12,7 +12,7 @@ What is measured, in one run, on one dev server (in-memory), in this order:
     order's shape of interaction.
 3.  The order shape (`bench.reference.OrderShapeWorkflow`): the same messages, driven the same
     way, to a workflow that also gives every command an order's history holds (its patch
-    marker, 12 local activities, its timers, the back office's activity), each a no-op. Its
+    marker, about 12 local activities, its timers, the back office's activity), each a no-op. Its
     rate is the ceiling of the order's design: what the lifecycle would reach if the OMS's own
     work (HTTP, database, compliance rules, simulators) cost nothing.
 4.  The lifecycle: N orders, C at a time, through the public HTTP API of the OMS, in this
@@ -771,7 +771,7 @@ async def run_references(
         ),
         (
             "Order shape, no work: the same messages and an order's commands, each a no-op"
-            " (patch marker, 12 local activities, timers, 1 activity)",
+            " (patch marker, about 12 local activities, timers, 1 activity)",
             run_order_shape,
         ),
     ):
