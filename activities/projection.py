@@ -53,9 +53,11 @@ class ProjectionActivities:
     def project_events(self, input: ProjectEventsInput) -> None:
         """Write an order's new events, its slim row and what they booked, in one transaction."""
         with self._sessions() as session:
-            queries.project_order(session, input.projection)
-        summary = input.projection.summary
-        self._changes.committed(summary.order_id, summary.status.value, summary.filled_quantity > 0)
+            moved = queries.project_order(session, input.projection)
+        # A repeat or an older projection has nothing new to tell.
+        if moved:
+            summary = input.projection.summary
+            self._changes.committed(summary.order_id, summary.status, summary.filled_quantity > 0)
 
     @activity.defn
     def project_order(self, input: ProjectOrderInput) -> bool:

@@ -74,11 +74,13 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         try:
             yield
         finally:
-            if listener is not None:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
-            engine.dispose()
+            try:
+                if listener is not None:
+                    listener.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await listener
+            finally:
+                engine.dispose()
 
     title, version = "OMS", "1"
     summary = (

@@ -724,7 +724,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " not all in this one",
     )
     parser.add_argument(
-        "--lifecycle-only", action="store_true", help="skip the two references (quick experiments)"
+        "--lifecycle-only",
+        action="store_true",
+        help="skip the three references (quick experiments)",
     )
     parser.add_argument(
         "--rounds",
@@ -846,7 +848,15 @@ async def main(argv: Sequence[str] | None = None) -> int:
 
 def report_rounds(rounds: Sequence[tuple[LifecycleResult, References | None]]) -> None:
     """Print each ratio's median over the rounds (the machine's speed drifts between runs)."""
-    measured = [(lifecycle, refs) for lifecycle, refs in rounds if refs is not None]
+    measured = [
+        (lifecycle, refs)
+        for lifecycle, refs in rounds
+        if refs is not None
+        and all(
+            rate_of(result) > 0  # NaN (an empty batch) is not
+            for result in (refs.trivial, refs.interaction, refs.order_shape)
+        )
+    ]
     if len(measured) < 2:
         return
 

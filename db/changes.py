@@ -20,15 +20,19 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Final
 
 import psycopg
+from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from domain.models import OrderStatus
+
 log = logging.getLogger(__name__)
 
-CHANNEL = "oms_order_changes"
+CHANNEL: Final = "oms_order_changes"
 # A listener that cannot connect tries again at most this far apart (the long-polls read the
 # read model meanwhile).
 _MAX_RETRY_SECONDS = 30.0
@@ -41,19 +45,19 @@ class OrderWatch:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._arrived = asyncio.Event()
-        self._latest: tuple[str, bool] | None = None
+        self._latest: tuple[OrderStatus, bool] | None = None
 
-    def tell(self, status: str, filled: bool) -> None:
+    def tell(self, status: OrderStatus, filled: bool) -> None:
         """Hand a commit to the waiter's event loop; safe from any thread."""
         # A waiter whose loop has closed is gone: nobody is left to tell.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._arrive, status, filled)
 
-    def _arrive(self, status: str, filled: bool) -> None:
+    def _arrive(self, status: OrderStatus, filled: bool) -> None:
         self._latest = (status, filled)
         self._arrived.set()
 
-    async def next(self, within: float) -> tuple[str, bool] | None:
+    async def next(self, within: float) -> tuple[OrderStatus, bool] | None:
         """Return the latest commit's (status, anything filled), waiting up to `within` seconds.
 
         None: nothing was committed in this process meanwhile.
@@ -82,9 +86,17 @@ class OrderChanges:
         return self._projectors > 0 or self._listeners > 0
 
     def add_projector(self) -> None:
-        """Say that a projector runs in this process (its waiters may read the model less often)."""
+        """Say that a projector runs in this process (its waiters may read the model less often).
+
+        For the life of the process: a worker's activities are built once, at its start.
+        """
         with self._lock:
             self._projectors += 1
+
+    def watchers(self, order_id: str) -> int:
+        """Return how many waiters of this process watch `order_id` now."""
+        with self._lock:
+            return len(self._watches.get(order_id, ()))
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
@@ -112,7 +124,7 @@ class OrderChanges:
                 if not watches:
                     del self._watches[order_id]
 
-    def committed(self, order_id: str, status: str, filled: bool) -> None:
+    def committed(self, order_id: str, status: OrderStatus, filled: bool) -> None:
         """Tell this process's waiters on `order_id` what a projection just committed."""
         with self._lock:
             watches = list(self._watches.get(order_id, ()))
@@ -123,13 +135,13 @@ class OrderChanges:
 ORDER_CHANGES = OrderChanges()
 
 
-def notify_at_commit(session: Session, order_id: str, status: str, filled: bool) -> None:
+def notify_at_commit(session: Session, order_id: str, status: OrderStatus, filled: bool) -> None:
     """On PostgreSQL, have this transaction tell every listening process of the order at commit.
 
     PostgreSQL delivers the notification only if the transaction commits, after it has.
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_NOTIFY, {"payload": json.dumps([order_id, status, filled])})
+        session.execute(_NOTIFY, {"payload": json.dumps([order_id, status.value, filled])})
 
 
 class PostgresChangeListener:
@@ -169,6 +181,9 @@ class PostgresChangeListener:
                 problem = "the connection closed"
             except (psycopg.Error, OSError) as exc:
                 problem = str(exc) or type(exc).__name__
+            except Exception as exc:  # never let the long-polls' wake-up die unseen
+                log.exception("order changes: the listener failed")
+                problem = repr(exc)
             if self.listening.is_set():
                 wait = self._retry
             self.listening.clear()
@@ -178,9 +193,18 @@ class PostgresChangeListener:
 
     async def _listen(self) -> None:
         async with await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, application_name=self._application_name
+            self._conninfo,
+            autocommit=True,
+            application_name=self._application_name,
+            # A connection that went away without a word (a failover, a partition) is noticed
+            # within about a minute, not after the operating system's two hours.
+            connect_timeout=10,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
         ) as connection:
-            await connection.execute(f"LISTEN {CHANNEL}")
+            await connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             with self._changes.listening():
                 self.listening.set()
                 async for note in connection.notifies():
@@ -189,9 +213,10 @@ class PostgresChangeListener:
     def _tell(self, payload: str) -> None:
         try:
             order_id, status, filled = json.loads(payload)
-            if not (isinstance(order_id, str) and isinstance(status, str)):
-                raise ValueError("order id and status must be strings")
+            if not (isinstance(order_id, str) and isinstance(filled, bool)):
+                raise ValueError("the order id must be a string and filled a boolean")
+            told = OrderStatus(status)
         except (ValueError, TypeError) as exc:  # anyone who may connect can NOTIFY: drop a bad one
             log.warning("order changes: ignored a notification %r (%s)", payload[:200], exc)
             return
-        self._changes.committed(order_id, status, bool(filled))
+        self._changes.committed(order_id, told, filled)

@@ -148,14 +148,17 @@ def _executions_insert(dialect: str) -> Any:
     return core_insert(dialect, ExecutionRow).on_conflict_do_nothing()
 
 
-def project_order(session: Session, projection: OrderProjection) -> None:
+def project_order(session: Session, projection: OrderProjection) -> bool:
     """Write one projection of an order in one transaction; repeating it changes nothing.
 
     Events and executions are keyed by (order, seq) and (order, exec id); allocations by
     (order, account); settlement statuses only move away from "instructed" once confirmed.
+
+    Returns:
+        Whether the order's row moved forward (a repeat, or an older projection, leaves it).
     """
     summary = projection.summary
-    upsert_order_summary(session, summary)
+    moved = upsert_order_summary(session, summary)
     if projection.events:
         rows = [
             {
@@ -220,10 +223,12 @@ def project_order(session: Session, projection: OrderProjection) -> None:
             .where(col(OrderRow.order_id) == summary.order_id)
             .values(final_state=projection.final.model_dump(mode="json"))
         )
-    changes.notify_at_commit(
-        session, summary.order_id, summary.status.value, summary.filled_quantity > 0
-    )
+    if moved:
+        changes.notify_at_commit(
+            session, summary.order_id, summary.status, summary.filled_quantity > 0
+        )
     session.commit()
+    return moved
 
 
 def order_route(session: Session, order_id: str) -> tuple[str, str] | None:

@@ -268,22 +268,24 @@ async def _wait_in_read_model(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     interval = _POLL_FIRST
-    ceiling = _POLL_MAX_TOLD if ORDER_CHANGES.commits_told_here else _POLL_MAX
+
+    async def read() -> tuple[OrderStatus, bool] | None:
+        row = await run_db(services, lambda session: queries.order_status(session, order_id))
+        return None if row is None else (OrderStatus(row[0]), row[1])
+
     with ORDER_CHANGES.watch(order_id) as changes:
-        seen = await run_db(services, lambda session: queries.order_status(session, order_id))
+        seen = await read()
         while True:
-            if seen is not None:
-                status, filled = seen
-                if has_reached(OrderStatus(status), wanted, filled=filled):
-                    return
+            if seen is not None and has_reached(seen[0], wanted, filled=seen[1]):
+                return
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
             seen = await changes.next(min(interval, remaining))
             if seen is None:
-                seen = await run_db(
-                    services, lambda session: queries.order_status(session, order_id)
-                )
+                seen = await read()
+                # Asked at each read: a listener may have connected or been lost meanwhile.
+                ceiling = _POLL_MAX_TOLD if ORDER_CHANGES.commits_told_here else _POLL_MAX
                 interval = min(interval * 1.5, ceiling)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from db.changes import ORDER_CHANGES
+from domain.models import OrderStatus
 from tests.api.conftest import Stack
 from tests.api.test_orders_api import create
 
@@ -22,7 +23,7 @@ from tests.api.test_orders_api import create
 async def _watched(order_id: str) -> None:
     """Return once a long-poll of this process watches the order (it has read the model once)."""
     for _ in range(2000):
-        if order_id in ORDER_CHANGES._watches:
+        if ORDER_CHANGES.watchers(order_id):
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"no long-poll watches {order_id}")
@@ -76,7 +77,7 @@ async def test_a_commit_told_in_this_process_ends_the_wait_without_reading_the_m
 
     # As the projector's activity thread tells it (a forged status: nothing else moves).
     teller = threading.Thread(
-        target=ORDER_CHANGES.committed, args=(order["order_id"], "settled", True)
+        target=ORDER_CHANGES.committed, args=(order["order_id"], OrderStatus.SETTLED, True)
     )
     teller.start()
     response = await asyncio.wait_for(waiting, 25)
@@ -96,7 +97,7 @@ async def test_at_the_timeout_the_order_is_answered_as_it_stands(stack: Stack) -
 
     assert response.status_code == 200
     assert response.json()["status"] == "pending_approval"
-    assert order["order_id"] not in ORDER_CHANGES._watches  # the watch ended with the wait
+    assert ORDER_CHANGES.watchers(order["order_id"]) == 0  # the watch ended with the wait
 
 
 @pytest.mark.parametrize(
@@ -127,7 +128,7 @@ async def test_a_wait_on_an_order_the_caller_may_not_see_is_not_found(stack: Sta
     )
 
     assert response.status_code == 404
-    assert order["order_id"] not in ORDER_CHANGES._watches
+    assert ORDER_CHANGES.watchers(order["order_id"]) == 0
 
 
 async def test_on_postgresql_the_api_listens_for_every_processs_commits(stack: Stack) -> None:
@@ -136,16 +137,20 @@ async def test_on_postgresql_the_api_listens_for_every_processs_commits(stack: S
         pytest.skip("the API listens for notifications on PostgreSQL only")
     engine = create_engine(url)
     try:
-        with engine.connect() as connection:
-            listeners = connection.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = :database AND application_name = 'oms-order-changes'"
-                ),
-                {"database": url.database},
-            ).scalar_one()
+        # The listener connects in the background once the API has started: wait for it.
+        for _ in range(300):
+            with engine.connect() as connection:
+                listeners = connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = :database"
+                        " AND application_name = 'oms-order-changes' AND query LIKE 'LISTEN%'"
+                    ),
+                    {"database": url.database},
+                ).scalar_one()
+            if listeners:
+                break
+            await asyncio.sleep(0.1)
     finally:
         engine.dispose()
 
     assert listeners == 1
-    assert ORDER_CHANGES.commits_told_here
