@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -20,12 +21,15 @@ from tests.api.conftest import Stack
 from tests.api.test_orders_api import create
 
 
-async def _watched(order_id: str) -> None:
-    """Return once a long-poll of this process watches the order (it has read the model once)."""
+async def _waiting(stack: Stack, order_id: str, wait_for: str) -> asyncio.Task[httpx.Response]:
+    """Start alice's long-poll of the order; return once it watches (it has read the model once)."""
+    path = f"/orders/{order_id}?wait_for={wait_for}&timeout=30"
+    waiting = asyncio.create_task(stack.call("alice", "GET", path))
     for _ in range(2000):
         if ORDER_CHANGES.watchers(order_id):
-            return
+            return waiting
         await asyncio.sleep(0.005)
+    waiting.cancel()
     raise AssertionError(f"no long-poll watches {order_id}")
 
 
@@ -54,9 +58,7 @@ async def test_a_later_status_answers_a_wait_for_an_earlier_one(stack: Stack) ->
 
 async def test_the_wait_ends_when_the_order_gets_there(stack: Stack) -> None:
     order = await create(stack)
-    path = f"/orders/{order['order_id']}?wait_for=approved,approval_rejected&timeout=30"
-    waiting = asyncio.create_task(stack.call("alice", "GET", path))
-    await _watched(order["order_id"])
+    waiting = await _waiting(stack, order["order_id"], "approved,approval_rejected")
 
     approved = await stack.call("dana", "POST", f"/orders/{order['order_id']}/approve", {})
     assert approved.status_code == 200, approved.text
@@ -71,9 +73,7 @@ async def test_a_commit_told_in_this_process_ends_the_wait_without_reading_the_m
 ) -> None:
     """The push path: the read model still says pending_approval, yet the told commit answers."""
     order = await create(stack)
-    path = f"/orders/{order['order_id']}?wait_for=settled&timeout=30"
-    waiting = asyncio.create_task(stack.call("alice", "GET", path))
-    await _watched(order["order_id"])
+    waiting = await _waiting(stack, order["order_id"], "settled")
 
     # As the projector's activity thread tells it (a forged status: nothing else moves).
     teller = threading.Thread(
